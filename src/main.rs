@@ -1,1 +1,108 @@
-fn main() {}
+//! The `crmkit` executable: argument parsing and dispatch only.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "crmkit",
+    version,
+    about = "An agent-first CRM: `crmkit serve` runs the API; every other command is its client",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage or invalid request, 3 not found, 4 authentication needed, \
+                  5 forbidden, 6 needs a human (confirmation or step-up code), 130 interrupted."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)
+    #[cfg(feature = "server")]
+    Serve(crmkit_server::config::ServeArgs),
+    /// Apply pending database migrations (serve also does this at start)
+    #[cfg(feature = "server")]
+    Migrate {
+        /// Only print the migrations that would run
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        db: crmkit_server::config::ServeArgs,
+    },
+    /// Operator commands that act on the database directly
+    #[cfg(feature = "server")]
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[cfg(feature = "server")]
+#[derive(Subcommand)]
+enum Admin {
+    /// Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan
+    SetPlan {
+        /// Workspace id or handle, or a user's email
+        target: String,
+        /// Plan name from the config file ([plans.NAME]) or `default`
+        plan: String,
+        #[command(flatten)]
+        db: crmkit_server::config::ServeArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        #[cfg(feature = "server")]
+        Command::Serve(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            match rt.block_on(crmkit_server::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e.exit_code(), &e),
+            }
+        }
+        #[cfg(feature = "server")]
+        Command::Migrate { dry_run, db } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            match rt.block_on(crmkit_server::migrate(db, dry_run)) {
+                Ok(pending) => {
+                    if pending.is_empty() {
+                        println!("# no pending migrations");
+                    }
+                    for name in &pending {
+                        println!("{} {name}", if dry_run { "would apply" } else { "applied" });
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.exit_code(), &e),
+            }
+        }
+        #[cfg(feature = "server")]
+        Command::Admin(Admin::SetPlan { target, plan, db }) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            match rt.block_on(crmkit_server::set_plan(db, target, plan)) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.exit_code(), &e),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("crmkit: error: {err}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,46 @@
+//! The application: shared state and the router with its middleware.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use sea_orm::DatabaseConnection;
+
+use crate::config::Settings;
+use crate::mail::Mailer;
+use crate::negotiate;
+use crate::routes;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub settings: Arc<Settings>,
+    pub mailer: Mailer,
+    /// The manual with the base URL filled in.
+    pub manual: Arc<str>,
+    /// Signs list cursors; shared by every process through the database.
+    pub cursor_key: Arc<[u8]>,
+}
+
+const MANUAL: &str = include_str!("../manual.txt");
+
+impl AppState {
+    pub fn new(db: DatabaseConnection, settings: Settings, mailer: Mailer, cursor_key: Vec<u8>) -> AppState {
+        let manual = MANUAL.replace("{base_url}", &settings.base_url);
+        AppState { db, settings: Arc::new(settings), mailer, manual: manual.into(), cursor_key: cursor_key.into() }
+    }
+}
+
+/// The whole HTTP API as one router (tests and the MCP connector call it in-process).
+pub fn app(state: AppState) -> Router {
+    routes::router()
+        .fallback(negotiate::no_route)
+        .method_not_allowed_fallback(negotiate::wrong_method)
+        .layer(middleware::from_fn(negotiate::middleware))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            use axum::response::IntoResponse;
+            crate::error::AppError::internal("handler panicked").into_response()
+        }))
+        .with_state(state)
+}

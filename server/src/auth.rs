@@ -1,0 +1,179 @@
+//! Who is calling: the bearer-token extractor with its sliding idle expiry.
+//!
+//! A token is looked up by the SHA-256 of its secret together with the caller's
+//! membership of the token's workspace, so a removed member's token stops
+//! working on the very next call. Each use pushes the idle expiry forward, but
+//! the write happens at most once per `renew_every` per token.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sea_orm::ConnectionTrait;
+
+use crate::app::AppState;
+use crate::db::{Ts, stmt};
+use crate::error::AppError;
+use crate::secrets;
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub email: String,
+    pub workspace_id: String,
+    pub role: String,
+    pub token_id: String,
+    pub token_name: String,
+}
+
+fn expired() -> AppError {
+    AppError::new(
+        "token_expired",
+        StatusCode::UNAUTHORIZED,
+        "the bearer token expired after being idle too long",
+        "sign in again with POST /auth/request then POST /auth/verify; tokens stay alive while they are used",
+    )
+}
+
+/// Pulls the token out of the `Authorization` header(s).
+pub fn bearer(parts: &Parts) -> Result<String, AppError> {
+    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AppError::auth_required());
+    };
+    if values.next().is_some() {
+        return Err(AppError::invalid(
+            "more than one Authorization header",
+            "send exactly one: Authorization: Bearer ck_…",
+        )
+        .with_code_status("invalid_token", StatusCode::UNAUTHORIZED));
+    }
+    let Ok(value) = value.to_str() else {
+        return Err(AppError::invalid_token());
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(AppError::auth_required());
+    }
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        let mut e = AppError::invalid_token();
+        e.hint = "use the Bearer scheme: Authorization: Bearer ck_…".into();
+        return Err(e);
+    }
+    let token = rest.trim();
+    if !secrets::looks_like_token(token) {
+        let mut e = AppError::invalid_token();
+        e.hint = "crmkit tokens look like ck_ followed by 43 characters; sign in with POST /auth/request then POST /auth/verify".into();
+        return Err(e);
+    }
+    Ok(token.to_string())
+}
+
+impl AppError {
+    fn with_code_status(mut self, code: &'static str, status: StatusCode) -> Self {
+        self.code = code;
+        self.status = status;
+        self
+    }
+}
+
+/// How often a token's idle expiry is written: at most once a minute, and
+/// often enough that a short TTL still slides.
+fn renew_every(ttl: Duration) -> Duration {
+    (ttl / 4).min(Duration::from_secs(60))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let token = bearer(parts)?;
+        let caller = authenticate(state, &token).await?;
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppError> {
+    let db = &state.db;
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT t.id, t.user_id, t.workspace_id, t.name, t.last_used_at, t.expires_at, \
+                    u.email, m.role \
+             FROM tokens t JOIN users u ON u.id = t.user_id \
+             LEFT JOIN memberships m ON m.workspace_id = t.workspace_id AND m.user_id = t.user_id \
+             WHERE t.hash = ?",
+            vec![secrets::hash(token).into()],
+        ))
+        .await?
+        .ok_or_else(AppError::invalid_token)?;
+    let role: Option<String> = row.try_get("", "role")?;
+    let Some(role) = role else {
+        // The membership is gone: the token died with it.
+        return Err(AppError::invalid_token());
+    };
+    let expires_at: Ts = row.try_get("", "expires_at")?;
+    let last_used_at: Ts = row.try_get("", "last_used_at")?;
+    let now = Ts::now();
+    if expires_at <= now {
+        return Err(expired());
+    }
+    let caller = Caller {
+        token_id: row.try_get("", "id")?,
+        user_id: row.try_get("", "user_id")?,
+        workspace_id: row.try_get("", "workspace_id")?,
+        token_name: row.try_get("", "name")?,
+        email: row.try_get("", "email")?,
+        role,
+    };
+    let ttl = state.settings.token_idle_ttl;
+    if now.get() - last_used_at.get() >= renew_every(ttl) {
+        // Conditional on not having expired meanwhile, so a race never revives a dead token.
+        db.execute_raw(stmt(
+            backend,
+            "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
+            vec![now.into(), now.plus(ttl).into(), caller.token_id.clone().into(), now.into()],
+        ))
+        .await?;
+    }
+    Ok(caller)
+}
+
+/// The client's address for rate limits: the socket peer, or the last
+/// `X-Forwarded-For` hop when the operator says a proxy sits in front.
+pub struct ClientIp(pub String);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.settings.trust_proxy
+            && let Some(hop) = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .rfind(|s| s.parse::<std::net::IpAddr>().is_ok())
+        {
+            return Ok(ClientIp(hop.to_string()));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip().to_string())
+            .unwrap_or_else(|| "in-process".into());
+        Ok(ClientIp(peer))
+    }
+}

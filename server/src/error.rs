@@ -1,0 +1,204 @@
+//! One error type for every endpoint: a stable code, a status, a message that
+//! names what was wrong and a hint that says what to do next.
+//!
+//! Handlers return `AppError`; its `IntoResponse` only tags the response, and the
+//! negotiation middleware renders it as text or JSON for the request (so the
+//! same error reads right in both formats). Internal details are logged there
+//! with the request id and never reach the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone)]
+pub struct AppError {
+    pub code: &'static str,
+    pub status: StatusCode,
+    pub message: String,
+    pub hint: String,
+    /// Extra JSON fields (`allowed`, `confirm`, …), also printed as text lines.
+    pub extra: Map<String, Value>,
+    pub retry_after: Option<u64>,
+    /// What went wrong inside, for the log only.
+    pub internal: Option<String>,
+    /// Extra headers (e.g. `WWW-Authenticate`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl AppError {
+    pub fn new(
+        code: &'static str,
+        status: StatusCode,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        AppError {
+            code,
+            status,
+            message: message.into(),
+            hint: hint.into(),
+            extra: Map::new(),
+            retry_after: None,
+            internal: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn allowed<S: AsRef<str>>(self, allowed: &[S]) -> Self {
+        let list: Vec<Value> = allowed.iter().map(|s| Value::from(s.as_ref())).collect();
+        self.with("allowed", list)
+    }
+
+    pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        AppError::new("invalid_request", StatusCode::BAD_REQUEST, message, hint)
+    }
+
+    pub fn not_found(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        AppError::new("not_found", StatusCode::NOT_FOUND, message, hint)
+    }
+
+    pub fn auth_required() -> Self {
+        AppError::new(
+            "auth_required",
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs a bearer token",
+            "send Authorization: Bearer ck_…; get a token with POST /auth/request then POST /auth/verify (GET /help)",
+        )
+    }
+
+    pub fn invalid_token() -> Self {
+        AppError::new(
+            "invalid_token",
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is unknown, malformed or revoked",
+            "do not retry with this token; sign in again with POST /auth/request then POST /auth/verify",
+        )
+    }
+
+    pub fn rate_limited(what: &str, retry_after: u64) -> Self {
+        let mut e = AppError::new(
+            "rate_limited",
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many {what}"),
+            format!("wait {retry_after} seconds (Retry-After) before trying again"),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    pub fn admin_required() -> Self {
+        AppError::new(
+            "admin_required",
+            StatusCode::FORBIDDEN,
+            "only an admin of this workspace can do this",
+            "do not retry; ask an admin of the workspace (GET /workspaces/{id}/members lists them)",
+        )
+    }
+
+    /// A bug or an outage: the client sees a generic message; the detail is logged.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let mut e = AppError::new(
+            "internal",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server failed to handle this request",
+            "retry later; if it keeps failing, report the x-request-id of this response",
+        );
+        e.internal = Some(detail.to_string());
+        e
+    }
+
+    pub fn unavailable(detail: impl std::fmt::Display) -> Self {
+        let mut e = AppError::new(
+            "not_ready",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unreachable",
+            "retry in a few seconds; GET /readyz answers 200 again when the server is ready",
+        );
+        e.internal = Some(detail.to_string());
+        e
+    }
+
+    /// The plain-text rendering (SPEC §2): `error:`, `message:`, `hint:` then
+    /// extra fields, each on one line with newlines escaped.
+    pub fn to_text(&self) -> String {
+        let one = |s: &str| crate::wire::line::escape_inline(s);
+        let mut out = format!(
+            "error: {}\nmessage: {}\nhint: {}\n",
+            self.code,
+            one(&self.message),
+            one(&self.hint)
+        );
+        for (k, v) in &self.extra {
+            let v = match v {
+                Value::String(s) => one(s),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => one(s),
+                        other => one(&other.to_string()),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => one(&other.to_string()),
+            };
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("error".into(), self.code.into());
+        m.insert("message".into(), self.message.clone().into());
+        m.insert("hint".into(), self.hint.clone().into());
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        match &e {
+            sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
+                AppError::unavailable(e)
+            }
+            _ => AppError::internal(e),
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<AppError>> for AppError {
+    fn from(e: sea_orm::TransactionError<AppError>) -> Self {
+        match e {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(app) => app,
+        }
+    }
+}
+
+/// Marks a response as an error for the negotiation middleware to render.
+#[derive(Clone)]
+pub struct Failure(pub std::sync::Arc<AppError>);
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut res = self.status.into_response();
+        res.extensions_mut().insert(Failure(std::sync::Arc::new(self)));
+        res
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

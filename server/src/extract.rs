@@ -1,0 +1,338 @@
+//! Our own extractors, so bad input gets our error format with a hint.
+//!
+//! - [`JsonBody`]: JSON whatever the Content-Type says, 1 MiB cap (413), UTF-8,
+//!   an object at the top, no NUL characters, no unknown fields (the error lists
+//!   the allowed ones), no duplicate keys, and type errors that name the field.
+//! - [`QueryPairs`]: the raw query string decoded into ordered pairs, so repeated
+//!   filter keys survive; non-UTF-8 is a 400.
+//! - [`PathIds`]: path parameters, decoded, as strings.
+
+use axum::body::to_bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::error::AppError;
+
+/// A body type: its allowed field names, for `unknown_field` answers.
+pub trait BodyFields {
+    const FIELDS: &'static [&'static str];
+}
+
+pub struct JsonBody<T>(pub T);
+
+fn too_large(limit: usize) -> AppError {
+    AppError::new(
+        "payload_too_large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over the {} KiB limit", limit / 1024),
+        "send a smaller body: split imports into several requests",
+    )
+}
+
+/// Rejects NUL anywhere in keys or strings: PostgreSQL cannot store it and it is
+/// never meaningful in CRM data.
+fn check_no_nul(v: &Value, path: &mut String) -> Result<(), AppError> {
+    let bad = |p: &str| {
+        AppError::invalid(
+            format!("{} contains a NUL character", if p.is_empty() { "the body" } else { p }),
+            "remove the \\u0000 character from the value",
+        )
+    };
+    match v {
+        Value::String(s) if s.contains('\0') => Err(bad(path)),
+        Value::Array(items) => items.iter().try_for_each(|i| check_no_nul(i, path)),
+        Value::Object(map) => {
+            for (k, val) in map {
+                if k.contains('\0') {
+                    return Err(bad(path));
+                }
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                check_no_nul(val, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses and checks a JSON object body into `T`.
+pub fn parse_body<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, AppError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(AppError::invalid(
+            "the request body is empty",
+            format!("send a JSON object with some of: {}", T::FIELDS.join(", ")),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        AppError::invalid("the request body is not valid UTF-8", "send JSON encoded as UTF-8")
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        AppError::invalid(
+            format!("the request body is not valid JSON: {e}"),
+            "send one JSON object, e.g. {\"name\":\"Jane Doe\"}",
+        )
+    })?;
+    let Value::Object(map) = &value else {
+        return Err(AppError::invalid(
+            "the request body must be a JSON object",
+            format!("send {{…}} with some of: {}", T::FIELDS.join(", ")),
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| !T::FIELDS.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(60).collect();
+        return Err(AppError::new(
+            "unknown_field",
+            StatusCode::BAD_REQUEST,
+            format!("unknown field {shown:?} in the body"),
+            "remove it; `allowed` lists the fields this endpoint takes",
+        )
+        .allowed(T::FIELDS));
+    }
+    check_no_nul(&value, &mut String::new())?;
+    // Deserialize from the text, not the Value, so duplicate keys are caught.
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+        let field = if path == "." { "the body".to_string() } else { format!("field {path:?}") };
+        AppError::invalid(format!("{field}: {inner}"), "fix that field's value; GET /help lists each field's type")
+    })
+}
+
+impl<T> FromRequest<AppState> for JsonBody<T>
+where
+    T: DeserializeOwned + BodyFields + Send,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state.settings.body_limit).await?;
+        parse_body(&bytes).map(JsonBody)
+    }
+}
+
+/// Decoded query pairs in order.
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+pub fn decode_query(raw: &str) -> Result<Vec<(String, String)>, AppError> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| {
+                AppError::invalid(
+                    "the query string is not valid UTF-8",
+                    "percent-encode the query as UTF-8",
+                )
+            })
+    };
+    let mut out = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        decode_query(parts.uri.query().unwrap_or("")).map(QueryPairs)
+    }
+}
+
+impl QueryPairs {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Rejects any parameter not in `allowed` (`format` is always allowed).
+    pub fn only(&self, allowed: &[&str]) -> Result<(), AppError> {
+        for (k, _) in &self.0 {
+            if k != "format" && !allowed.contains(&k.as_str()) {
+                let shown: String = k.chars().take(60).collect();
+                return Err(AppError::new(
+                    "unknown_field",
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {shown:?}"),
+                    "remove it; `allowed` lists the parameters this endpoint takes",
+                )
+                .allowed(allowed));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Path parameters as decoded strings.
+pub struct PathIds(pub Vec<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(ids) = Path::<Vec<String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| {
+                AppError::invalid(
+                    "the path is not valid UTF-8 or not a valid id",
+                    "use the id or handle exactly as the API returned it",
+                )
+            })?;
+        Ok(PathIds(ids))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct B {
+        email: String,
+        n: Option<i64>,
+    }
+    impl BodyFields for B {
+        const FIELDS: &'static [&'static str] = &["email", "n"];
+    }
+
+    #[test]
+    fn rejects_each_malformed_body_with_a_hint() {
+        for (body, code, needle) in [
+            ("", "invalid_request", "empty"),
+            ("{\"email\":", "invalid_request", "not valid JSON"),
+            ("[1]", "invalid_request", "must be a JSON object"),
+            ("{\"email\":5}", "invalid_request", "email"),
+            ("{\"email\":\"a\",\"x\":1}", "unknown_field", "\"x\""),
+            ("{\"email\":\"a\",\"email\":\"b\"}", "invalid_request", "duplicate"),
+            ("{\"email\":\"a\\u0000\"}", "invalid_request", "NUL"),
+            ("{\"email\":\"a\",\"n\":1e400}", "invalid_request", "JSON"),
+        ] {
+            let e = parse_body::<B>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code, "{body}: {e}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+            assert!(!e.hint.is_empty());
+        }
+        assert!(parse_body::<B>(b"\xff\xfe").is_err());
+        assert_eq!(parse_body::<B>(b"{\"email\":\"a\"}").unwrap().email, "a");
+    }
+
+    #[test]
+    fn query_keeps_repeats_and_refuses_bad_utf8() {
+        let q = decode_query("stage=lead&stage=ne%3Awon&name=a+b").unwrap();
+        assert_eq!(q.len(), 3);
+        assert_eq!(q[1].1, "ne:won");
+        assert_eq!(q[2].1, "a b");
+        assert!(decode_query("name=%ff").is_err());
+    }
+}
+
+/// A JSON object whose top-level duplicate keys are refused (records, whose
+/// allowed fields depend on the kind, are parsed through this).
+struct NoDupMap(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for NoDupMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NoDupMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<NoDupMap, A::Error> {
+                let mut m = serde_json::Map::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
+                    }
+                    let v: Value = a.next_value()?;
+                    m.insert(k, v);
+                }
+                Ok(NoDupMap(m))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parses an object body and refuses fields outside `allowed`.
+pub fn parse_object(bytes: &[u8], allowed: &[&str]) -> Result<serde_json::Map<String, Value>, AppError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(AppError::invalid(
+            "the request body is empty",
+            format!("send a JSON object with some of: {}", allowed.join(", ")),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        AppError::invalid("the request body is not valid UTF-8", "send JSON encoded as UTF-8")
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        AppError::invalid(format!("the request body is not valid JSON: {e}"), "send one JSON object, e.g. {\"name\":\"Jane Doe\"}")
+    })?;
+    if !value.is_object() {
+        return Err(AppError::invalid(
+            "the request body must be a JSON object",
+            format!("send {{…}} with some of: {}", allowed.join(", ")),
+        ));
+    }
+    let NoDupMap(map) = serde_json::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        AppError::invalid(format!("the request body: {msg}"), "send each field once")
+    })?;
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(60).collect();
+        return Err(AppError::new(
+            "unknown_field",
+            StatusCode::BAD_REQUEST,
+            format!("unknown field {shown:?} in the body"),
+            "remove it; `allowed` lists the fields this endpoint takes (ids and timestamps are set by the server)",
+        )
+        .allowed(allowed));
+    }
+    check_no_nul(&value, &mut String::new())?;
+    Ok(map)
+}
+
+/// Reads the body bytes with the size cap.
+pub async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes, AppError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large(limit);
+            }
+            src = s.source();
+        }
+        AppError::invalid("the request body could not be read", "send the body again")
+    })
+}
+
+/// The raw body bytes (capped); the handler parses them.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        body_bytes(req, state.settings.body_limit).await.map(RawBody)
+    }
+}

@@ -1,0 +1,97 @@
+//! Outgoing mail: login codes, step-up codes and invites.
+//!
+//! With `CRMKIT_SMTP_URL` set, mail goes through lettre's SMTP transport (plain,
+//! STARTTLS or TLS). Without it the server is in local mail mode: each mail is
+//! one line in the log marked `LOCAL-MAIL`, the only place a code is ever logged.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{ConfigError, MailMode, Settings};
+use crate::error::AppError;
+
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// The one line written in local mail mode (may hold the code).
+    pub local_line: String,
+}
+
+#[derive(Clone)]
+pub enum Mailer {
+    Local,
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox },
+}
+
+/// `smtp+starttls://…` is our spelling of lettre's `smtp://…?tls=required`.
+fn lettre_url(url: &str) -> String {
+    match url.strip_prefix("smtp+starttls://") {
+        Some(rest) => {
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            format!("smtp://{rest}{sep}tls=required")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl Mailer {
+    pub fn new(settings: &Settings) -> Result<Mailer, ConfigError> {
+        match &settings.mail {
+            MailMode::Local => Ok(Mailer::Local),
+            MailMode::Smtp(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
+                    .map_err(|e| ConfigError(format!("invalid smtp_url: {e}")))?
+                    .timeout(Some(Duration::from_secs(15)))
+                    .build();
+                let from = settings
+                    .mail_from
+                    .parse()
+                    .map_err(|e| ConfigError(format!("invalid mail_from: {e}")))?;
+                Ok(Mailer::Smtp { transport, from })
+            }
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Mailer::Local)
+    }
+
+    pub async fn send(&self, mail: Mail) -> Result<(), AppError> {
+        match self {
+            Mailer::Local => {
+                tracing::warn!("LOCAL-MAIL {}", crate::wire::line::escape_inline(&mail.local_line));
+                Ok(())
+            }
+            Mailer::Smtp { transport, from } => {
+                let failed = |detail: String| {
+                    tracing::warn!("mail delivery failed: {detail}");
+                    AppError::new(
+                        "email_failed",
+                        StatusCode::BAD_GATEWAY,
+                        "the mail server refused the message or could not be reached",
+                        "no code was sent and none is usable; retry in a minute, and tell the operator if it keeps failing",
+                    )
+                };
+                let to: Mailbox = mail.to.parse().map_err(|e| failed(format!("recipient: {e}")))?;
+                let msg = Message::builder()
+                    .from(from.clone())
+                    .to(to)
+                    .subject(mail.subject)
+                    .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
+                    .map_err(|e| failed(format!("building message: {e}")))?;
+                transport.send(msg).await.map_err(|e| failed(e.to_string()))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Minimal HTML escaping for the HTML part.
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

@@ -1,0 +1,417 @@
+//! Compiles a parsed list query (`wire::query`) into SQL for one backend, and
+//! mints and checks the keyset cursors that page through it.
+//!
+//! Cursors are `base64url(json) . base64url(hmac)`: the HMAC (server key from
+//! the database) covers the workspace id and the payload, and the payload holds
+//! a fingerprint of the query, so a cursor is tamper-evident, useless in another
+//! workspace, and refused with other filters.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sea_orm::DatabaseBackend;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+use sha2::{Digest, Sha256};
+
+use crate::db::Ts;
+use crate::error::AppError;
+use crate::records::model::{Record, Val};
+use crate::records::store::Sql;
+use crate::records::KindDef;
+use crate::wire::query::{FieldType, Filter, ListQuery, Op, Operand, Scalar, Target, canonical_fingerprint};
+
+/// Escapes LIKE wildcards so user text matches literally (ESCAPE '\').
+pub fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `like:` pattern: `*` is a wildcard; without one the value is a substring.
+fn like_pattern(v: &str) -> String {
+    if v.contains('*') {
+        v.split('*').map(like_literal).collect::<Vec<_>>().join("%")
+    } else {
+        format!("%{}%", like_literal(v))
+    }
+}
+
+fn like_op(backend: DatabaseBackend) -> &'static str {
+    if backend == DatabaseBackend::Postgres { " ILIKE " } else { " LIKE " }
+}
+
+fn scalar_value(s: &Scalar) -> sea_orm::Value {
+    match s {
+        Scalar::Text(t) => t.clone().into(),
+        Scalar::Int(i) => (*i).into(),
+        Scalar::Time(t) => Ts::new(*t).into(),
+    }
+}
+
+fn lower_if(s: &Scalar, lower: bool) -> Scalar {
+    match (s, lower) {
+        (Scalar::Text(t), true) => Scalar::Text(t.to_lowercase()),
+        _ => s.clone(),
+    }
+}
+
+fn sql_op(op: Op) -> &'static str {
+    match op {
+        Op::Eq => " = ",
+        Op::Ne => " <> ",
+        Op::Gt => " > ",
+        Op::Gte => " >= ",
+        Op::Lt => " < ",
+        Op::Lte => " <= ",
+        _ => " = ",
+    }
+}
+
+/// `custom.KEY` as text, alike on both backends (booleans as true/false).
+fn custom_text(backend: DatabaseBackend, key: &str) -> Sql {
+    let mut s = Sql::default();
+    if backend == DatabaseBackend::Postgres {
+        s.push("(custom ->> ").bind(key.to_string()).push(")");
+    } else {
+        let path = format!("$.\"{key}\"");
+        s.push("(CASE json_type(custom, ").bind(path.clone()).push(") WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(json_extract(custom, ")
+            .bind(path)
+            .push(") AS TEXT) END)");
+    }
+    s
+}
+
+/// `custom.KEY` as a number, NULL when it is not one.
+fn custom_number(backend: DatabaseBackend, key: &str) -> Sql {
+    let mut s = Sql::default();
+    if backend == DatabaseBackend::Postgres {
+        s.push("(CASE WHEN jsonb_typeof(custom -> ").bind(key.to_string()).push(") = 'number' THEN (custom ->> ").bind(key.to_string()).push(")::float8 END)");
+    } else {
+        let path = format!("$.\"{key}\"");
+        s.push("(CASE WHEN json_type(custom, ").bind(path.clone()).push(") IN ('integer', 'real') THEN CAST(json_extract(custom, ").bind(path).push(") AS REAL) END)");
+    }
+    s
+}
+
+fn expr_cmp(out: &mut Sql, expr: &Sql, op: Op, operand: &Operand, backend: DatabaseBackend) {
+    let e = |out: &mut Sql| {
+        out.text.push_str(&expr.text);
+        out.vals.extend(expr.vals.iter().cloned());
+    };
+    match (op, operand) {
+        (Op::IsNull, _) => {
+            e(out);
+            out.push(" IS NULL");
+        }
+        (Op::NotNull, _) => {
+            e(out);
+            out.push(" IS NOT NULL");
+        }
+        (Op::Like, Operand::One(Scalar::Text(v))) => {
+            e(out);
+            out.push(like_op(backend)).bind(like_pattern(v)).push(" ESCAPE '\\'");
+        }
+        (Op::In, Operand::Many(items)) => {
+            e(out);
+            out.push(" IN (");
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(", ");
+                }
+                out.bind(scalar_value(it));
+            }
+            out.push(")");
+        }
+        (Op::Ne, Operand::One(v)) => {
+            out.push("(");
+            e(out);
+            out.push(" IS NULL OR ");
+            e(out);
+            out.push(" <> ").bind(scalar_value(v)).push(")");
+        }
+        (op, Operand::One(v)) => {
+            e(out);
+            out.push(sql_op(op)).bind(scalar_value(v));
+        }
+        _ => {
+            out.push("1 = 0");
+        }
+    }
+}
+
+fn tag_like(tag: &str) -> String {
+    format!("%,{},%", like_literal(tag))
+}
+
+fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBackend) {
+    match &f.target {
+        Target::Custom(key) => {
+            let numeric = matches!(f.op, Op::Gt | Op::Gte | Op::Lt | Op::Lte)
+                && matches!(&f.operand, Operand::One(Scalar::Text(t)) if t.parse::<f64>().is_ok_and(f64::is_finite));
+            if numeric {
+                let Operand::One(Scalar::Text(t)) = &f.operand else { return };
+                let n: f64 = t.parse().unwrap_or(0.0);
+                let expr = custom_number(backend, key);
+                out.append(expr).push(sql_op(f.op)).bind(n);
+            } else {
+                let expr = custom_text(backend, key);
+                expr_cmp(out, &expr, f.op, &f.operand, backend);
+            }
+        }
+        Target::Field(spec) => match spec.ty {
+            FieldType::Tags => match (&f.op, &f.operand) {
+                (Op::IsNull, _) => {
+                    out.push("tags IS NULL");
+                }
+                (Op::NotNull, _) => {
+                    out.push("tags IS NOT NULL");
+                }
+                (Op::Ne, Operand::One(Scalar::Text(t))) => {
+                    out.push("(tags IS NULL OR tags NOT LIKE ").bind(tag_like(t)).push(" ESCAPE '\\')");
+                }
+                (Op::In, Operand::Many(items)) => {
+                    out.push("(");
+                    for (i, it) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(" OR ");
+                        }
+                        let Scalar::Text(t) = it else { continue };
+                        out.push("tags LIKE ").bind(tag_like(t)).push(" ESCAPE '\\'");
+                    }
+                    out.push(")");
+                }
+                (_, Operand::One(Scalar::Text(t))) => {
+                    out.push("tags LIKE ").bind(tag_like(t)).push(" ESCAPE '\\'");
+                }
+                _ => {
+                    out.push("1 = 0");
+                }
+            },
+            _ => {
+                // Emails compare case-insensitively through their key column.
+                let (col, lower) = match (def.upsert_key, spec.name, f.op) {
+                    (Some("email"), "email", op) if op != Op::Like => ("email_key", true),
+                    (_, "domain", _) => ("domain", true),
+                    (_, name, _) => (name, false),
+                };
+                let operand = match &f.operand {
+                    Operand::One(s) => Operand::One(lower_if(s, lower)),
+                    Operand::Many(v) => Operand::Many(v.iter().map(|s| lower_if(s, lower)).collect()),
+                    Operand::None => Operand::None,
+                };
+                expr_cmp(out, &Sql::new(col), f.op, &operand, backend);
+            }
+        },
+    }
+}
+
+/// The position after which the next page starts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct CursorBody {
+    /// Query fingerprint (first 16 hex of its SHA-256).
+    q: String,
+    /// Sort value of the last row (null when that row had none).
+    v: J,
+    /// Id of the last row.
+    i: String,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn fingerprint(q: &ListQuery) -> String {
+    crate::secrets::hex(&Sha256::digest(canonical_fingerprint(q).as_bytes()))[..16].to_string()
+}
+
+fn sign(key: &[u8], ws: &str, payload: &str) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("any key length works");
+    mac.update(ws.as_bytes());
+    mac.update(b"\n");
+    mac.update(payload.as_bytes());
+    URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..18])
+}
+
+fn bad_cursor(why: &str) -> AppError {
+    AppError::invalid(
+        format!("cursor is not valid: {why}"),
+        "pass the cursor exactly as the previous page gave it, with the same filters, search and sort; or drop it to start over",
+    )
+}
+
+/// The sort value of a record, as stored in a cursor.
+fn sort_value(q: &ListQuery, r: &Record) -> J {
+    match q.sort.field.name {
+        "id" => J::String(r.id.clone()),
+        "created_at" => J::from(r.created_at.micros()),
+        "updated_at" => J::from(r.updated_at.micros()),
+        name => match r.get(name) {
+            Val::Text(s) => J::String(s.clone()),
+            Val::Int(i) => J::from(*i),
+            Val::Time(t) => J::from(t.micros()),
+            _ => J::Null,
+        },
+    }
+}
+
+pub fn make_cursor(key: &[u8], ws: &str, q: &ListQuery, last: &Record) -> String {
+    let body = CursorBody { q: fingerprint(q), v: sort_value(q, last), i: last.id.clone() };
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
+    let sig = sign(key, ws, &payload);
+    format!("{payload}.{sig}")
+}
+
+/// A checked cursor position: sort value (typed for binding) and last id.
+pub struct After {
+    value: Option<sea_orm::Value>,
+    id: String,
+}
+
+pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<After, AppError> {
+    let (payload, sig) = cursor.split_once('.').ok_or_else(|| bad_cursor("it is malformed"))?;
+    if !crate::secrets::ct_eq(&sign(key, ws, payload), sig) {
+        return Err(bad_cursor("it was altered, truncated or comes from another workspace"));
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad_cursor("it is malformed"))?;
+    let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
+    if body.q != fingerprint(q) {
+        return Err(bad_cursor("it belongs to a query with other filters, search or sort"));
+    }
+    let spec = q.sort.field;
+    let value = match (&body.v, spec.name, spec.ty) {
+        (J::Null, _, _) => None,
+        (J::Number(n), _, FieldType::Time) => {
+            Some(Ts::from_micros(n.as_i64().ok_or_else(|| bad_cursor("bad time"))?).ok_or_else(|| bad_cursor("bad time"))?.into())
+        }
+        (J::Number(n), _, FieldType::Int) => Some(n.as_i64().ok_or_else(|| bad_cursor("bad number"))?.into()),
+        (J::String(s), _, _) => Some(s.clone().into()),
+        _ => return Err(bad_cursor("it is malformed")),
+    };
+    Ok(After { value, id: body.i })
+}
+
+fn nullable(def: &KindDef, sort_field: &str) -> bool {
+    !matches!(sort_field, "id" | "created_at" | "updated_at") && !(def.required == Some(sort_field))
+}
+
+/// `SELECT … FROM <table> WHERE workspace_id = ? AND <filters> [AND keyset] ORDER BY … LIMIT n`.
+pub fn list_sql(def: &KindDef, ws: &str, q: &ListQuery, after: Option<&After>, limit: u64, backend: DatabaseBackend) -> Sql {
+    let mut s = Sql::new(&format!("SELECT {} FROM {} WHERE workspace_id = ", crate::records::store::columns(def), def.plural));
+    s.bind(ws.to_string());
+    for f in &q.filters {
+        s.push(" AND ");
+        compile_filter(&mut s, def, f, backend);
+    }
+    if let Some(text) = &q.search {
+        s.push(" AND ");
+        search_clause(&mut s, def, ws, text, backend);
+    }
+    let col = q.sort.field.name;
+    let desc = q.sort.desc;
+    let (cmp, dir) = if desc { (" < ", " DESC") } else { (" > ", " ASC") };
+    let null_aware = col != "id" && nullable(def, col);
+    if let Some(a) = after {
+        s.push(" AND ");
+        if col == "id" {
+            s.push("id").push(cmp).bind(a.id.clone());
+        } else {
+            match (&a.value, null_aware) {
+                (Some(v), true) => {
+                    s.push(&format!("(({col} IS NOT NULL AND ({col}{cmp}")).bind(v.clone());
+                    s.push(&format!(" OR ({col} = ")).bind(v.clone());
+                    s.push(&format!(" AND id{cmp}")).bind(a.id.clone()).push(&format!("))) OR {col} IS NULL)"));
+                }
+                (Some(v), false) => {
+                    s.push(&format!("({col}{cmp}")).bind(v.clone());
+                    s.push(&format!(" OR ({col} = ")).bind(v.clone());
+                    s.push(&format!(" AND id{cmp}")).bind(a.id.clone()).push("))");
+                }
+                (None, _) => {
+                    s.push(&format!("({col} IS NULL AND id{cmp}")).bind(a.id.clone()).push(")");
+                }
+            }
+        }
+    }
+    // Records without a value sort last in both directions.
+    if col == "id" {
+        s.push(&format!(" ORDER BY id{dir}"));
+    } else if null_aware {
+        s.push(&format!(" ORDER BY ({col} IS NULL) ASC, {col}{dir}, id{dir}"));
+    } else {
+        s.push(&format!(" ORDER BY {col}{dir}, id{dir}"));
+    }
+    s.push(&format!(" LIMIT {limit}"));
+    s
+}
+
+/// `search=`: the FTS5 trigram index on SQLite (3+ characters), the pg_trgm
+/// index on PostgreSQL; shorter text falls back to a scan of the same fields.
+fn search_clause(s: &mut Sql, def: &KindDef, ws: &str, text: &str, backend: DatabaseBackend) {
+    let lowered = text.to_lowercase();
+    if backend == DatabaseBackend::Postgres {
+        let expr = crmkit_migrations::m20261128_000002_search::PG_SEARCH
+            .iter()
+            .find(|(t, _)| *t == def.plural)
+            .map(|(_, e)| *e)
+            .unwrap_or("''");
+        s.push(expr).push(" LIKE ").bind(format!("%{}%", like_literal(&lowered))).push(" ESCAPE '\\'");
+    } else if lowered.chars().count() >= 3 {
+        s.push(&format!("id IN (SELECT id FROM {t}_fts WHERE {t}_fts MATCH ", t = def.plural))
+            .bind(format!("\"{}\"", lowered.replace('"', "\"\"")))
+            .push(" AND workspace_id = ")
+            .bind(ws.to_string())
+            .push(")");
+    } else {
+        s.push("(");
+        for (i, col) in def.search.iter().enumerate() {
+            if i > 0 {
+                s.push(" OR ");
+            }
+            s.push(&format!("{col} LIKE ")).bind(format!("%{}%", like_literal(&lowered))).push(" ESCAPE '\\'");
+        }
+        s.push(")");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_in_data_are_literal() {
+        assert_eq!(like_pattern("50%_off"), "%50\\%\\_off%");
+        assert_eq!(like_pattern("acme*inc"), "acme%inc");
+        assert_eq!(like_literal("a\\b"), "a\\\\b");
+    }
+}
+
+/// A cursor over a fixed newest-first order `(time, id)`, for activities and
+/// the audit log; bound to the workspace and to `scope` (the filters).
+pub fn make_time_cursor(key: &[u8], ws: &str, scope: &str, at: Ts, id: &str) -> String {
+    let body = CursorBody { q: scope_hash(scope), v: J::from(at.micros()), i: id.to_string() };
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
+    let sig = sign(key, ws, &payload);
+    format!("{payload}.{sig}")
+}
+
+fn scope_hash(scope: &str) -> String {
+    crate::secrets::hex(&Sha256::digest(scope.as_bytes()))[..16].to_string()
+}
+
+pub fn read_time_cursor(key: &[u8], ws: &str, scope: &str, cursor: &str) -> Result<(Ts, String), AppError> {
+    let (payload, sig) = cursor.split_once('.').ok_or_else(|| bad_cursor("it is malformed"))?;
+    if !crate::secrets::ct_eq(&sign(key, ws, payload), sig) {
+        return Err(bad_cursor("it was altered, truncated or comes from another workspace"));
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad_cursor("it is malformed"))?;
+    let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
+    if body.q != scope_hash(scope) {
+        return Err(bad_cursor("it belongs to a query with other filters"));
+    }
+    let at = body.v.as_i64().and_then(Ts::from_micros).ok_or_else(|| bad_cursor("it is malformed"))?;
+    Ok((at, body.i))
+}

@@ -1,0 +1,276 @@
+//! SQL for records. Statements are written once with `?` placeholders (see
+//! [`crate::db::stmt`]) and run on SQLite and PostgreSQL alike; every value is
+//! bound, and every column name comes from the static kind definitions.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Value};
+
+use super::kinds::{FType, FieldDef, KindDef};
+use super::model::{Record, Val};
+use crate::db::{Ts, stmt};
+use crate::error::{AppError, AppResult};
+use crate::wire::handle::{ID_ALPHABET, Kind};
+
+/// A SQL fragment with its bound values.
+#[derive(Default, Debug)]
+pub struct Sql {
+    pub text: String,
+    pub vals: Vec<Value>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Sql {
+        Sql { text: text.to_string(), vals: Vec::new() }
+    }
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+    pub fn bind(&mut self, v: impl Into<Value>) -> &mut Self {
+        self.text.push('?');
+        self.vals.push(v.into());
+        self
+    }
+    pub fn append(&mut self, other: Sql) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.vals.extend(other.vals);
+        self
+    }
+    pub fn stmt(self, backend: DatabaseBackend) -> sea_orm::Statement {
+        stmt(backend, &self.text, self.vals)
+    }
+}
+
+/// Tags are stored as `,a,b,` so "has tag" is a LIKE on `,tag,`.
+pub fn tags_to_db(tags: &[String]) -> String {
+    format!(",{},", tags.join(","))
+}
+
+fn tags_from_db(s: &str) -> Vec<String> {
+    s.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
+}
+
+/// The bound value of a field, with a typed NULL (PostgreSQL checks types).
+pub fn db_value(f: &FieldDef, v: &Val) -> Value {
+    match (f.ty, v) {
+        (FType::Int, Val::Int(i)) => Value::BigInt(Some(*i)),
+        (FType::Int, _) => Value::BigInt(None),
+        (FType::Time, Val::Time(t)) => (*t).into(),
+        (FType::Time, _) => Option::<Ts>::None.into(),
+        (FType::Tags, Val::Tags(t)) => Value::String(Some(tags_to_db(t))),
+        (FType::Custom, Val::Json(m)) => Value::Json(Some(Box::new(serde_json::Value::Object(m.clone())))),
+        (FType::Custom, _) => Value::Json(None),
+        (_, Val::Text(s)) => Value::String(Some(s.clone())),
+        _ => Value::String(None),
+    }
+}
+
+/// The lowercase key the unique index of an upsert field uses.
+pub fn unique_key(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Option<String> {
+    match (def.upsert_key, def.upsert_key.and_then(|k| fields.get(k))) {
+        (Some("email"), Some(Val::Text(e))) => Some(e.to_lowercase()),
+        (Some(_), Some(Val::Text(d))) => Some(d.clone()),
+        _ => None,
+    }
+}
+
+/// The column holding the unique key (`email_key` for contacts, `domain` for companies).
+pub fn unique_column(def: &KindDef) -> Option<&'static str> {
+    match def.upsert_key {
+        Some("email") => Some("email_key"),
+        other => other,
+    }
+}
+
+pub fn from_row(def: &KindDef, row: &QueryResult) -> AppResult<Record> {
+    let mut fields = BTreeMap::new();
+    for f in def.fields {
+        let v = match f.ty {
+            FType::Int => row.try_get::<Option<i64>>("", f.name)?.map(Val::Int),
+            FType::Time => row.try_get::<Option<Ts>>("", f.name)?.map(Val::Time),
+            FType::Tags => row.try_get::<Option<String>>("", f.name)?.map(|s| Val::Tags(tags_from_db(&s))),
+            FType::Custom => match row.try_get::<Option<serde_json::Value>>("", f.name)? {
+                Some(serde_json::Value::Object(m)) if !m.is_empty() => Some(Val::Json(m)),
+                _ => None,
+            },
+            _ => row.try_get::<Option<String>>("", f.name)?.map(Val::Text),
+        };
+        if let Some(v) = v {
+            fields.insert(f.name, v);
+        }
+    }
+    Ok(Record {
+        id: row.try_get("", "id")?,
+        fields,
+        created_at: row.try_get("", "created_at")?,
+        updated_at: row.try_get("", "updated_at")?,
+    })
+}
+
+pub fn columns(def: &KindDef) -> String {
+    let mut cols: Vec<&str> = vec!["id"];
+    cols.extend(def.fields.iter().map(|f| f.name));
+    cols.extend(["created_at", "updated_at"]);
+    cols.join(", ")
+}
+
+pub async fn get<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, for_update: bool) -> AppResult<Option<Record>> {
+    let backend = db.get_database_backend();
+    let lock = if for_update && backend == DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {} FROM {} WHERE workspace_id = ? AND id = ?{lock}", columns(def), def.plural);
+    let row = db.query_one_raw(stmt(backend, &sql, vec![ws.into(), id.into()])).await?;
+    row.map(|r| from_row(def, &r)).transpose()
+}
+
+/// The record holding an upsert key value, if any.
+pub async fn find_by_key<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, key: &str, for_update: bool) -> AppResult<Option<Record>> {
+    let Some(col) = unique_column(def) else { return Ok(None) };
+    let backend = db.get_database_backend();
+    let lock = if for_update && backend == DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {} FROM {} WHERE workspace_id = ? AND {col} = ?{lock}", columns(def), def.plural);
+    let row = db.query_one_raw(stmt(backend, &sql, vec![ws.into(), key.into()])).await?;
+    row.map(|r| from_row(def, &r)).transpose()
+}
+
+/// Inserts a new record. With an upsert key, a taken key inserts nothing and
+/// returns false (`INSERT … ON CONFLICT DO NOTHING`), so racing creates of one
+/// email make exactly one row.
+pub async fn insert<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, r: &Record) -> AppResult<bool> {
+    let mut cols = vec!["workspace_id", "id"];
+    let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
+    for f in def.fields {
+        cols.push(f.name);
+        vals.push(db_value(f, r.get(f.name)));
+    }
+    if def.upsert_key == Some("email") {
+        cols.push("email_key");
+        vals.push(unique_key(def, &r.fields).into());
+    }
+    cols.extend(["created_at", "updated_at"]);
+    vals.extend([r.created_at.into(), r.updated_at.into()]);
+    let marks = vec!["?"; cols.len()].join(", ");
+    let conflict = match unique_column(def) {
+        Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
+        None => String::new(),
+    };
+    let sql = format!("INSERT INTO {} ({}) VALUES ({marks}){conflict}", def.plural, cols.join(", "));
+    let res = db.execute_raw(stmt(db.get_database_backend(), &sql, vals)).await?;
+    let inserted = res.rows_affected() == 1;
+    if inserted {
+        search_sync(db, def, ws, &r.id, Some(&r.fields)).await?;
+    }
+    Ok(inserted)
+}
+
+/// Writes every field of `fields` (the whole new state) to the record.
+pub async fn update<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, fields: &BTreeMap<&'static str, Val>, at: Ts) -> AppResult<()> {
+    let mut sets = Vec::new();
+    let mut vals: Vec<Value> = Vec::new();
+    for f in def.fields {
+        sets.push(format!("{} = ?", f.name));
+        vals.push(db_value(f, fields.get(f.name).unwrap_or(&Val::Null)));
+    }
+    if def.upsert_key == Some("email") {
+        sets.push("email_key = ?".into());
+        vals.push(unique_key(def, fields).into());
+    }
+    sets.push("updated_at = ?".into());
+    vals.push(at.into());
+    vals.extend([ws.into(), id.into()]);
+    let sql = format!("UPDATE {} SET {} WHERE workspace_id = ? AND id = ?", def.plural, sets.join(", "));
+    db.execute_raw(stmt(db.get_database_backend(), &sql, vals)).await?;
+    search_sync(db, def, ws, id, Some(fields)).await
+}
+
+pub async fn delete<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str) -> AppResult<bool> {
+    let backend = db.get_database_backend();
+    let sql = format!("DELETE FROM {} WHERE workspace_id = ? AND id = ?", def.plural);
+    let res = db.execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()])).await?;
+    if res.rows_affected() == 1 {
+        search_sync(db, def, ws, id, None).await?;
+    }
+    Ok(res.rows_affected() == 1)
+}
+
+/// Whether `id` names a record of `kind` in workspace `ws`.
+pub async fn exists<C: ConnectionTrait>(db: &C, kind: Kind, ws: &str, id: &str) -> AppResult<bool> {
+    let table = match kind {
+        Kind::Contact => "contacts",
+        Kind::Company => "companies",
+        Kind::Deal => "deals",
+        Kind::Activity => "activities",
+        _ => return Ok(false),
+    };
+    let sql = format!("SELECT 1 AS one FROM {table} WHERE workspace_id = ? AND id = ?");
+    Ok(db.query_one_raw(stmt(db.get_database_backend(), &sql, vec![ws.into(), id.into()])).await?.is_some())
+}
+
+/// Counts one more record against the plan cap, atomically: a conditional
+/// UPDATE that matches no row when the cap is reached. Inside the creating
+/// transaction, so a rolled-back create gives its slot back.
+pub async fn take_slot<C: ConnectionTrait>(db: &C, counter: &str, ws: &str, cap: i64) -> AppResult<bool> {
+    let sql = format!("UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {counter} < ?");
+    let res = db.execute_raw(stmt(db.get_database_backend(), &sql, vec![ws.into(), cap.into()])).await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn free_slot<C: ConnectionTrait>(db: &C, counter: &str, ws: &str) -> AppResult<()> {
+    let sql = format!("UPDATE workspaces SET {counter} = {counter} - 1 WHERE id = ? AND {counter} > 0");
+    db.execute_raw(stmt(db.get_database_backend(), &sql, vec![ws.into()])).await?;
+    Ok(())
+}
+
+pub fn plan_limit(kind_plural: &str, used: i64, cap: i64, plan: &str) -> AppError {
+    AppError::new(
+        "plan_limit_reached",
+        axum::http::StatusCode::FORBIDDEN,
+        format!("this workspace has {used} of {cap} {kind_plural}"),
+        format!("do not retry; tell the user the {kind_plural} limit of the {plan:?} plan is reached (GET /whoami shows usage)"),
+    )
+    .with("limit", kind_plural)
+    .with("cap", cap)
+}
+
+/// The FTS5 rowid of a record: its id's 60 random bits, so the search index
+/// needs no rowid of the records table (which VACUUM may renumber).
+pub fn search_rowid(id: &str) -> i64 {
+    let body = id.split_once('_').map(|(_, b)| b).unwrap_or(id);
+    body.bytes().fold(0i64, |acc, b| {
+        let v = ID_ALPHABET.iter().position(|c| *c == b).unwrap_or(0) as i64;
+        (acc << 5) | v
+    })
+}
+
+/// The text `search=` matches: the kind's search fields, lowercased.
+pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> String {
+    let mut parts = Vec::new();
+    for name in def.search {
+        match fields.get(name) {
+            Some(Val::Text(s)) => parts.push(s.to_lowercase()),
+            Some(Val::Tags(t)) => parts.push(t.join(" ").to_lowercase()),
+            _ => {}
+        }
+    }
+    parts.join(" ")
+}
+
+/// Keeps the SQLite FTS5 index in step with the row, in the same transaction.
+/// PostgreSQL needs nothing: its trigram index is on an expression of the row.
+async fn search_sync<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, fields: Option<&BTreeMap<&'static str, Val>>) -> AppResult<()> {
+    let backend = db.get_database_backend();
+    if backend != DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    let rowid = search_rowid(id);
+    db.execute_raw(stmt(backend, &format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural), vec![rowid.into()])).await?;
+    if let Some(fields) = fields {
+        db.execute_raw(stmt(
+            backend,
+            &format!("INSERT INTO {}_fts (rowid, workspace_id, id, body) VALUES (?, ?, ?, ?)", def.plural),
+            vec![rowid.into(), ws.into(), id.into(), search_text(def, fields).into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}

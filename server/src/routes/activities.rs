@@ -1,0 +1,265 @@
+//! Activities (calls, emails, meetings, notes, tasks) logged against contacts
+//! and deals, and reminders: contacts and deals whose follow-up is due.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use sea_orm::{ConnectionTrait, QueryResult};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::db::{Ts, stmt, write_tx};
+use crate::error::{AppError, AppResult};
+use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
+use crate::negotiate::Fmt;
+use crate::query::{make_time_cursor, read_time_cursor};
+use crate::records::kinds::{FType, FieldDef};
+use crate::records::model::{self, Val};
+use crate::records::{CONTACT, DEAL, KindDef, store};
+use crate::routes::audit;
+use crate::routes::records::{list_reply, not_found, path_id};
+use crate::secrets;
+use crate::wire::handle::{Kind, handle, parse_ref};
+use crate::wire::line::{LineBuilder, comment};
+use crate::wire::query::parse_limit;
+
+pub const ACTIVITY_KINDS: &[&str] = &["call", "email", "meeting", "note", "task"];
+
+static KIND_FIELD: FieldDef = FieldDef { name: "kind", ty: FType::Enum(ACTIVITY_KINDS) };
+static BODY_FIELD: FieldDef = FieldDef { name: "body", ty: FType::Text { max: 10_000, multiline: true } };
+static OCCURRED_FIELD: FieldDef = FieldDef { name: "occurred_at", ty: FType::Time };
+static DEAL_FIELD: FieldDef = FieldDef { name: "deal_id", ty: FType::Ref(Kind::Deal) };
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/contacts/{id}/activities", get(list_for_contact).post(log))
+        .route("/activities", get(list_all))
+        .route("/reminders", get(reminders))
+}
+
+pub struct Activity {
+    id: String,
+    kind: String,
+    body: Option<String>,
+    occurred_at: Ts,
+    contact_id: Option<String>,
+    deal_id: Option<String>,
+    author_id: String,
+    author_token: String,
+    created_at: Ts,
+}
+
+impl Activity {
+    fn from_row(r: &QueryResult) -> AppResult<Activity> {
+        Ok(Activity {
+            id: r.try_get("", "id")?,
+            kind: r.try_get("", "kind")?,
+            body: r.try_get("", "body")?,
+            occurred_at: r.try_get("", "occurred_at")?,
+            contact_id: r.try_get("", "contact_id")?,
+            deal_id: r.try_get("", "deal_id")?,
+            author_id: r.try_get("", "author_id")?,
+            author_token: r.try_get("", "author_token")?,
+            created_at: r.try_get("", "created_at")?,
+        })
+    }
+
+    fn line(&self) -> String {
+        let mut l = LineBuilder::new(&handle(Kind::Activity, &self.id));
+        l.field("kind", &self.kind)
+            .field("occurred_at", &self.occurred_at.render())
+            .opt("contact", self.contact_id.as_ref().map(|c| handle(Kind::Contact, c)).as_deref())
+            .opt("deal", self.deal_id.as_ref().map(|d| handle(Kind::Deal, d)).as_deref())
+            .field("author", &handle(Kind::User, &self.author_id))
+            .field("agent", &self.author_token)
+            .opt("body", self.body.as_deref())
+            .field("created_at", &self.created_at.render());
+        l.finish()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "handle": handle(Kind::Activity, &self.id), "id": self.id, "kind": self.kind, "body": self.body,
+            "occurred_at": self.occurred_at.render(), "contact_id": self.contact_id, "deal_id": self.deal_id,
+            "author": handle(Kind::User, &self.author_id), "agent": self.author_token,
+            "created_at": self.created_at.render(),
+        })
+    }
+}
+
+const COLS: &str = "id, kind, body, occurred_at, contact_id, deal_id, author_id, author_token, created_at";
+
+async fn log(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, RawBody(raw): RawBody) -> AppResult<Response> {
+    let contact_id = path_id(Kind::Contact, &ids)?;
+    let map = parse_object(&raw, &["kind", "body", "occurred_at", "deal_id"])?;
+    let kind = match map.get("kind") {
+        Some(v) if !v.is_null() => model::parse_value(&KIND_FIELD, v)?,
+        _ => {
+            return Err(AppError::invalid("kind is required", format!("send \"kind\": one of {}", ACTIVITY_KINDS.join(", "))).allowed(ACTIVITY_KINDS));
+        }
+    };
+    let body = map.get("body").map(|v| model::parse_value(&BODY_FIELD, v)).transpose()?;
+    let occurred = map.get("occurred_at").map(|v| model::parse_value(&OCCURRED_FIELD, v)).transpose()?;
+    let deal = map.get("deal_id").map(|v| model::parse_value(&DEAL_FIELD, v)).transpose()?;
+    let text = |v: Option<Val>| match v {
+        Some(Val::Text(s)) => Some(s),
+        _ => None,
+    };
+    let now = Ts::now();
+    let a = Activity {
+        id: secrets::new_id(Kind::Activity),
+        kind: text(Some(kind)).unwrap_or_default(),
+        body: text(body),
+        occurred_at: match occurred {
+            Some(Val::Time(t)) => t,
+            _ => now,
+        },
+        contact_id: Some(contact_id.clone()),
+        deal_id: text(deal),
+        author_id: caller.user_id.clone(),
+        author_token: caller.token_name.clone(),
+        created_at: now,
+    };
+    let ws = caller.workspace_id.as_str();
+    let tx = write_tx(&state.db).await?;
+    if !store::exists(&tx, Kind::Contact, ws, &contact_id).await? {
+        return Err(not_found(Kind::Contact, &contact_id));
+    }
+    if let Some(d) = &a.deal_id
+        && !store::exists(&tx, Kind::Deal, ws, d).await?
+    {
+        return Err(AppError::not_found(format!("deal_id: no deal {d:?} in this workspace"), "use an id from GET /deals"));
+    }
+    tx.execute_raw(stmt(
+        tx.get_database_backend(),
+        "INSERT INTO activities (workspace_id, id, kind, body, occurred_at, contact_id, deal_id, author_id, author_token, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            ws.into(), a.id.clone().into(), a.kind.clone().into(), a.body.clone().into(), a.occurred_at.into(),
+            a.contact_id.clone().into(), a.deal_id.clone().into(), a.author_id.clone().into(), a.author_token.clone().into(), a.created_at.into(),
+        ],
+    ))
+    .await?;
+    audit::record(&tx, ws, &caller.user_id, &caller.token_name, "activity.create", &handle(Kind::Activity, &a.id),
+        Some(json!({"kind": [null, a.kind], "contact_id": [null, a.contact_id], "deal_id": [null, a.deal_id]}))).await?;
+    tx.commit().await?;
+    Ok(fmt.reply(
+        StatusCode::CREATED,
+        || format!("{}\n{}\n", a.line(), comment("created")),
+        || json!({"data": a.to_json(), "result": "created"}),
+    ))
+}
+
+async fn list_for_contact(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, q: QueryPairs) -> AppResult<Response> {
+    let contact_id = path_id(Kind::Contact, &ids)?;
+    if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
+        return Err(not_found(Kind::Contact, &contact_id));
+    }
+    q.only(&["limit", "cursor"])?;
+    list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
+}
+
+async fn list_all(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryPairs) -> AppResult<Response> {
+    q.only(&["contact", "deal", "limit", "cursor"])?;
+    let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
+        match q.get(key) {
+            None | Some("") => Ok(None),
+            Some(v) => parse_ref(kind, v).map(Some).map_err(|e| {
+                AppError::invalid(format!("{key}: {e}"), format!("send {key}= a {} id or handle", kind.name()))
+            }),
+        }
+    };
+    let contact = parse("contact", Kind::Contact)?;
+    let deal = parse("deal", Kind::Deal)?;
+    list_activities(&state, &caller, fmt, contact, deal, &q).await
+}
+
+fn limit_of(q: &QueryPairs) -> AppResult<u32> {
+    match q.get("limit") {
+        None => Ok(50),
+        Some(v) => parse_limit(v).map_err(|e| AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)),
+    }
+}
+
+async fn list_activities(state: &AppState, caller: &Caller, fmt: Fmt, contact: Option<String>, deal: Option<String>, q: &QueryPairs) -> AppResult<Response> {
+    let limit = limit_of(q)?;
+    let ws = caller.workspace_id.as_str();
+    let scope = format!("activities|{}|{}", contact.as_deref().unwrap_or(""), deal.as_deref().unwrap_or(""));
+    let mut sql = format!("SELECT {COLS} FROM activities WHERE workspace_id = ?");
+    let mut vals: Vec<sea_orm::Value> = vec![ws.into()];
+    if let Some(c) = &contact {
+        sql.push_str(" AND contact_id = ?");
+        vals.push(c.clone().into());
+    }
+    if let Some(d) = &deal {
+        sql.push_str(" AND deal_id = ?");
+        vals.push(d.clone().into());
+    }
+    if let Some(c) = q.get("cursor") {
+        let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;
+        sql.push_str(" AND (occurred_at < ? OR (occurred_at = ? AND id < ?))");
+        vals.extend([at.into(), at.into(), id.into()]);
+    }
+    sql.push_str(&format!(" ORDER BY occurred_at DESC, id DESC LIMIT {}", limit + 1));
+    let rows = state.db.query_all_raw(stmt(state.db.get_database_backend(), &sql, vals)).await?;
+    let mut items = rows.iter().map(Activity::from_row).collect::<AppResult<Vec<_>>>()?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = if more { items.last().map(|a| make_time_cursor(&state.cursor_key, ws, &scope, a.occurred_at, &a.id)) } else { None };
+    Ok(list_reply(fmt, "activities", &items, next, Activity::line, Activity::to_json))
+}
+
+struct Due {
+    def: &'static KindDef,
+    record: crate::records::Record,
+    at: Ts,
+}
+
+async fn reminders(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryPairs) -> AppResult<Response> {
+    q.only(&["days", "limit"])?;
+    let days: i64 = match q.get("days") {
+        None => 0,
+        Some(v) => v.parse().ok().filter(|d| (0..=3650).contains(d)).ok_or_else(|| {
+            AppError::invalid(format!("days={:?} is not a whole number of days from 0 to 3650", v.chars().take(20).collect::<String>()), "send days=7 to look a week ahead; leave it out for what is due now")
+        })?,
+    };
+    let limit = limit_of(&q)?;
+    let now = Ts::now();
+    let until = now.plus(std::time::Duration::from_secs(days as u64 * 86_400));
+    let mut due = Vec::new();
+    for def in [&CONTACT, &DEAL] {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE workspace_id = ? AND follow_up_at IS NOT NULL AND follow_up_at <= ? ORDER BY follow_up_at ASC, id ASC LIMIT {}",
+            store::columns(def), def.plural, limit
+        );
+        let rows = state.db.query_all_raw(stmt(state.db.get_database_backend(), &sql, vec![caller.workspace_id.clone().into(), until.into()])).await?;
+        for r in &rows {
+            let record = store::from_row(def, r)?;
+            if let Val::Time(at) = record.get("follow_up_at").clone() {
+                due.push(Due { def, record, at });
+            }
+        }
+    }
+    due.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.record.id.cmp(&b.record.id)));
+    due.truncate(limit as usize);
+    let line = |d: &Due| {
+        let r = &d.record;
+        let mut l = LineBuilder::new(&handle(d.def.kind, &r.id));
+        l.field("due", if d.at <= now { "overdue" } else { "upcoming" })
+            .field("follow_up_at", &d.at.render())
+            .opt("follow_up_note", r.text("follow_up_note"))
+            .opt("name", r.text("name"))
+            .opt("title", r.text("title"))
+            .opt("stage", r.text("stage"));
+        l.finish()
+    };
+    let to_json = |d: &Due| {
+        let mut v = model::to_json(d.def, &d.record);
+        v["due"] = json!(if d.at <= now { "overdue" } else { "upcoming" });
+        v
+    };
+    Ok(list_reply(fmt, "reminders", &due, None, line, to_json))
+}

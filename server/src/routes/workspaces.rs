@@ -1,0 +1,558 @@
+//! Workspaces, members, invites and roles (SPEC §4).
+//!
+//! A workspace you do not belong to does not exist for you: every path here
+//! answers 404 for it. Checks run in the order membership -> role -> input ->
+//! step-up, so a member never triggers a code email.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::db::{Ts, stmt, write_tx};
+use crate::error::{AppError, AppResult};
+use crate::extract::{BodyFields, JsonBody, PathIds, RawBody};
+use crate::mail::{Mail, html_escape};
+use crate::negotiate::Fmt;
+use crate::records::store::plan_limit;
+use crate::routes::audit;
+use crate::routes::auth::{mint_token, token_reply};
+use crate::routes::records::list_reply;
+use crate::stepup::{self, OfferedCode};
+use crate::wire::handle::{Kind, handle, parse_ref};
+use crate::wire::line::{LineBuilder, comment};
+use crate::{secrets, validate};
+
+pub const ROLES: &[&str] = &["admin", "member"];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/workspaces", get(list).post(create))
+        .route("/workspaces/{id}", delete(delete_workspace))
+        .route("/workspaces/{id}/tokens", post(switch))
+        .route("/workspaces/{id}/members", get(members))
+        .route("/workspaces/{id}/invites", post(invite))
+        .route("/workspaces/{id}/invites/{invite}", delete(withdraw))
+        .route("/workspaces/{id}/members/{user}/role", post(set_role))
+        .route("/workspaces/{id}/members/{user}", delete(remove_member))
+}
+
+fn ws_not_found(raw: &str) -> AppError {
+    let shown: String = raw.chars().take(60).collect();
+    AppError::not_found(format!("no workspace {shown:?} of yours"), "GET /workspaces lists the workspaces you belong to")
+}
+
+/// The workspace id from the path, and the caller's role in it (404 when the
+/// caller is not a member, whatever the workspace's existence).
+async fn membership(state: &AppState, caller: &Caller, raw: &str) -> AppResult<(String, String)> {
+    let id = parse_ref(Kind::Workspace, raw).map_err(|_| ws_not_found(raw))?;
+    let row = state
+        .db
+        .query_one_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?",
+            vec![id.clone().into(), caller.user_id.clone().into()],
+        ))
+        .await?
+        .ok_or_else(|| ws_not_found(raw))?;
+    Ok((id, row.try_get("", "role")?))
+}
+
+async fn require_admin(state: &AppState, caller: &Caller, raw: &str) -> AppResult<String> {
+    let (id, role) = membership(state, caller, raw).await?;
+    if role != "admin" {
+        return Err(AppError::admin_required());
+    }
+    Ok(id)
+}
+
+fn role_of(raw: Option<String>) -> AppResult<String> {
+    let r = raw.ok_or_else(|| AppError::invalid("role is required", "send \"role\": \"admin\" or \"member\"").allowed(ROLES))?;
+    if !ROLES.contains(&r.as_str()) {
+        return Err(AppError::invalid(format!("role {:?} is not admin or member", r.chars().take(40).collect::<String>()), "send \"role\": \"admin\" or \"member\"").allowed(ROLES));
+    }
+    Ok(r)
+}
+
+async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppResult<Response> {
+    let rows = state
+        .db
+        .query_all_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT w.id, w.name, w.plan, w.personal_of, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id \
+             WHERE m.user_id = ? ORDER BY w.created_at, w.id",
+            vec![caller.user_id.clone().into()],
+        ))
+        .await?;
+    let mut items = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("", "id")?;
+        let personal: Option<String> = r.try_get("", "personal_of")?;
+        items.push(json!({
+            "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
+            "role": r.try_get::<String>("", "role")?, "plan": r.try_get::<String>("", "plan")?,
+            "personal": personal.as_deref() == Some(caller.user_id.as_str()), "current": id == caller.workspace_id,
+        }));
+    }
+    let line = |v: &serde_json::Value| {
+        let mut l = LineBuilder::new(v["handle"].as_str().unwrap_or(""));
+        for k in ["name", "role", "plan"] {
+            l.field(k, v[k].as_str().unwrap_or(""));
+        }
+        if v["personal"] == true {
+            l.field("personal", "true");
+        }
+        if v["current"] == true {
+            l.field("current", "true");
+        }
+        l.finish()
+    };
+    Ok(list_reply(fmt, "workspaces", &items, None, line, |v| v.clone()))
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: Option<String>,
+}
+impl BodyFields for NameBody {
+    const FIELDS: &'static [&'static str] = &["name"];
+}
+
+async fn create(State(state): State<AppState>, caller: Caller, fmt: Fmt, JsonBody(body): JsonBody<NameBody>) -> AppResult<Response> {
+    let name = validate::label("name", &body.name.ok_or_else(|| AppError::invalid("name is required", "send {\"name\": \"Sales team\"}"))?, 100)?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let plan_row = tx
+        .query_one_raw(stmt(backend, "SELECT plan FROM users WHERE id = ?", vec![caller.user_id.clone().into()]))
+        .await?
+        .ok_or_else(AppError::invalid_token)?;
+    let plan: String = plan_row.try_get("", "plan")?;
+    let cap = state.settings.plan(&plan).workspaces;
+    let took = tx
+        .execute_raw(stmt(
+            backend,
+            "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ? AND workspaces_count < ?",
+            vec![caller.user_id.clone().into(), cap.into()],
+        ))
+        .await?;
+    if took.rows_affected() != 1 {
+        return Err(plan_limit("workspaces", cap, cap, &plan));
+    }
+    let id = secrets::new_id(Kind::Workspace);
+    let now = Ts::now();
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO workspaces (id, name, plan, personal_of, created_by, contacts_count, companies_count, deals_count, members_count, created_at) \
+         VALUES (?, ?, 'default', NULL, ?, 0, 0, 0, 1, ?)",
+        vec![id.clone().into(), name.clone().into(), caller.user_id.clone().into(), now.into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)",
+        vec![id.clone().into(), caller.user_id.clone().into(), now.into()],
+    ))
+    .await?;
+    audit::record(&tx, &id, &caller.user_id, &caller.token_name, "workspace.create", &handle(Kind::Workspace, &id), Some(json!({"name": [null, name]}))).await?;
+    tx.commit().await?;
+    let h = handle(Kind::Workspace, &id);
+    Ok(fmt.reply(
+        StatusCode::CREATED,
+        || {
+            let mut l = LineBuilder::new(&h);
+            l.field("name", &name).field("role", "admin").field("plan", "default");
+            format!("{}\n{}\n{}\n", l.finish(), comment("created"), comment(&format!("to work in it: POST /workspaces/{id}/tokens {{\"token_name\":\"…\"}}")))
+        },
+        || json!({"data": {"handle": h, "id": id, "name": name, "role": "admin", "plan": "default"}, "result": "created"}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token_name: Option<String>,
+}
+impl BodyFields for TokenBody {
+    const FIELDS: &'static [&'static str] = &["token_name"];
+}
+
+/// Mints a token scoped to another workspace the caller belongs to.
+async fn switch(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, RawBody(body): RawBody) -> AppResult<Response> {
+    let (ws, _) = membership(&state, &caller, &ids[0]).await?;
+    let body: TokenBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenBody { token_name: None }
+    } else {
+        crate::extract::parse_body(&body)?
+    };
+    let name = match body.token_name {
+        Some(n) => validate::label("token_name", &n, 100)?,
+        None => caller.token_name.clone(),
+    };
+    let tx = write_tx(&state.db).await?;
+    let minted = mint_token(&tx, &state, &caller.user_id, &ws, &name).await?;
+    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "token.create", &handle(Kind::Token, &minted.id), Some(json!({"name": [null, name]}))).await?;
+    tx.commit().await?;
+    Ok(token_reply(fmt, &minted, &caller.email))
+}
+
+async fn members(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+    let (ws, _) = membership(&state, &caller, &ids[0]).await?;
+    let backend = state.db.get_database_backend();
+    let mut items = Vec::new();
+    for r in state
+        .db
+        .query_all_raw(stmt(
+            backend,
+            "SELECT u.id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = ? ORDER BY m.created_at, u.id",
+            vec![ws.clone().into()],
+        ))
+        .await?
+    {
+        let id: String = r.try_get("", "id")?;
+        items.push(json!({"handle": handle(Kind::User, &id), "id": id, "email": r.try_get::<String>("", "email")?,
+            "role": r.try_get::<String>("", "role")?, "status": "member", "since": r.try_get::<Ts>("", "created_at")?.render()}));
+    }
+    for r in state
+        .db
+        .query_all_raw(stmt(
+            backend,
+            "SELECT id, email, role, invited_by, created_at FROM invites WHERE workspace_id = ? ORDER BY created_at, id",
+            vec![ws.clone().into()],
+        ))
+        .await?
+    {
+        let id: String = r.try_get("", "id")?;
+        items.push(json!({"handle": handle(Kind::Invite, &id), "id": id, "email": r.try_get::<String>("", "email")?,
+            "role": r.try_get::<String>("", "role")?, "status": "invited",
+            "invited_by": handle(Kind::User, &r.try_get::<String>("", "invited_by")?), "since": r.try_get::<Ts>("", "created_at")?.render()}));
+    }
+    let line = |v: &serde_json::Value| {
+        let mut l = LineBuilder::new(v["handle"].as_str().unwrap_or(""));
+        for k in ["email", "role", "status", "invited_by", "since"] {
+            if let Some(s) = v[k].as_str() {
+                l.field(k, s);
+            }
+        }
+        l.finish()
+    };
+    Ok(list_reply(fmt, "members and invites", &items, None, line, |v| v.clone()))
+}
+
+#[derive(Deserialize)]
+struct InviteBody {
+    email: Option<String>,
+    role: Option<String>,
+}
+impl BodyFields for InviteBody {
+    const FIELDS: &'static [&'static str] = &["email", "role"];
+}
+
+async fn ws_plan(tx: &DatabaseTransaction, ws: &str) -> AppResult<(String, String)> {
+    let row = tx
+        .query_one_raw(stmt(tx.get_database_backend(), "SELECT name, plan FROM workspaces WHERE id = ?", vec![ws.into()]))
+        .await?
+        .ok_or_else(|| ws_not_found(ws))?;
+    Ok((row.try_get("", "name")?, row.try_get("", "plan")?))
+}
+
+async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, JsonBody(body): JsonBody<InviteBody>) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let email = validate::email("email", &body.email.ok_or_else(|| AppError::invalid("email is required", "send {\"email\":\"jane@example.com\",\"role\":\"member\"}"))?)?;
+    let role = role_of(Some(body.role.unwrap_or_else(|| "member".into())))?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let already = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id WHERE u.email = ? AND m.workspace_id = ?",
+            vec![email.clone().into(), ws.clone().into()],
+        ))
+        .await?;
+    if let Some(row) = already {
+        let uid: String = row.try_get("", "id")?;
+        return Err(AppError::new(
+            "conflict",
+            StatusCode::CONFLICT,
+            format!("{} is already a member ({})", validate::mask_email(&email), handle(Kind::User, &uid)),
+            "change their role with POST /workspaces/{id}/members/{userId}/role instead",
+        )
+        .with("existing", handle(Kind::User, &uid)));
+    }
+    let (ws_name, plan) = ws_plan(&tx, &ws).await?;
+    let now = Ts::now();
+    // Re-inviting a pending address updates its role and takes no new seat.
+    let updated = tx
+        .query_one_raw(stmt(
+            backend,
+            "UPDATE invites SET role = ? WHERE workspace_id = ? AND email = ? RETURNING id",
+            vec![role.clone().into(), ws.clone().into(), email.clone().into()],
+        ))
+        .await?;
+    let (invite_id, result) = match updated {
+        Some(row) => (row.try_get::<String>("", "id")?, "updated"),
+        None => {
+            let cap = state.settings.plan(&plan).members;
+            let took = tx
+                .execute_raw(stmt(
+                    backend,
+                    "UPDATE workspaces SET members_count = members_count + 1 WHERE id = ? AND members_count < ?",
+                    vec![ws.clone().into(), cap.into()],
+                ))
+                .await?;
+            if took.rows_affected() != 1 {
+                return Err(plan_limit("members", cap, cap, &plan));
+            }
+            let id = secrets::new_id(Kind::Invite);
+            tx.execute_raw(stmt(
+                backend,
+                "INSERT INTO invites (workspace_id, id, email, role, invited_by, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                vec![ws.clone().into(), id.clone().into(), email.clone().into(), role.clone().into(), caller.user_id.clone().into(), now.into()],
+            ))
+            .await?;
+            (id, "created")
+        }
+    };
+    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "invite.create", &handle(Kind::Invite, &invite_id), Some(json!({"email": [null, email], "role": [null, role]}))).await?;
+    let base = &state.settings.base_url;
+    let mail = Mail {
+        to: email.clone(),
+        subject: format!("You are invited to the crmkit workspace \"{ws_name}\""),
+        text: format!(
+            "{} invited you to the crmkit workspace \"{ws_name}\" as {role}.\n\nTo join, sign in with this address:\n  1. POST {base}/auth/request {{\"email\":\"{email}\"}}\n  2. POST {base}/auth/verify {{\"email\":\"{email}\",\"code\":\"<the code we email you>\"}}\nThen POST {base}/workspaces/{ws}/tokens to work in it. The manual: {base}/help\n",
+            caller.email
+        ),
+        html: format!(
+            "<p>{} invited you to the crmkit workspace <b>{}</b> as {role}.</p><p>To join, sign in with this address: <code>POST {}/auth/request</code>, then <code>POST {}/auth/verify</code> with the emailed code. The manual: {}/help</p>",
+            html_escape(&caller.email), html_escape(&ws_name), html_escape(base), html_escape(base), html_escape(base)
+        ),
+        local_line: format!("to={email} invite to workspace {ws} as {role}: sign in at {base}/auth/request"),
+    };
+    // Mail first, then commit: a failed send leaves no half-made invite.
+    state.mailer.send(mail).await?;
+    tx.commit().await?;
+    let h = handle(Kind::Invite, &invite_id);
+    let status = if result == "created" { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(fmt.reply(
+        status,
+        || {
+            let mut l = LineBuilder::new(&h);
+            l.field("email", &email).field("role", &role).field("status", "invited").field("workspace", &handle(Kind::Workspace, &ws));
+            format!("{}\n{}\n{}\n", l.finish(), comment(result), comment("they join at their next sign-in with that address"))
+        },
+        || json!({"data": {"handle": h, "id": invite_id, "email": email, "role": role, "status": "invited", "workspace": handle(Kind::Workspace, &ws)}, "result": result}),
+    ))
+}
+
+async fn withdraw(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let raw = ids.get(1).map(String::as_str).unwrap_or("");
+    let nf = || AppError::not_found("no such pending invite in this workspace", "GET /workspaces/{id}/members lists pending invites");
+    let id = parse_ref(Kind::Invite, raw).map_err(|_| nf())?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let row = tx
+        .query_one_raw(stmt(backend, "DELETE FROM invites WHERE workspace_id = ? AND id = ? RETURNING email", vec![ws.clone().into(), id.clone().into()]))
+        .await?
+        .ok_or_else(nf)?;
+    let email: String = row.try_get("", "email")?;
+    tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ? AND members_count > 0", vec![ws.clone().into()])).await?;
+    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "invite.withdraw", &handle(Kind::Invite, &id), Some(json!({"email": [email, null]}))).await?;
+    tx.commit().await?;
+    let h = handle(Kind::Invite, &id);
+    Ok(fmt.reply(StatusCode::OK, || format!("{}\n", comment(&format!("withdrew {h}"))), || json!({"data": {"handle": h, "id": id}, "result": "deleted"})))
+}
+
+/// The member's current role, or 404 when the user is not a member.
+async fn member_role(tx: &DatabaseTransaction, ws: &str, raw: &str) -> AppResult<(String, String)> {
+    let nf = || AppError::not_found("no such member in this workspace", "GET /workspaces/{id}/members lists members and their user ids");
+    let uid = parse_ref(Kind::User, raw).map_err(|_| nf())?;
+    let backend = tx.get_database_backend();
+    let lock = if backend == sea_orm::DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
+    let row = tx
+        .query_one_raw(stmt(backend, &format!("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?{lock}"), vec![ws.into(), uid.clone().into()]))
+        .await?
+        .ok_or_else(nf)?;
+    Ok((uid, row.try_get("", "role")?))
+}
+
+/// Other admins than `uid`, counted under a lock on the workspace row so two
+/// demotions cannot both pass.
+async fn other_admins(tx: &DatabaseTransaction, ws: &str, uid: &str) -> AppResult<i64> {
+    let backend = tx.get_database_backend();
+    if backend == sea_orm::DatabaseBackend::Postgres {
+        tx.execute_raw(stmt(backend, "SELECT id FROM workspaces WHERE id = ? FOR UPDATE", vec![ws.into()])).await?;
+    }
+    let row = tx
+        .query_one_raw(stmt(backend, "SELECT COUNT(*) AS n FROM memberships WHERE workspace_id = ? AND role = 'admin' AND user_id <> ?", vec![ws.into(), uid.into()]))
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+}
+
+fn last_admin() -> AppError {
+    AppError::new(
+        "last_admin",
+        StatusCode::CONFLICT,
+        "this would leave the workspace without an admin",
+        "promote another member to admin first (POST /workspaces/{id}/members/{userId}/role {\"role\":\"admin\"})",
+    )
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role: Option<String>,
+}
+impl BodyFields for RoleBody {
+    const FIELDS: &'static [&'static str] = &["role"];
+}
+
+async fn set_role(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, OfferedCode(code): OfferedCode, JsonBody(body): JsonBody<RoleBody>) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let role = role_of(body.role)?;
+    let raw_user = ids.get(1).map(String::as_str).unwrap_or("");
+    {
+        // Validate the target before any step-up mail goes out.
+        let tx = write_tx(&state.db).await?;
+        member_role(&tx, &ws, raw_user).await?;
+        tx.rollback().await?;
+    }
+    let uid = parse_ref(Kind::User, raw_user).unwrap_or_default();
+    let target = format!("{}/{}", handle(Kind::Workspace, &ws), handle(Kind::User, &uid));
+    if role == "admin" {
+        stepup::require(&state, &caller, "promote", &target, &format!("make {} an admin of workspace {ws}", handle(Kind::User, &uid)), code).await?;
+    }
+    let tx = write_tx(&state.db).await?;
+    let (uid, old) = member_role(&tx, &ws, raw_user).await?;
+    if old == "admin" && role == "member" && other_admins(&tx, &ws, &uid).await? == 0 {
+        return Err(last_admin());
+    }
+    if old != role {
+        tx.execute_raw(stmt(tx.get_database_backend(), "UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?", vec![role.clone().into(), ws.clone().into(), uid.clone().into()])).await?;
+        audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "member.role", &handle(Kind::User, &uid), Some(json!({"role": [old, role]}))).await?;
+    }
+    tx.commit().await?;
+    let h = handle(Kind::User, &uid);
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            let mut l = LineBuilder::new(&h);
+            l.field("role", &role).field("workspace", &handle(Kind::Workspace, &ws));
+            format!("{}\n{}\n", l.finish(), comment("updated"))
+        },
+        || json!({"data": {"handle": h, "id": uid, "role": role, "workspace": handle(Kind::Workspace, &ws)}, "result": "updated"}),
+    ))
+}
+
+async fn remove_member(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let (uid, role) = member_role(&tx, &ws, ids.get(1).map(String::as_str).unwrap_or("")).await?;
+    if role == "admin" && other_admins(&tx, &ws, &uid).await? == 0 {
+        return Err(last_admin());
+    }
+    tx.execute_raw(stmt(backend, "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", vec![ws.clone().into(), uid.clone().into()])).await?;
+    // Their tokens for this workspace die with the membership.
+    let killed = tx.execute_raw(stmt(backend, "DELETE FROM tokens WHERE workspace_id = ? AND user_id = ?", vec![ws.clone().into(), uid.clone().into()])).await?;
+    tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ? AND members_count > 0", vec![ws.clone().into()])).await?;
+    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "member.remove", &handle(Kind::User, &uid), Some(json!({"role": [role, null]}))).await?;
+    tx.commit().await?;
+    let h = handle(Kind::User, &uid);
+    let n = killed.rows_affected();
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || format!("{}\n{}\n", comment(&format!("removed {h}")), comment(&format!("{n} of their tokens for this workspace revoked"))),
+        || json!({"data": {"handle": h, "id": uid, "tokens_revoked": n}, "result": "deleted"}),
+    ))
+}
+
+/// Tables holding a workspace's data, all keyed by `workspace_id`.
+const OWNED: &[&str] = &["activities", "deals", "contacts", "companies", "audit", "invites", "confirmations", "tokens", "memberships"];
+
+async fn delete_workspace(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, OfferedCode(code): OfferedCode) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let target = handle(Kind::Workspace, &ws);
+    stepup::require(&state, &caller, "delete-workspace", &target, &format!("delete workspace {ws} and all its data"), code).await?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let owner = tx
+        .query_one_raw(stmt(backend, "SELECT created_by FROM workspaces WHERE id = ?", vec![ws.clone().into()]))
+        .await?
+        .ok_or_else(|| ws_not_found(&ws))?;
+    let created_by: String = owner.try_get("", "created_by")?;
+    for table in OWNED {
+        tx.execute_raw(stmt(backend, &format!("DELETE FROM {table} WHERE workspace_id = ?"), vec![ws.clone().into()])).await?;
+    }
+    if backend == sea_orm::DatabaseBackend::Sqlite {
+        for t in ["contacts", "companies", "deals"] {
+            tx.execute_raw(stmt(backend, &format!("DELETE FROM {t}_fts WHERE workspace_id = ?"), vec![ws.clone().into()])).await?;
+        }
+    }
+    tx.execute_raw(stmt(backend, "DELETE FROM escalations WHERE target LIKE ?", vec![format!("{target}%").into()])).await?;
+    tx.execute_raw(stmt(backend, "DELETE FROM workspaces WHERE id = ?", vec![ws.clone().into()])).await?;
+    tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count - 1 WHERE id = ? AND workspaces_count > 0", vec![created_by.into()])).await?;
+    tx.commit().await?;
+    tracing::info!(workspace = %target, "workspace deleted");
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || format!("{}\n{}\n", comment(&format!("deleted {target} with all its records, members, invites and tokens")), comment("switch to another workspace: GET /workspaces, then POST /workspaces/{id}/tokens")),
+        || json!({"data": {"handle": target, "id": ws}, "result": "deleted"}),
+    ))
+}
+
+/// Turns every pending invite for `email` into a membership.
+pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<()> {
+    let backend = tx.get_database_backend();
+    let invites = tx
+        .query_all_raw(stmt(backend, "SELECT workspace_id, id, role FROM invites WHERE email = ?", vec![email.into()]))
+        .await?;
+    for inv in invites {
+        let ws: String = inv.try_get("", "workspace_id")?;
+        let id: String = inv.try_get("", "id")?;
+        let role: String = inv.try_get("", "role")?;
+        let joined = tx
+            .execute_raw(stmt(
+                backend,
+                "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (workspace_id, user_id) DO NOTHING",
+                vec![ws.clone().into(), user_id.into(), role.clone().into(), Ts::now().into()],
+            ))
+            .await?;
+        tx.execute_raw(stmt(backend, "DELETE FROM invites WHERE workspace_id = ? AND id = ?", vec![ws.clone().into(), id.into()])).await?;
+        if joined.rows_affected() == 0 {
+            // Already a member: the invite's seat is freed.
+            tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ?", vec![ws.clone().into()])).await?;
+        } else {
+            audit::record(tx, &ws, user_id, "-", "member.join", &handle(Kind::User, user_id), Some(json!({"role": [null, role]}))).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The user's personal workspace, created on first sign-in (and again after
+/// the user deleted it). It counts in the user's workspaces but is made even
+/// at the cap: nobody is ever left without a workspace.
+pub async fn ensure_personal(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<String> {
+    let backend = tx.get_database_backend();
+    if let Some(row) = tx.query_one_raw(stmt(backend, "SELECT id FROM workspaces WHERE personal_of = ?", vec![user_id.into()])).await? {
+        return Ok(row.try_get("", "id")?);
+    }
+    let id = secrets::new_id(Kind::Workspace);
+    let local = email.split('@').next().unwrap_or("my");
+    let name = format!("{local}'s workspace");
+    let now = Ts::now();
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO workspaces (id, name, plan, personal_of, created_by, contacts_count, companies_count, deals_count, members_count, created_at) \
+         VALUES (?, ?, 'default', ?, ?, 0, 0, 0, 1, ?)",
+        vec![id.clone().into(), name.clone().into(), user_id.into(), user_id.into(), now.into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(backend, "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)", vec![id.clone().into(), user_id.into(), now.into()])).await?;
+    tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ?", vec![user_id.into()])).await?;
+    audit::record(tx, &id, user_id, "-", "workspace.create", &handle(Kind::Workspace, &id), Some(json!({"name": [null, name]}))).await?;
+    Ok(id)
+}

@@ -1,0 +1,173 @@
+//! Start-up and shutdown: settings, logging, database, migrations, listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::app::{AppState, app};
+use crate::config::{ConfigError, MailMode, ServeArgs, Settings, redact_url};
+use crate::db;
+use crate::mail::Mailer;
+
+/// Why `serve` stopped with an error: bad configuration (exit 2) or a runtime
+/// failure such as an unreachable database (exit 1).
+#[derive(Debug)]
+pub enum ServeError {
+    Config(ConfigError),
+    Runtime(String),
+    NotFound(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(e) => write!(f, "{e}"),
+            ServeError::Runtime(e) | ServeError::NotFound(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl ServeError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 2,
+            ServeError::Runtime(_) => 1,
+            ServeError::NotFound(_) => 3,
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    // sqlx logs every statement at INFO; keep SQL at DEBUG unless asked.
+    let filter = format!("sqlx=warn,sea_orm=warn,{filter}");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// `crmkit serve`: runs until SIGTERM or SIGINT, then finishes in-flight requests.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let settings = Settings::resolve(&args).map_err(ServeError::Config)?;
+    init_logging(&settings.log);
+    let mailer = Mailer::new(&settings).map_err(ServeError::Config)?;
+    let conn = db::connect(&settings)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot open the database {}: {e}", redact_url(&settings.database_url))))?;
+    db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+    let listener = TcpListener::bind(settings.bind)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", settings.bind)))?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+    // With port 0 the real port is known only now.
+    let mut settings = settings;
+    if settings.bind.port() == 0 && settings.base_url == format!("http://{}", settings.bind) {
+        settings.base_url = format!("http://{addr}");
+    }
+    tracing::info!(
+        "crmkit {} listening on http://{addr} (base URL {}; database {})",
+        env!("CARGO_PKG_VERSION"),
+        settings.base_url,
+        redact_url(&settings.database_url).split('?').next().unwrap_or("")
+    );
+    if settings.mail == MailMode::Local {
+        tracing::warn!(
+            "local mail mode: no CRMKIT_SMTP_URL set, so sign-in codes are written to this log on lines marked LOCAL-MAIL (fine for one person on their own machine)"
+        );
+    }
+    let key = db::cursor_key(&conn).await.map_err(|e| ServeError::Runtime(format!("cannot read the server key: {e}")))?;
+    let state = AppState::new(conn.clone(), settings, mailer, key);
+    serve_on(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| ServeError::Runtime(format!("server error: {e}")))?;
+    conn.close().await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves (test seam).
+pub async fn serve_on(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// `crmkit migrate [--dry-run]`.
+pub async fn migrate(args: ServeArgs, dry_run: bool) -> Result<Vec<String>, ServeError> {
+    let settings = Settings::resolve(&args).map_err(ServeError::Config)?;
+    init_logging(&settings.log);
+    let conn = db::connect(&settings)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot open the database: {e}")))?;
+    let pending = db::pending_migrations(&conn)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot read migrations: {e}")))?;
+    if !dry_run {
+        db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+    }
+    conn.close().await.ok();
+    Ok(pending)
+}
+
+/// `crmkit admin set-plan`: puts a workspace (`w_…`) or a user (by email, for
+/// the workspaces cap) on a configured plan, straight in the database.
+pub async fn set_plan(args: ServeArgs, target: String, plan: String) -> Result<String, ServeError> {
+    let settings = Settings::resolve(&args).map_err(ServeError::Config)?;
+    if !settings.plans.contains_key(&plan) {
+        let known: Vec<&str> = settings.plans.keys().map(String::as_str).collect();
+        return Err(ServeError::Config(ConfigError(format!(
+            "no plan {plan:?} is configured (known: {}); add a [plans.{plan}] table to the config file",
+            known.join(", ")
+        ))));
+    }
+    let conn = db::connect(&settings)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot open the database: {e}")))?;
+    db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+    let (sql, key, label) = if target.contains('@') {
+        ("UPDATE users SET plan = ? WHERE email = ?", target.to_ascii_lowercase(), format!("user {target}"))
+    } else {
+        let id = crate::wire::handle::parse_ref(crate::wire::handle::Kind::Workspace, &target)
+            .map_err(|e| ServeError::Config(ConfigError(format!("{target:?}: {e}; pass a workspace id (w_…) or a user's email"))))?;
+        ("UPDATE workspaces SET plan = ? WHERE id = ?", id.clone(), format!("workspace/{id}"))
+    };
+    use sea_orm::ConnectionTrait;
+    let res = conn
+        .execute_raw(db::stmt(conn.get_database_backend(), sql, vec![plan.clone().into(), key.into()]))
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot update: {e}")))?;
+    conn.close().await.ok();
+    if res.rows_affected() == 0 {
+        return Err(ServeError::NotFound(format!("no {label} in this database")));
+    }
+    Ok(format!("{label} plan={plan}"))
+}

@@ -1,0 +1,431 @@
+//! Sign-in by emailed code, tokens and sessions (SPEC §3; SECURITY R10–R20, R32).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::harness::{Server, field};
+use crate::smtp::{Mode, code_in};
+
+fn verify_body(email: &str, code: &str) -> String {
+    format!("{{\"email\":\"{email}\",\"code\":\"{code}\",\"token_name\":\"t\"}}")
+}
+
+#[tokio::test]
+async fn readme_flow_works_in_local_mail_mode() {
+    let s = Server::builder().local_mail().start().await;
+    assert!(s.log_text().contains("local mail mode"), "{}", s.log_text());
+    let r = s.post("/auth/request", None, r#"{"email":"me@example.com"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The code is on one marked line of the log.
+    let mut code = None;
+    for _ in 0..100 {
+        code = s.log_text().lines().find(|l| l.contains("LOCAL-MAIL")).and_then(|l| {
+            let i = l.find("code=")? + 5;
+            Some(l[i..i + 6].to_string())
+        });
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let code = code.expect("no LOCAL-MAIL line");
+    let r = s
+        .post("/auth/verify", None, &format!(r#"{{"email":"me@example.com","code":"{code}","token_name":"my-agent"}}"#))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let first = r.text.lines().next().unwrap();
+    assert!(first.starts_with("token/t_"), "{first}");
+    let token = field(first, "token").unwrap();
+    let r = s.get("/whoami", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.starts_with("user/u_"), "{}", r.text);
+    assert_eq!(field(r.text.lines().next().unwrap(), "email").as_deref(), Some("me@example.com"));
+    assert_eq!(field(r.text.lines().next().unwrap(), "token_name").as_deref(), Some("my-agent"));
+    assert_eq!(field(r.text.lines().next().unwrap(), "role").as_deref(), Some("admin"));
+    for kind in ["contacts: 0 / 1000", "companies: 0 / 1000", "deals: 0 / 1000", "members: 1 / 10", "workspaces: 1 / 5"] {
+        assert!(r.text.contains(&format!("# {kind}\n")), "missing {kind}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn mail_has_text_and_html_parts_and_sender() {
+    let s = Server::builder().env("CRMKIT_MAIL_FROM", "CRM <crm@example.org>").start().await;
+    s.request_code("parts@example.com").await;
+    let mail = &s.smtp().mails_to("parts@example.com")[0].data;
+    assert!(mail.contains("text/plain"), "{mail}");
+    assert!(mail.contains("text/html"), "{mail}");
+    assert!(mail.contains("From: CRM <crm@example.org>"), "{mail}");
+}
+
+#[tokio::test]
+async fn codes_are_six_random_digits_r10() {
+    let s = Server::start().await;
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        let email = format!("r10-{i}@example.com");
+        codes.push(s.request_code(&email).await);
+    }
+    for c in &codes {
+        assert!(c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()), "{c}");
+    }
+    let distinct: HashSet<_> = codes.iter().collect();
+    assert!(distinct.len() >= codes.len() - 1, "repeated codes: {codes:?}");
+    let nums: Vec<i64> = codes.iter().map(|c| c.parse().unwrap()).collect();
+    let diffs: HashSet<i64> = nums.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(diffs.len() > 1, "codes form an arithmetic progression: {codes:?}");
+}
+
+#[tokio::test]
+async fn five_wrong_codes_kill_the_code_r11() {
+    let s = Server::start().await;
+    let email = "r11@example.com";
+    let code = s.request_code(email).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let r = s.post("/auth/verify", None, &verify_body(email, wrong)).await;
+        r.assert_error(401, "invalid_code");
+    }
+    let r = s.post("/auth/verify", None, &verify_body(email, &code)).await;
+    r.assert_error(401, "invalid_code");
+    // A fresh code works.
+    s.login(email).await;
+}
+
+#[tokio::test]
+async fn parallel_wrong_codes_then_the_right_one_is_refused_r11() {
+    let s = Server::start().await;
+    let email = "r11p@example.com";
+    let code = s.request_code(email).await;
+    let wrong = if code == "999999" { "123456" } else { "999999" };
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, url) = (s.http.clone(), s.url("/auth/verify"));
+        let body = verify_body(email, wrong);
+        tasks.push(tokio::spawn(async move { http.post(url).body(body).send().await.unwrap().status().as_u16() }));
+    }
+    for t in tasks {
+        let st = t.await.unwrap();
+        assert!(st == 401 || st == 429, "{st}");
+    }
+    let r = s.post("/auth/verify", None, &verify_body(email, &code)).await;
+    assert!(r.status == 401 || r.status == 429, "{}", r.text);
+}
+
+#[tokio::test]
+async fn codes_are_single_use_replaced_and_bound_to_the_address_r13() {
+    let s = Server::start().await;
+    let a = "r13a@example.com";
+    // Single use.
+    let code = s.request_code(a).await;
+    assert_eq!(s.post("/auth/verify", None, &verify_body(a, &code)).await.status, 201);
+    s.post("/auth/verify", None, &verify_body(a, &code)).await.assert_error(401, "invalid_code");
+    // A new request replaces the previous code.
+    let first = s.request_code(a).await;
+    let second = s.request_code(a).await;
+    if first != second {
+        s.post("/auth/verify", None, &verify_body(a, &first)).await.assert_error(401, "invalid_code");
+    }
+    assert_eq!(s.post("/auth/verify", None, &verify_body(a, &second)).await.status, 201);
+    // A's code with B's address.
+    let code = s.request_code(a).await;
+    s.request_code("r13b@example.com").await;
+    s.post("/auth/verify", None, &verify_body("r13b@example.com", &code)).await.assert_error(401, "invalid_code");
+}
+
+#[tokio::test]
+async fn parallel_verifies_of_one_code_mint_exactly_one_token_r13() {
+    let s = Server::start().await;
+    let email = "r13p@example.com";
+    let code = s.request_code(email).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (http, url) = (s.http.clone(), s.url("/auth/verify"));
+        let body = verify_body(email, &code);
+        tasks.push(tokio::spawn(async move { http.post(url).body(body).send().await.unwrap().status().as_u16() }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            401 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn request_answer_is_the_same_for_known_and_unknown_addresses_r14() {
+    let s = Server::start().await;
+    s.login("known@example.com").await;
+    let known = s.post("/auth/request", None, r#"{"email":"known@example.com"}"#).await;
+    let unknown = s.post("/auth/request", None, r#"{"email":"nobody@example.com"}"#).await;
+    assert_eq!(known.status, unknown.status);
+    assert_eq!(known.text.replace("k***", "X"), unknown.text.replace("n***", "X"));
+    assert!(!known.text.contains("known@example.com"), "address not masked: {}", known.text);
+    // Mail is sent in both cases.
+    s.nth_code("nobody@example.com", 1).await;
+    let wrong_known = s.post("/auth/verify", None, &verify_body("known@example.com", "000001")).await;
+    let wrong_unknown = s.post("/auth/verify", None, &verify_body("nobody@example.com", "000001")).await;
+    assert_eq!(wrong_known.status, wrong_unknown.status);
+    assert_eq!(wrong_known.error_code(), wrong_unknown.error_code());
+}
+
+#[tokio::test]
+async fn code_requests_are_rate_limited_per_address_r15() {
+    let s = Server::start().await;
+    let mut limited = None;
+    for _ in 0..25 {
+        let r = s.post("/auth/request", None, r#"{"email":"bombed@example.com"}"#).await;
+        if r.status == 429 {
+            limited = Some(r);
+        }
+    }
+    let r = limited.expect("never rate limited");
+    r.assert_error(429, "rate_limited");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!(retry > 0 && retry <= 600);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.smtp().mails_to("bombed@example.com").len() <= 10);
+    // Another address is unaffected.
+    assert_eq!(s.post("/auth/request", None, r#"{"email":"calm@example.com"}"#).await.status, 200);
+}
+
+#[tokio::test]
+async fn code_requests_are_rate_limited_per_client_address_r15() {
+    let s = Server::start().await;
+    let mut statuses = Vec::new();
+    for i in 0..150 {
+        let r = s.post("/auth/request", None, &format!(r#"{{"email":"spray{i}@example.com"}}"#)).await;
+        statuses.push(r.status);
+    }
+    assert!(statuses.contains(&429), "no 429 over 150 addresses from one IP");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+}
+
+#[tokio::test]
+async fn tokens_are_secret_long_and_distinct_r17() {
+    let s = Server::start().await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(s.login_named("r17@example.com", &format!("agent{i}")).await);
+    }
+    for t in &tokens {
+        let body = t.strip_prefix("ck_").expect("ck_ prefix");
+        assert!(body.len() >= 43, "{t}");
+    }
+    let distinct: HashSet<_> = tokens.iter().collect();
+    assert_eq!(distinct.len(), tokens.len());
+    let prefixes: HashSet<_> = tokens.iter().map(|t| &t[3..7]).collect();
+    assert!(prefixes.len() > 1, "shared prefix after ck_");
+    let t = &tokens[0];
+    for path in ["/tokens", "/whoami", "/tokens?format=json", "/whoami?format=json"] {
+        let r = s.get(path, t).await;
+        assert_eq!(r.status, 200);
+        for tok in &tokens {
+            assert!(!r.text.contains(tok.as_str()), "{path} leaks a token");
+        }
+    }
+    // Tokens in the query string never authenticate.
+    for q in ["access_token", "token"] {
+        let r = s.send(Method::GET, &format!("/whoami?{q}={t}"), None, None, &[]).await;
+        r.assert_error(401, "auth_required");
+    }
+}
+
+#[tokio::test]
+async fn idle_tokens_expire_and_stay_dead_r18() {
+    let s = Server::builder().env("CRMKIT_TOKEN_IDLE_TTL", "2s").start().await;
+    let idle = s.login_named("r18@example.com", "idle").await;
+    let busy = s.login_named("r18@example.com", "busy").await;
+    assert_eq!(s.get("/whoami", &idle).await.status, 200);
+    // The busy token is used every 0.6 s for 3.6 s: it stays alive.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(s.get("/whoami", &busy).await.status, 200, "busy token died");
+    }
+    s.get("/whoami", &idle).await.assert_error(401, "token_expired");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.get("/whoami", &idle).await.assert_error(401, "token_expired");
+}
+
+#[tokio::test]
+async fn revocation_applies_at_once_and_only_to_own_tokens_r19() {
+    let s = Server::start().await;
+    let a1 = s.login_named("r19a@example.com", "one").await;
+    let a2 = s.login_named("r19a@example.com", "two").await;
+    let b = s.login("r19b@example.com").await;
+    let list = s.get("/tokens", &a1).await;
+    let lines: Vec<&str> = list.text.lines().filter(|l| l.starts_with("token/")).collect();
+    assert_eq!(lines.len(), 2, "{}", list.text);
+    let current: Vec<&&str> = lines.iter().filter(|l| field(l, "current").as_deref() == Some("true")).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(field(current[0], "name").as_deref(), Some("one"));
+    let two = lines.iter().find(|l| field(l, "name").as_deref() == Some("two")).unwrap();
+    let two_id = two.split_whitespace().next().unwrap().to_string();
+
+    // B cannot revoke A's token, by id or handle.
+    let bare = two_id.trim_start_matches("token/");
+    s.delete(&format!("/tokens/{bare}"), &b).await.assert_error(404, "not_found");
+    s.delete(&format!("/tokens/{}", two_id.replace('/', "%2F")), &b).await.assert_error(404, "not_found");
+    assert_eq!(s.get("/whoami", &a2).await.status, 200);
+
+    // A revokes the second session: dead at once; the first still works.
+    let r = s.delete(&format!("/tokens/{bare}"), &a1).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.get("/whoami", &a2).await.assert_error(401, "invalid_token");
+    assert_eq!(s.get("/whoami", &a1).await.status, 200);
+
+    // Self-revoke is a logout.
+    let mine = s.get("/whoami?format=json", &a1).await.json()["data"]["token"].as_str().unwrap().to_string();
+    let r = s.delete(&format!("/tokens/{}", mine.trim_start_matches("token/")), &a1).await;
+    assert_eq!(r.status, 200);
+    s.get("/whoami", &a1).await.assert_error(401, "invalid_token");
+    assert_eq!(s.get("/whoami", &b).await.status, 200);
+}
+
+#[tokio::test]
+async fn authorization_headers_are_parsed_strictly_r20() {
+    let s = Server::start().await;
+    let t = s.login("r20@example.com").await;
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "auth_required"),
+        ("Bearer".into(), "invalid_token"),
+        ("Bearer ".into(), "invalid_token"),
+        ("Bearer garbage".into(), "invalid_token"),
+        (format!("Bearer {}", &t[..t.len() - 1]), "invalid_token"),
+        (format!("Bearer {t}x"), "invalid_token"),
+        (format!("Bearer {}", t.to_uppercase()), "invalid_token"),
+        (format!("Bearer {}", "a".repeat(16 * 1024)), "invalid_token"),
+        (format!("Basic {t}"), "invalid_token"),
+        ("Bearer ghp_0123456789abcdefghijklmnopqrstuvwxyzAB".into(), "invalid_token"),
+    ];
+    for (value, code) in cases {
+        let r = s.send(Method::GET, "/whoami", None, None, &[("authorization", &value)]).await;
+        assert_eq!(r.status, 401, "{value:.40}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{value:.40}: {}", r.text);
+    }
+    // No header at all.
+    s.send(Method::GET, "/whoami", None, None, &[]).await.assert_error(401, "auth_required");
+    // Non-ASCII bytes in the header.
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", reqwest::header::HeaderValue::from_bytes(b"Bearer ck_\xc3\xa9t\xc3\xa9").unwrap());
+    let r = s.http.get(s.url("/whoami")).headers(h).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Lowercase scheme and a double space are accepted.
+    for value in [format!("bearer {t}"), format!("Bearer  {t}")] {
+        let r = s.send(Method::GET, "/whoami", None, None, &[("authorization", &value)]).await;
+        assert_eq!(r.status, 200, "{value:.12}: {}", r.text);
+    }
+    // Two Authorization headers are refused.
+    let r = s
+        .http
+        .get(s.url("/whoami"))
+        .header("authorization", format!("Bearer {t}"))
+        .header("authorization", format!("Bearer {t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn bad_auth_bodies_get_a_4xx_with_a_hint() {
+    let s = Server::start().await;
+    let long = format!("{}@example.com", "a".repeat(250));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("/auth/request", "{\"email\":".into(), "invalid_request"),
+        ("/auth/request", "[\"a@example.com\"]".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":5}".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"a@example.com\",\"admin\":true}".into(), "unknown_field"),
+        ("/auth/request", "{}".into(), "invalid_request"),
+        ("/auth/request", "".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"a b@example.com\"}".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"a\\u0007@example.com\"}".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"Jane <j@example.com>\"}".into(), "invalid_request"),
+        ("/auth/request", format!("{{\"email\":\"{long}\"}}"), "invalid_request"),
+        ("/auth/request", "{\"email\":\"a@example.com\\r\\nBcc: evil@example.net\"}".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"a@example.com,evil@example.net\"}".into(), "invalid_request"),
+        ("/auth/request", "{\"email\":\"\u{212a}nown@example.com\"}".into(), "invalid_request"),
+        ("/auth/verify", "{\"email\":\"a@example.com\"}".into(), "invalid_request"),
+        ("/auth/verify", "{\"code\":\"123456\"}".into(), "invalid_request"),
+        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"12345\"}".into(), "invalid_request"),
+        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"12345a\"}".into(), "invalid_request"),
+        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":123456}".into(), "invalid_request"),
+        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"123456\",\"workspace_id\":\"w_x\"}".into(), "unknown_field"),
+        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"123456\",\"token_name\":\"a\\nb\"}".into(), "invalid_request"),
+    ];
+    for (path, body, code) in cases {
+        let r = s.post(path, None, &body).await;
+        assert_eq!(r.status, 400, "{path} {body:.60}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{path} {body:.60}: {}", r.text);
+        assert!(r.text.contains("\nhint: "), "{}", r.text);
+    }
+    // Nothing was mailed to the injected or listed addresses.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.smtp().mails_to("evil@example.net").is_empty());
+    // unknown_field lists what is allowed.
+    let r = s.send(Method::POST, "/auth/verify?format=json", None, Some("{\"email\":\"a@example.com\",\"x\":1}"), &[]).await;
+    let allowed = r.json()["allowed"].clone();
+    assert_eq!(allowed, serde_json::json!(["email", "code", "token_name"]));
+}
+
+#[tokio::test]
+async fn a_failed_send_answers_502_and_leaves_no_usable_code() {
+    let s = Server::builder().smtp(Mode::RefuseAfterData).start().await;
+    let r = s.post("/auth/request", None, r#"{"email":"bounce@example.com"}"#).await;
+    r.assert_error(502, "email_failed");
+    let mails = s.smtp().mails_to("bounce@example.com");
+    let code = code_in(&mails[0].data).unwrap();
+    s.post("/auth/verify", None, &verify_body("bounce@example.com", &code)).await.assert_error(401, "invalid_code");
+    // Refused at RCPT: also 502.
+    s.smtp().set_mode(Mode::Refuse);
+    s.post("/auth/request", None, r#"{"email":"bounce2@example.com"}"#).await.assert_error(502, "email_failed");
+    // Mail works again: sign-in works.
+    s.smtp().set_mode(Mode::Accept);
+    s.login("bounce@example.com").await;
+}
+
+#[tokio::test]
+async fn secrets_are_never_logged_r32() {
+    let s = Server::start().await;
+    let mut secrets = Vec::new();
+    for i in 0..3 {
+        let email = format!("r32-{i}@example.com");
+        secrets.push(s.request_code(&email).await);
+        let t = s.login(&email).await;
+        s.get("/whoami", &t).await;
+        s.send(Method::GET, &format!("/whoami?token={t}"), None, None, &[]).await;
+        secrets.push(t);
+    }
+    let t = secrets.last().unwrap().clone();
+    s.get("/tokens", &t).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = s.log_text();
+    assert!(log.contains("request"), "no access log: {log}");
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "log contains a secret {secret}");
+    }
+    assert!(!log.contains("r32-0@example.com"), "full address in the info log");
+}
+
+/// R12 for login codes: restart on the same database with the clock 12
+/// minutes ahead (libfaketime); the code is refused, a fresh one works.
+#[tokio::test]
+async fn login_codes_expire_after_ten_minutes_r12() {
+    let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    if !crate::require("libfaketime (apt-get install faketime)", lib.is_some()) {
+        return;
+    }
+    let s = Server::start().await;
+    let code = s.request_code("r12@example.com").await;
+    let s = s
+        .restart(false, &[("LD_PRELOAD", lib.unwrap()), ("FAKETIME", "+12m"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")])
+        .await;
+    s.post("/auth/verify", None, &verify_body("r12@example.com", &code)).await.assert_error(401, "invalid_code");
+    s.login("r12@example.com").await;
+}

@@ -1,0 +1,325 @@
+//! Test harness: runs the real `crmkit` binary as a server on a free loopback
+//! port with a fresh SQLite file and a real SMTP listener, and talks to it over
+//! real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::smtp::{Mode, SmtpServer, code_in};
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+    /// The `error:` code of a plain-text error answer.
+    pub fn error_code(&self) -> String {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or("")
+            .to_string()
+    }
+    /// Asserts status and error code, and that a hint is present.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.error_code(), code, "{}", self.text);
+        assert!(self.text.contains("\nhint: "), "no hint: {}", self.text);
+    }
+}
+
+pub struct Builder {
+    env: Vec<(String, String)>,
+    smtp: Option<Mode>,
+    db_path: Option<std::path::PathBuf>,
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub log: Arc<Mutex<String>>,
+    pub smtp: Option<SmtpServer>,
+    pub db_path: std::path::PathBuf,
+    pub dir: Arc<tempfile::TempDir>,
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+}
+
+impl Builder {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn local_mail(mut self) -> Self {
+        self.smtp = None;
+        self
+    }
+    pub fn smtp(mut self, mode: Mode) -> Self {
+        self.smtp = Some(mode);
+        self
+    }
+    pub async fn start(self) -> Server {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let db_path = self.db_path.clone().unwrap_or_else(|| dir.path().join("crmkit.db"));
+        let smtp = match self.smtp {
+            Some(mode) => Some(SmtpServer::start(mode).await),
+            None => None,
+        };
+        let mut env = self.env;
+        if let Some(s) = &smtp {
+            env.push(("CRMKIT_SMTP_URL".into(), format!("smtp://127.0.0.1:{}", s.port)));
+        }
+        Server::spawn(dir, db_path, smtp, env).await
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_crmkit")
+}
+
+impl Server {
+    pub fn builder() -> Builder {
+        Builder { env: Vec::new(), smtp: Some(Mode::Accept), db_path: None }
+    }
+
+    pub async fn start() -> Server {
+        Server::builder().start().await
+    }
+
+    async fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        db_path: std::path::PathBuf,
+        smtp: Option<SmtpServer>,
+        env: Vec<(String, String)>,
+    ) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}?mode=rwc", db_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CRMKIT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("CRMKIT_LOG", "info").env("NO_COLOR", "1");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn crmkit serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on http://") {
+                    let addr: String = line[i + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child: Some(child),
+            base,
+            log,
+            smtp,
+            db_path,
+            dir,
+            http: reqwest::Client::builder().build().unwrap(),
+            env,
+        }
+    }
+
+    /// Stops this process (SIGKILL when `hard`) and starts a new one on the same
+    /// database with the same settings plus `extra_env`.
+    pub async fn restart(mut self, hard: bool, extra_env: &[(&str, &str)]) -> Server {
+        self.stop(hard);
+        let mut env: Vec<(String, String)> =
+            self.env.iter().filter(|(k, _)| k != "CRMKIT_SMTP_URL").cloned().collect();
+        if let Some(s) = &self.smtp {
+            env.push(("CRMKIT_SMTP_URL".into(), format!("smtp://127.0.0.1:{}", s.port)));
+        }
+        for (k, v) in extra_env {
+            env.push((k.to_string(), v.to_string()));
+        }
+        Server::spawn(self.dir.clone(), self.db_path.clone(), self.smtp.clone(), env).await
+    }
+
+    /// Stops the process; returns its exit status.
+    pub fn stop(&mut self, hard: bool) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        if hard {
+            let _ = child.kill();
+        } else {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut rb = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.body(b.to_string());
+        }
+        let res = rb.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        assert!(status < 500 || status == 502 || status == 503, "server error {status}: {text}");
+        if status >= 400 {
+            assert!(headers.contains_key("x-request-id"), "no x-request-id on error: {text}");
+        }
+        Resp { status, headers, text }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.send(Method::GET, path, Some(token), None, &[]).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str) -> Resp {
+        self.send(Method::POST, path, token, Some(body), &[]).await
+    }
+    pub async fn patch(&self, path: &str, token: &str, body: &str) -> Resp {
+        self.send(Method::PATCH, path, Some(token), Some(body), &[]).await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.send(Method::DELETE, path, Some(token), None, &[]).await
+    }
+
+    pub fn smtp(&self) -> &SmtpServer {
+        self.smtp.as_ref().expect("this server has no SMTP listener")
+    }
+
+    /// Waits for the `n`-th (1-based) mail to `email` and returns its code.
+    pub async fn nth_code(&self, email: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mails = self.smtp().mails_to(email);
+            if mails.len() >= n {
+                return code_in(&mails[n - 1].data).expect("no code in mail");
+            }
+            assert!(Instant::now() < deadline, "no mail #{n} to {email}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Requests a code and returns it (the newest mail to that address).
+    pub async fn request_code(&self, email: &str) -> String {
+        let before = self.smtp().mails_to(email).len();
+        let r = self.post("/auth/request", None, &format!("{{\"email\":\"{email}\"}}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        self.nth_code(email, before + 1).await
+    }
+
+    /// Signs in and returns the bearer token.
+    pub async fn login(&self, email: &str) -> String {
+        self.login_named(email, "test").await
+    }
+
+    pub async fn login_named(&self, email: &str, name: &str) -> String {
+        let code = self.request_code(email).await;
+        let r = self
+            .send(
+                Method::POST,
+                "/auth/verify?format=json",
+                None,
+                Some(&format!("{{\"email\":\"{email}\",\"code\":\"{code}\",\"token_name\":\"{name}\"}}")),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.json()["data"]["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of `key` on a plain-text record line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    crmkit_server::wire::line::parse_line(line)?.get(key).map(str::to_string)
+}
+
+/// Opens the server's SQLite file directly (for checks no endpoint shows).
+pub async fn open_db(s: &Server) -> sea_orm::DatabaseConnection {
+    sea_orm::Database::connect(format!("sqlite://{}?mode=rw", s.db_path.display())).await.unwrap()
+}
+
+pub async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DatabaseBackend::Sqlite, sql.to_string()))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}

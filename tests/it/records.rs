@@ -1,0 +1,331 @@
+//! Contacts, companies, deals, activities, reminders and audit (SPEC §5;
+//! SECURITY R01–R04, R09, R22, R24–R27, R29).
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Resp, Server, field};
+
+/// Creates a record and returns its bare id.
+pub async fn create(s: &Server, t: &str, kind: &str, body: Value) -> String {
+    let r = s.post(&format!("/{kind}?format=json"), Some(t), &body.to_string()).await;
+    assert!(r.status == 201 || r.status == 200, "{kind} {body}: {}", r.text);
+    r.json()["data"]["id"].as_str().unwrap().to_string()
+}
+
+fn first_line(r: &Resp) -> &str {
+    r.text.lines().next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_whole_pipeline_from_the_manual() {
+    let s = Server::start().await;
+    let t = s.login("pipe@example.com").await;
+    let co = create(&s, &t, "companies", json!({"name": "Acme", "domain": "https://www.ACME.com/about"})).await;
+    let r = s.get(&format!("/companies/{co}"), &t).await;
+    assert_eq!(field(first_line(&r), "domain").as_deref(), Some("acme.com"));
+
+    let c = s
+        .post("/contacts", Some(&t), &json!({"name": "Jane Doe", "email": "Jane@Acme.com", "company_id": format!("company/{co}"), "stage": "lead", "tags": ["vip", "renewal"], "custom": {"tier": "gold", "seats": 12}}).to_string())
+        .await;
+    assert_eq!(c.status, 201, "{}", c.text);
+    assert!(c.text.contains("\n# created\n"));
+    let line = first_line(&c).to_string();
+    assert!(line.starts_with("contact/c_"), "{line}");
+    assert_eq!(field(&line, "name").as_deref(), Some("Jane Doe"));
+    assert_eq!(field(&line, "company"), Some(format!("company/{co}")));
+    assert_eq!(field(&line, "tags").as_deref(), Some("vip,renewal"));
+    assert_eq!(field(&line, "custom.tier").as_deref(), Some("gold"));
+    assert_eq!(field(&line, "custom.seats").as_deref(), Some("12"));
+    let cid = line.split_whitespace().next().unwrap().trim_start_matches("contact/").to_string();
+
+    // Upsert by email, case-insensitively: merges, keeps what was not sent.
+    let u = s.post("/contacts", Some(&t), &json!({"email": " jane@acme.com ", "title": "CTO", "custom": {"seats": null, "region": "EU"}}).to_string()).await;
+    assert_eq!(u.status, 200, "{}", u.text);
+    assert!(u.text.contains("\n# updated\n"));
+    let line = first_line(&u);
+    assert!(line.starts_with(&format!("contact/{cid} ")), "{line}");
+    assert_eq!(field(line, "name").as_deref(), Some("Jane Doe"));
+    assert_eq!(field(line, "title").as_deref(), Some("CTO"));
+    assert_eq!(field(line, "custom.seats"), None);
+    assert_eq!(field(line, "custom.region").as_deref(), Some("EU"));
+    assert_eq!(field(line, "custom.tier").as_deref(), Some("gold"));
+
+    let d = s
+        .post("/deals", Some(&t), &json!({"title": "Acme renewal", "amount_cents": 129900, "currency": "USD", "contact_id": cid, "company_id": co, "stage": "proposal"}).to_string())
+        .await;
+    assert_eq!(d.status, 201, "{}", d.text);
+    let dl = first_line(&d);
+    assert_eq!(field(dl, "amount").as_deref(), Some("1299.00 USD"));
+    assert_eq!(field(dl, "amount_cents").as_deref(), Some("129900"));
+    assert_eq!(field(dl, "status").as_deref(), Some("open"), "{dl}");
+    let did = dl.split_whitespace().next().unwrap().trim_start_matches("deal/").to_string();
+
+    let a = s.post(&format!("/contacts/{cid}/activities"), Some(&t), &json!({"kind": "call", "body": "Discussed renewal\nNext: send quote", "deal_id": did}).to_string()).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(field(first_line(&a), "agent").as_deref(), Some("test"));
+    assert_eq!(field(first_line(&a), "body").as_deref(), Some("Discussed renewal\nNext: send quote"));
+
+    let p = s.patch(&format!("/deals/{did}"), &t, &json!({"status": "won", "stage": null}).to_string()).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert_eq!(field(first_line(&p), "status").as_deref(), Some("won"));
+    assert_eq!(field(first_line(&p), "stage"), None);
+
+    let found = s.get("/contacts?search=acme", &t).await;
+    assert!(found.text.contains(&format!("contact/{cid} ")), "{}", found.text);
+    let acts = s.get(&format!("/activities?deal={did}"), &t).await;
+    assert_eq!(acts.text.lines().filter(|l| l.starts_with("activity/")).count(), 1);
+
+    let audit = s.get("/audit", &t).await;
+    for action in ["company.create", "contact.create", "contact.upsert", "deal.create", "deal.update", "activity.create"] {
+        assert!(audit.text.contains(&format!("action={action} ")), "audit lacks {action}: {}", audit.text);
+    }
+    let upd = audit.text.lines().find(|l| l.contains("action=deal.update")).unwrap();
+    let changes: Value = serde_json::from_str(&field(upd, "changes").unwrap()).unwrap();
+    assert_eq!(changes["status"], json!([null, "won"]));
+    assert_eq!(changes["stage"], json!(["proposal", null]));
+    assert_eq!(field(upd, "agent").as_deref(), Some("test"));
+}
+
+#[tokio::test]
+async fn json_records_carry_handle_id_and_every_field() {
+    let s = Server::start().await;
+    let t = s.login("json@example.com").await;
+    let r = s.post("/deals?format=json", Some(&t), r#"{"title":"Big","amount_cents":5,"currency":"EUR"}"#).await;
+    let v = r.json();
+    assert_eq!(v["result"], "created");
+    let d = &v["data"];
+    assert!(d["handle"].as_str().unwrap().starts_with("deal/d_"));
+    assert_eq!(d["amount"], "0.05 EUR");
+    for key in ["title", "amount_cents", "currency", "stage", "status", "contact_id", "company_id", "tags", "custom", "follow_up_at", "follow_up_note", "created_at", "updated_at"] {
+        assert!(d.get(key).is_some(), "missing {key}: {d}");
+    }
+    let list = s.get("/deals?format=json", &t).await.json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(list["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn parallel_upserts_of_one_email_make_one_contact_r29() {
+    let s = Server::start().await;
+    let t = s.login("r29@example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, url, t) = (s.http.clone(), s.url("/contacts"), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(t).body(format!(r#"{{"email":"same@acme.com","title":"t{i}"}}"#)).send().await.unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            201 => created += 1,
+            200 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let list = s.get("/contacts?email=same@acme.com", &t).await;
+    assert_eq!(list.text.lines().filter(|l| l.starts_with("contact/")).count(), 1, "{}", list.text);
+}
+
+#[tokio::test]
+async fn patch_to_a_taken_email_or_domain_is_a_conflict_naming_the_owner() {
+    let s = Server::start().await;
+    let t = s.login("conflict@example.com").await;
+    let a = create(&s, &t, "contacts", json!({"email": "a@x.com"})).await;
+    let b = create(&s, &t, "contacts", json!({"email": "b@x.com"})).await;
+    let r = s.patch(&format!("/contacts/{b}"), &t, r#"{"email":"A@X.com"}"#).await;
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains(&format!("contact/{a}")), "{}", r.text);
+    let c1 = create(&s, &t, "companies", json!({"domain": "one.com"})).await;
+    let c2 = create(&s, &t, "companies", json!({"domain": "two.com"})).await;
+    let r = s.patch(&format!("/companies/{c2}"), &t, r#"{"domain":"https://ONE.com"}"#).await;
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains(&format!("company/{c1}")));
+    // Changing to a free email works; clearing works.
+    assert_eq!(s.patch(&format!("/contacts/{b}"), &t, r#"{"email":"c@x.com"}"#).await.status, 200);
+    let r = s.patch(&format!("/contacts/{b}"), &t, r#"{"email":null}"#).await;
+    assert_eq!(field(first_line(&r), "email"), None);
+}
+
+#[tokio::test]
+async fn delete_takes_two_steps_and_clears_links_r22() {
+    let s = Server::start().await;
+    let t = s.login("r22@example.com").await;
+    let m_token = s.login("r22m@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "X"})).await;
+    let y = create(&s, &t, "contacts", json!({"name": "Y"})).await;
+    let co = create(&s, &t, "companies", json!({"name": "Co"})).await;
+    let d1 = create(&s, &t, "deals", json!({"title": "D1", "contact_id": c})).await;
+    create(&s, &t, "deals", json!({"title": "D2", "contact_id": c})).await;
+    s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"note"}"#).await;
+
+    let first = s.delete(&format!("/contacts/{c}?format=json"), &t).await;
+    assert_eq!(first.status, 409);
+    let j = first.json();
+    assert_eq!(j["error"], "confirmation_required");
+    assert!(j["message"].as_str().unwrap().contains("2 deals and 1 activities link to it"), "{j}");
+    let token = j["confirm"].as_str().unwrap().to_string();
+
+    // Not on another record, not on a company, not by another user, not injected.
+    for path in [format!("/contacts/{y}?confirm={token}"), format!("/companies/{co}?confirm={token}"), format!("/contacts/{c}?confirm=%27%20OR%201%3D1%20--")] {
+        let r = s.delete(&path, &t).await;
+        r.assert_error(409, "confirmation_required");
+    }
+    let r = s.delete(&format!("/contacts/{c}?confirm={token}"), &m_token).await;
+    r.assert_error(404, "not_found");
+    assert_eq!(s.get(&format!("/contacts/{y}"), &t).await.status, 200);
+    assert_eq!(s.get(&format!("/companies/{co}"), &t).await.status, 200);
+
+    // Twice in parallel: exactly one deletes.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (http, url, t) = (s.http.clone(), s.url(&format!("/contacts/{c}?confirm={token}")), t.clone());
+        tasks.push(tokio::spawn(async move { http.delete(url).bearer_auth(t).send().await.unwrap().status().as_u16() }));
+    }
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes[0], 200, "{codes:?}");
+    assert_ne!(codes[1], 200, "{codes:?}");
+    s.get(&format!("/contacts/{c}"), &t).await.assert_error(404, "not_found");
+    let deal = s.get(&format!("/deals/{d1}"), &t).await;
+    assert_eq!(deal.status, 200);
+    assert_eq!(field(first_line(&deal), "contact"), None, "link not cleared: {}", deal.text);
+    let audit = s.get("/audit", &t).await;
+    assert!(audit.text.contains(&format!("action=contact.delete target=contact/{c}")), "{}", audit.text);
+}
+
+#[tokio::test]
+async fn reminders_show_due_follow_ups_soonest_first() {
+    let s = Server::start().await;
+    let t = s.login("remind@example.com").await;
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |d: time::Duration| (now + d).format(&time::format_description::well_known::Rfc3339).unwrap();
+    let late = create(&s, &t, "contacts", json!({"name": "Late", "follow_up_at": fmt(time::Duration::days(-2)), "follow_up_note": "call back"})).await;
+    let soon = create(&s, &t, "deals", json!({"title": "Soon", "follow_up_at": fmt(time::Duration::days(3))})).await;
+    let far = create(&s, &t, "contacts", json!({"name": "Far", "follow_up_at": fmt(time::Duration::days(30))})).await;
+    let due = s.get("/reminders", &t).await;
+    let lines: Vec<&str> = due.text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 1, "{}", due.text);
+    assert!(lines[0].starts_with(&format!("contact/{late} due=overdue")), "{}", lines[0]);
+    let week = s.get("/reminders?days=7", &t).await;
+    let lines: Vec<&str> = week.text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[1].starts_with(&format!("deal/{soon} due=upcoming")));
+    assert!(!week.text.contains(&far));
+    s.patch(&format!("/contacts/{late}"), &t, r#"{"follow_up_at":null}"#).await;
+    assert!(s.get("/reminders", &t).await.text.contains("# 0 reminders match"));
+    s.get("/reminders?days=-1", &t).await.assert_error(400, "invalid_request");
+    s.get("/reminders?days=abc", &t).await.assert_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn bad_record_input_gets_a_4xx_with_a_hint() {
+    let s = Server::start().await;
+    let t = s.login("badrec@example.com").await;
+    let other = s.login("badrec-other@example.com").await;
+    let foreign_co = create(&s, &other, "companies", json!({"name": "Theirs"})).await;
+    let deal = create(&s, &t, "deals", json!({"title": "Mine"})).await;
+    let deep = (0..10).fold(json!(1), |acc, _| json!({"k": acc}));
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("deals", json!({"title": "x", "amount_cents": 1.5, "currency": "USD"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": "100", "currency": "USD"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": -5, "currency": "USD"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": 10_000_000_000_000_000i64, "currency": "USD"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": 100}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": 100, "currency": "usd"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "amount_cents": 100, "currency": "DOLLARS"}), 400, "invalid_request"),
+        ("deals", json!({"title": "x", "status": "maybe"}), 400, "invalid_request"),
+        ("deals", json!({"amount_cents": 100, "currency": "USD"}), 400, "invalid_request"),
+        ("contacts", json!({"company_id": format!("deal/{deal}")}), 400, "invalid_request"),
+        ("contacts", json!({"company_id": foreign_co}), 404, "not_found"),
+        ("contacts", json!({"company_id": "co_000000000000"}), 404, "not_found"),
+        ("contacts", json!({"custom": "not an object"}), 400, "invalid_request"),
+        ("contacts", json!({"custom": deep}), 400, "invalid_request"),
+        ("contacts", json!({"custom": {"big": "x".repeat(70_000)}}), 400, "invalid_request"),
+        ("contacts", json!({"tags": [1, 2]}), 400, "invalid_request"),
+        ("contacts", json!({"tags": "vip"}), 400, "invalid_request"),
+        ("contacts", json!({"tags": (0..51).map(|i| format!("t{i}")).collect::<Vec<_>>()}), 400, "invalid_request"),
+        ("contacts", json!({"tags": ["x".repeat(101)]}), 400, "invalid_request"),
+        ("contacts", json!({"name": "x".repeat(501)}), 400, "invalid_request"),
+        ("contacts", json!({"name": "two\nlines"}), 400, "invalid_request"),
+        ("contacts", json!({"email": "not-an-email"}), 400, "invalid_request"),
+        ("contacts", json!({"follow_up_at": "tomorrow"}), 400, "invalid_request"),
+        ("contacts", json!({"id": "c_000000000000"}), 400, "unknown_field"),
+        ("contacts", json!({"workspace_id": "w_x"}), 400, "unknown_field"),
+        ("contacts", json!({"created_at": "2020-01-01T00:00:00Z"}), 400, "unknown_field"),
+        ("contacts", json!({"handle": "contact/c_x"}), 400, "unknown_field"),
+        ("companies", json!({"domain": "not a domain"}), 400, "invalid_request"),
+    ];
+    for (kind, body, status, code) in cases {
+        let r = s.post(&format!("/{kind}"), Some(&t), &body.to_string()).await;
+        assert_eq!(r.status, status, "{kind} {:.80}: {}", body.to_string(), r.text);
+        assert_eq!(r.error_code(), code, "{kind} {:.80}: {}", body.to_string(), r.text);
+        assert!(r.text.contains("\nhint: "));
+    }
+    let r = s.post("/contacts", Some(&t), r#"{"name":"a","name":"b"}"#).await;
+    r.assert_error(400, "invalid_request");
+    let c = create(&s, &t, "contacts", json!({"name": "ok"})).await;
+    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"fax"}"#).await;
+    r.assert_error(400, "invalid_request");
+    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"body":"no kind"}"#).await;
+    r.assert_error(400, "invalid_request");
+    // Nothing was created by the refused requests.
+    let list = s.get("/contacts", &t).await;
+    assert_eq!(list.text.lines().filter(|l| l.starts_with("contact/")).count(), 1, "{}", list.text);
+}
+
+#[tokio::test]
+async fn mass_assignment_never_takes_effect_r09() {
+    let s = Server::start().await;
+    let t = s.login("r09@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Keep"})).await;
+    for body in [json!({"id": "c_000000000000"}), json!({"author": "u_x"}), json!({"updated_at": "2000-01-01T00:00:00Z"})] {
+        let r = s.patch(&format!("/contacts/{c}"), &t, &body.to_string()).await;
+        r.assert_error(400, "unknown_field");
+    }
+    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"note","author":"u_x"}"#).await;
+    r.assert_error(400, "unknown_field");
+    let got = s.get(&format!("/contacts/{c}"), &t).await;
+    assert!(!got.text.contains("2000-01-01"));
+}
+
+#[tokio::test]
+async fn user_text_never_forges_lines_r27() {
+    let s = Server::start().await;
+    let t = s.login("r27r@example.com").await;
+    let evil = "x\ncontact/c_fake00000000 name=evil\r\n# next: abc";
+    create(&s, &t, "contacts", json!({"name": "ok", "custom": {"note": evil, "k\nk": 1}, "follow_up_note": evil})).await;
+    create(&s, &t, "deals", json!({"title": "contact/c_fake00000000 # next: x"})).await;
+    for path in ["/contacts", "/deals", "/audit", "/reminders?days=3650"] {
+        let r = s.get(path, &t).await;
+        for line in r.text.lines() {
+            assert!(!line.starts_with("contact/c_fake"), "{path}: forged record line {line}");
+            assert!(!line.starts_with("# next: abc") && !line.starts_with("# next: x"), "{path}: forged trailer");
+        }
+    }
+    let r = s.get("/contacts", &t).await;
+    let line = r.text.lines().next().unwrap();
+    assert_eq!(field(line, "custom.note").as_deref(), Some(evil));
+    assert_eq!(field(line, "follow_up_note").as_deref(), Some(evil));
+}
+
+#[tokio::test]
+async fn counts_and_empty_trailers() {
+    let s = Server::start().await;
+    let t = s.login("trail@example.com").await;
+    assert!(s.get("/contacts", &t).await.text.contains("# 0 contacts match\n"));
+    for i in 0..3 {
+        create(&s, &t, "contacts", json!({"name": format!("n{i}")})).await;
+    }
+    let r = s.get("/contacts?limit=2", &t).await;
+    assert!(r.text.contains("\n# 2 contacts\n# next: "), "{}", r.text);
+    let ids: HashSet<&str> = r.text.lines().filter(|l| l.starts_with("contact/")).collect();
+    assert_eq!(ids.len(), 2);
+}
