@@ -106,11 +106,15 @@ pub async fn middleware(req: Request, next: Next) -> Response {
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().chars().take(200).collect());
     let bad_format = query_format(req.uri().query()).err();
+    // Non-UTF-8 in the query is refused everywhere, not only where it is read.
+    let bad_query = crate::extract::decode_query(req.uri().query().unwrap_or("")).err();
     let (parts, body) = req.into_parts();
     let fmt = Fmt::of(&parts);
     let req = Request::from_parts(parts, body);
 
-    let mut res = if let Some(f) = bad_format {
+    let mut res = if let Some(e) = bad_query {
+        e.into_response()
+    } else if let Some(f) = bad_format {
         AppError::invalid(
             format!("format={f:?} is not a known output format"),
             "use format=json or format=text (or send Accept: application/json)",
@@ -155,11 +159,11 @@ pub async fn middleware(req: Request, next: Next) -> Response {
     }
 
     let status = res.status().as_u16();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
     if route == "/healthz" || route == "/readyz" {
-        tracing::debug!(request_id = %id, %method, route, status, ms, "request");
+        tracing::debug!(request_id = %id, %method, route, status, %ms, "request");
     } else {
-        tracing::info!(request_id = %id, %method, route, status, ms, "request");
+        tracing::info!(request_id = %id, %method, route, status, %ms, "request");
     }
     res
 }

@@ -21,7 +21,7 @@ async fn readme_flow_works_in_local_mail_mode() {
     // The code is on one marked line of the log.
     let mut code = None;
     for _ in 0..100 {
-        code = s.log_text().lines().find(|l| l.contains("LOCAL-MAIL")).and_then(|l| {
+        code = s.log_text().lines().find(|l| l.contains("LOCAL-MAIL to=me@example.com")).and_then(|l| {
             let i = l.find("code=")? + 5;
             Some(l[i..i + 6].to_string())
         });

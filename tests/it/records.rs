@@ -83,7 +83,7 @@ async fn a_whole_pipeline_from_the_manual() {
     }
     let upd = audit.text.lines().find(|l| l.contains("action=deal.update")).unwrap();
     let changes: Value = serde_json::from_str(&field(upd, "changes").unwrap()).unwrap();
-    assert_eq!(changes["status"], json!([null, "won"]));
+    assert_eq!(changes["status"], json!(["open", "won"]));
     assert_eq!(changes["stage"], json!(["proposal", null]));
     assert_eq!(field(upd, "agent").as_deref(), Some("test"));
 }
@@ -301,7 +301,9 @@ async fn user_text_never_forges_lines_r27() {
     let s = Server::start().await;
     let t = s.login("r27r@example.com").await;
     let evil = "x\ncontact/c_fake00000000 name=evil\r\n# next: abc";
-    create(&s, &t, "contacts", json!({"name": "ok", "custom": {"note": evil, "k\nk": 1}, "follow_up_note": evil})).await;
+    create(&s, &t, "contacts", json!({"name": "ok", "custom": {"note": evil, "k k=\"x": 1}, "follow_up_note": evil})).await;
+    let r = s.post("/contacts", Some(&t), &json!({"custom": {"k\nk": 1}}).to_string()).await;
+    r.assert_error(400, "invalid_request");
     create(&s, &t, "deals", json!({"title": "contact/c_fake00000000 # next: x"})).await;
     for path in ["/contacts", "/deals", "/audit", "/reminders?days=3650"] {
         let r = s.get(path, &t).await;

@@ -1462,7 +1462,7 @@ mod tests {
         schema_strategy()
             .prop_flat_map(|schema| {
                 let target = prop_oneof![
-                    proptest::sample::select(schema.fields).prop_map(Target::Field),
+                    (0..schema.fields.len()).prop_map(move |i| Target::Field(&schema.fields[i])),
                     "[A-Za-z0-9_-]{1,64}".prop_map(Target::Custom),
                 ];
                 (Just(schema), target)

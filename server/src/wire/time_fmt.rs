@@ -37,11 +37,15 @@ pub fn format(t: OffsetDateTime) -> String {
 pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
     const EXPECTED: &str =
         "expected an RFC3339 time like 2026-06-10T09:00:00Z or 2026-06-10T11:00:00.5+02:00";
-    // time's RFC 3339 parser follows the RFC in allowing `t` and `z`; nothing
-    // this server prints uses them and nothing else in the API is
-    // case-insensitive, so refuse them rather than carry two spellings.
+    // time's RFC 3339 parser follows the RFC in allowing `t` and `z`, and also
+    // takes a space for the `T`. Nothing this server prints uses them and
+    // nothing else in the API is case-insensitive, so refuse them rather than
+    // carry several spellings (a space is also easy to lose in a URL).
     if s.contains(['t', 'z']) {
         return Err(format!("{EXPECTED} (with upper-case T and Z)"));
+    }
+    if s.as_bytes().get(10) != Some(&b'T') {
+        return Err(EXPECTED.to_owned());
     }
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| EXPECTED.to_owned())?;
     let t = t
