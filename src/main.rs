@@ -57,7 +57,10 @@ fn main() -> ExitCode {
     match cli.command {
         #[cfg(feature = "server")]
         Command::Serve(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
             };
@@ -68,7 +71,10 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "server")]
         Command::Migrate { dry_run, db } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
             };
@@ -87,7 +93,10 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "server")]
         Command::Admin(Admin::SetPlan { target, plan, db }) => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
             };

@@ -57,7 +57,8 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(unique("users", "users_email", &["email"])).await?;
+        m.create_index(unique("users", "users_email", &["email"]))
+            .await?;
 
         m.create_table(
             Table::create()
@@ -87,7 +88,8 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("memberships", "memberships_user", &["user_id"])).await?;
+        m.create_index(index("memberships", "memberships_user", &["user_id"]))
+            .await?;
 
         m.create_table(
             owned("invites")
@@ -98,8 +100,14 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(unique("invites", "invites_ws_email", &["workspace_id", "email"])).await?;
-        m.create_index(index("invites", "invites_email", &["email"])).await?;
+        m.create_index(unique(
+            "invites",
+            "invites_ws_email",
+            &["workspace_id", "email"],
+        ))
+        .await?;
+        m.create_index(index("invites", "invites_email", &["email"]))
+            .await?;
 
         // Bearer tokens: only a SHA-256 of the secret is kept.
         m.create_table(
@@ -116,10 +124,16 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(unique("tokens", "tokens_hash", &["hash"])).await?;
-        m.create_index(index("tokens", "tokens_user", &["user_id"])).await?;
-        m.create_index(index("tokens", "tokens_workspace_user", &["workspace_id", "user_id"]))
+        m.create_index(unique("tokens", "tokens_hash", &["hash"]))
             .await?;
+        m.create_index(index("tokens", "tokens_user", &["user_id"]))
+            .await?;
+        m.create_index(index(
+            "tokens",
+            "tokens_workspace_user",
+            &["workspace_id", "user_id"],
+        ))
+        .await?;
 
         // One live login code per address; a new request replaces it.
         m.create_table(
@@ -190,17 +204,48 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(unique("contacts", "contacts_email", &["workspace_id", "email_key"])).await?;
-        m.create_index(index("contacts", "contacts_created", &["workspace_id", "created_at", "id"]))
-            .await?;
-        m.create_index(index("contacts", "contacts_updated", &["workspace_id", "updated_at", "id"]))
-            .await?;
-        m.create_index(index("contacts", "contacts_name", &["workspace_id", "name", "id"])).await?;
-        m.create_index(index("contacts", "contacts_stage", &["workspace_id", "stage", "id"])).await?;
-        m.create_index(index("contacts", "contacts_company", &["workspace_id", "company_id"]))
-            .await?;
-        m.create_index(index("contacts", "contacts_follow_up", &["workspace_id", "follow_up_at"]))
-            .await?;
+        m.create_index(unique(
+            "contacts",
+            "contacts_email",
+            &["workspace_id", "email_key"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_created",
+            &["workspace_id", "created_at", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_updated",
+            &["workspace_id", "updated_at", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_name",
+            &["workspace_id", "name", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_stage",
+            &["workspace_id", "stage", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_company",
+            &["workspace_id", "company_id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "contacts",
+            "contacts_follow_up",
+            &["workspace_id", "follow_up_at"],
+        ))
+        .await?;
 
         m.create_table(
             owned("companies")
@@ -214,10 +259,24 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(unique("companies", "companies_domain", &["workspace_id", "domain"])).await?;
-        m.create_index(index("companies", "companies_created", &["workspace_id", "created_at", "id"]))
-            .await?;
-        m.create_index(index("companies", "companies_name", &["workspace_id", "name", "id"])).await?;
+        m.create_index(unique(
+            "companies",
+            "companies_domain",
+            &["workspace_id", "domain"],
+        ))
+        .await?;
+        m.create_index(index(
+            "companies",
+            "companies_created",
+            &["workspace_id", "created_at", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "companies",
+            "companies_name",
+            &["workspace_id", "name", "id"],
+        ))
+        .await?;
 
         m.create_table(
             owned("deals")
@@ -237,12 +296,42 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("deals", "deals_created", &["workspace_id", "created_at", "id"])).await?;
-        m.create_index(index("deals", "deals_stage", &["workspace_id", "stage", "id"])).await?;
-        m.create_index(index("deals", "deals_amount", &["workspace_id", "amount_cents", "id"])).await?;
-        m.create_index(index("deals", "deals_contact", &["workspace_id", "contact_id"])).await?;
-        m.create_index(index("deals", "deals_company", &["workspace_id", "company_id"])).await?;
-        m.create_index(index("deals", "deals_follow_up", &["workspace_id", "follow_up_at"])).await?;
+        m.create_index(index(
+            "deals",
+            "deals_created",
+            &["workspace_id", "created_at", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "deals",
+            "deals_stage",
+            &["workspace_id", "stage", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "deals",
+            "deals_amount",
+            &["workspace_id", "amount_cents", "id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "deals",
+            "deals_contact",
+            &["workspace_id", "contact_id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "deals",
+            "deals_company",
+            &["workspace_id", "company_id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "deals",
+            "deals_follow_up",
+            &["workspace_id", "follow_up_at"],
+        ))
+        .await?;
 
         m.create_table(
             owned("activities")
@@ -257,16 +346,24 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("activities", "activities_occurred", &["workspace_id", "occurred_at", "id"]))
-            .await?;
+        m.create_index(index(
+            "activities",
+            "activities_occurred",
+            &["workspace_id", "occurred_at", "id"],
+        ))
+        .await?;
         m.create_index(index(
             "activities",
             "activities_contact",
             &["workspace_id", "contact_id", "occurred_at"],
         ))
         .await?;
-        m.create_index(index("activities", "activities_deal", &["workspace_id", "deal_id", "occurred_at"]))
-            .await?;
+        m.create_index(index(
+            "activities",
+            "activities_deal",
+            &["workspace_id", "deal_id", "occurred_at"],
+        ))
+        .await?;
 
         m.create_table(
             owned("audit")
@@ -279,14 +376,27 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("audit", "audit_at", &["workspace_id", "at", "id"])).await?;
+        m.create_index(index("audit", "audit_at", &["workspace_id", "at", "id"]))
+            .await?;
         Ok(())
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for t in [
-            "audit", "activities", "deals", "companies", "contacts", "rate_limits", "confirmations",
-            "escalations", "login_codes", "tokens", "invites", "memberships", "workspaces", "users",
+            "audit",
+            "activities",
+            "deals",
+            "companies",
+            "contacts",
+            "rate_limits",
+            "confirmations",
+            "escalations",
+            "login_codes",
+            "tokens",
+            "invites",
+            "memberships",
+            "workspaces",
+            "users",
             "settings",
         ] {
             m.drop_table(Table::drop().table(t).to_owned()).await?;

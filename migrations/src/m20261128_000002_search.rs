@@ -19,7 +19,10 @@ pub const PG_SEARCH: &[(&str, &str)] = &[
         "contacts",
         "lower(coalesce(name, '') || ' ' || coalesce(email, '') || ' ' || coalesce(title, '') || ' ' || coalesce(phone, '') || ' ' || coalesce(tags, ''))",
     ),
-    ("companies", "lower(coalesce(name, '') || ' ' || coalesce(domain, ''))"),
+    (
+        "companies",
+        "lower(coalesce(name, '') || ' ' || coalesce(domain, ''))",
+    ),
     ("deals", "lower(coalesce(title, ''))"),
 ];
 
@@ -37,7 +40,8 @@ impl MigrationTrait for Migration {
                 }
             }
             DatabaseBackend::Postgres => {
-                db.execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_trgm").await?;
+                db.execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                    .await?;
                 for (t, expr) in PG_SEARCH {
                     db.execute_unprepared(&format!(
                         "CREATE INDEX {t}_search ON {t} USING gin (({expr}) gin_trgm_ops)"
@@ -54,8 +58,14 @@ impl MigrationTrait for Migration {
         let db = m.get_connection();
         for t in ["contacts", "companies", "deals"] {
             match m.get_database_backend() {
-                DatabaseBackend::Sqlite => db.execute_unprepared(&format!("DROP TABLE {t}_fts")).await?,
-                _ => db.execute_unprepared(&format!("DROP INDEX IF EXISTS {t}_search")).await?,
+                DatabaseBackend::Sqlite => {
+                    db.execute_unprepared(&format!("DROP TABLE {t}_fts"))
+                        .await?
+                }
+                _ => {
+                    db.execute_unprepared(&format!("DROP INDEX IF EXISTS {t}_search"))
+                        .await?
+                }
             };
         }
         Ok(())

@@ -26,9 +26,20 @@ pub struct AppState {
 const MANUAL: &str = include_str!("../manual.txt");
 
 impl AppState {
-    pub fn new(db: DatabaseConnection, settings: Settings, mailer: Mailer, cursor_key: Vec<u8>) -> AppState {
+    pub fn new(
+        db: DatabaseConnection,
+        settings: Settings,
+        mailer: Mailer,
+        cursor_key: Vec<u8>,
+    ) -> AppState {
         let manual = MANUAL.replace("{base_url}", &settings.base_url);
-        AppState { db, settings: Arc::new(settings), mailer, manual: manual.into(), cursor_key: cursor_key.into() }
+        AppState {
+            db,
+            settings: Arc::new(settings),
+            mailer,
+            manual: manual.into(),
+            cursor_key: cursor_key.into(),
+        }
     }
 }
 

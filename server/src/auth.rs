@@ -91,7 +91,10 @@ fn renew_every(ttl: Duration) -> Duration {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(c.clone());
         }
@@ -142,7 +145,12 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppEr
         db.execute_raw(stmt(
             backend,
             "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
-            vec![now.into(), now.plus(ttl).into(), caller.token_id.clone().into(), now.into()],
+            vec![
+                now.into(),
+                now.plus(ttl).into(),
+                caller.token_id.clone().into(),
+                now.into(),
+            ],
         ))
         .await?;
     }
@@ -156,7 +164,10 @@ pub struct ClientIp(pub String);
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if state.settings.trust_proxy
             && let Some(hop) = parts
                 .headers

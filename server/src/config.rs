@@ -46,19 +46,44 @@ pub struct ServeArgs {
     #[arg(long, env = "CRMKIT_TRUST_PROXY", value_name = "BOOL")]
     pub trust_proxy: Option<String>,
     /// The default plan's contacts cap [default: 1000]
-    #[arg(long, env = "CRMKIT_LIMIT_CONTACTS", value_name = "N", hide_short_help = true)]
+    #[arg(
+        long,
+        env = "CRMKIT_LIMIT_CONTACTS",
+        value_name = "N",
+        hide_short_help = true
+    )]
     pub limit_contacts: Option<String>,
     /// The default plan's companies cap [default: 1000]
-    #[arg(long, env = "CRMKIT_LIMIT_COMPANIES", value_name = "N", hide_short_help = true)]
+    #[arg(
+        long,
+        env = "CRMKIT_LIMIT_COMPANIES",
+        value_name = "N",
+        hide_short_help = true
+    )]
     pub limit_companies: Option<String>,
     /// The default plan's deals cap [default: 1000]
-    #[arg(long, env = "CRMKIT_LIMIT_DEALS", value_name = "N", hide_short_help = true)]
+    #[arg(
+        long,
+        env = "CRMKIT_LIMIT_DEALS",
+        value_name = "N",
+        hide_short_help = true
+    )]
     pub limit_deals: Option<String>,
     /// The default plan's members cap, pending invites included [default: 10]
-    #[arg(long, env = "CRMKIT_LIMIT_MEMBERS", value_name = "N", hide_short_help = true)]
+    #[arg(
+        long,
+        env = "CRMKIT_LIMIT_MEMBERS",
+        value_name = "N",
+        hide_short_help = true
+    )]
     pub limit_members: Option<String>,
     /// The default plan's workspaces-per-user cap [default: 5]
-    #[arg(long, env = "CRMKIT_LIMIT_WORKSPACES", value_name = "N", hide_short_help = true)]
+    #[arg(
+        long,
+        env = "CRMKIT_LIMIT_WORKSPACES",
+        value_name = "N",
+        hide_short_help = true
+    )]
     pub limit_workspaces: Option<String>,
 }
 
@@ -101,7 +126,13 @@ pub struct Plan {
 
 impl Default for Plan {
     fn default() -> Self {
-        Plan { contacts: 1000, companies: 1000, deals: 1000, members: 10, workspaces: 5 }
+        Plan {
+            contacts: 1000,
+            companies: 1000,
+            deals: 1000,
+            members: 10,
+            workspaces: 5,
+        }
     }
 }
 
@@ -237,10 +268,18 @@ fn check_http_url(setting: &str, s: &str) -> Result<String, ConfigError> {
     let rest = s
         .strip_prefix("http://")
         .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(|| bad(setting, format!("{s:?} must start with http:// or https://")))?;
+        .ok_or_else(|| {
+            bad(
+                setting,
+                format!("{s:?} must start with http:// or https://"),
+            )
+        })?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() || host.contains('@') || s.contains(char::is_whitespace) {
-        return Err(bad(setting, format!("{s:?} is not a URL like https://crm.example.com")));
+        return Err(bad(
+            setting,
+            format!("{s:?} is not a URL like https://crm.example.com"),
+        ));
     }
     Ok(s.to_string())
 }
@@ -265,7 +304,8 @@ fn check_database_url(s: &str) -> Result<String, ConfigError> {
         Ok(s.to_string())
     } else {
         Err(ConfigError(
-            "invalid database_url: expected sqlite://PATH?mode=rwc or postgres://user@host/db".into(),
+            "invalid database_url: expected sqlite://PATH?mode=rwc or postgres://user@host/db"
+                .into(),
         ))
     }
 }
@@ -281,9 +321,16 @@ fn default_database_url() -> Result<String, ConfigError> {
             .data_dir()
             .to_path_buf(),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ConfigError(format!("cannot create data directory {}: {e}", dir.display())))?;
-    Ok(format!("sqlite://{}?mode=rwc", dir.join("crmkit.db").display()))
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        ConfigError(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(format!(
+        "sqlite://{}?mode=rwc",
+        dir.join("crmkit.db").display()
+    ))
 }
 
 impl Settings {
@@ -294,14 +341,18 @@ impl Settings {
             None => FileConfig::default(),
         };
         let pick = |flag: &Option<String>, file: &Option<String>| {
-            flag.clone().or_else(|| file.clone()).filter(|s| !s.trim().is_empty())
+            flag.clone()
+                .or_else(|| file.clone())
+                .filter(|s| !s.trim().is_empty())
         };
 
         let bind_s = pick(&args.bind, &file.bind).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let bind: SocketAddr = bind_s
-            .trim()
-            .parse()
-            .map_err(|_| bad("bind", format!("{bind_s:?} is not an address like 127.0.0.1:8080")))?;
+        let bind: SocketAddr = bind_s.trim().parse().map_err(|_| {
+            bad(
+                "bind",
+                format!("{bind_s:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
 
         let database_url = match pick(&args.database_url, &file.database_url) {
             Some(u) => check_database_url(u.trim())?,
@@ -344,11 +395,31 @@ impl Settings {
         let mut default_plan =
             Plan::default().overlay(file.plans.get("default").unwrap_or(&FilePlan::default()));
         for (name, slot, v) in [
-            ("CRMKIT_LIMIT_CONTACTS", &mut default_plan.contacts, &args.limit_contacts),
-            ("CRMKIT_LIMIT_COMPANIES", &mut default_plan.companies, &args.limit_companies),
-            ("CRMKIT_LIMIT_DEALS", &mut default_plan.deals, &args.limit_deals),
-            ("CRMKIT_LIMIT_MEMBERS", &mut default_plan.members, &args.limit_members),
-            ("CRMKIT_LIMIT_WORKSPACES", &mut default_plan.workspaces, &args.limit_workspaces),
+            (
+                "CRMKIT_LIMIT_CONTACTS",
+                &mut default_plan.contacts,
+                &args.limit_contacts,
+            ),
+            (
+                "CRMKIT_LIMIT_COMPANIES",
+                &mut default_plan.companies,
+                &args.limit_companies,
+            ),
+            (
+                "CRMKIT_LIMIT_DEALS",
+                &mut default_plan.deals,
+                &args.limit_deals,
+            ),
+            (
+                "CRMKIT_LIMIT_MEMBERS",
+                &mut default_plan.members,
+                &args.limit_members,
+            ),
+            (
+                "CRMKIT_LIMIT_WORKSPACES",
+                &mut default_plan.workspaces,
+                &args.limit_workspaces,
+            ),
         ] {
             if let Some(s) = v {
                 *slot = parse_cap(name, s)?;
@@ -357,7 +428,10 @@ impl Settings {
         let mut plans = BTreeMap::new();
         for (name, p) in &file.plans {
             if !valid_plan_name(name) {
-                return Err(bad("plans", format!("plan name {name:?} must be 1-40 of a-z 0-9 _ -")));
+                return Err(bad(
+                    "plans",
+                    format!("plan name {name:?} must be 1-40 of a-z 0-9 _ -"),
+                ));
             }
             if name != "default" {
                 plans.insert(name.clone(), Plan::default().overlay(p));
@@ -397,7 +471,9 @@ impl Settings {
 pub fn valid_plan_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 40
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -436,21 +512,42 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "bindd = \"x\"\n").unwrap();
-        let err = Settings::resolve(&ServeArgs { config: Some(path), ..Default::default() })
-            .unwrap_err();
+        let err = Settings::resolve(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.0.contains("bindd"), "{err}");
     }
 
     #[test]
     fn bad_values_are_one_line_errors() {
         for args in [
-            ServeArgs { bind: Some("nope".into()), ..Default::default() },
-            ServeArgs { token_idle_ttl: Some("soon".into()), ..Default::default() },
-            ServeArgs { base_url: Some("ftp://x".into()), ..Default::default() },
-            ServeArgs { smtp_url: Some("mail.example.com".into()), ..Default::default() },
-            ServeArgs { limit_contacts: Some("-1".into()), ..Default::default() },
+            ServeArgs {
+                bind: Some("nope".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                token_idle_ttl: Some("soon".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                base_url: Some("ftp://x".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                smtp_url: Some("mail.example.com".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                limit_contacts: Some("-1".into()),
+                ..Default::default()
+            },
         ] {
-            let args = ServeArgs { database_url: Some("sqlite://x.db".into()), ..args };
+            let args = ServeArgs {
+                database_url: Some("sqlite://x.db".into()),
+                ..args
+            };
             let err = Settings::resolve(&args).unwrap_err();
             assert!(!err.0.contains('\n'), "{err}");
             assert!(err.0.starts_with("invalid "), "{err}");
@@ -459,7 +556,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("smtps://me:hunter2@mail:465"), "smtps://me:***@mail:465");
+        assert_eq!(
+            redact_url("smtps://me:hunter2@mail:465"),
+            "smtps://me:***@mail:465"
+        );
         let s = format!("{:?}", MailMode::Smtp("smtps://me:hunter2@mail".into()));
         assert!(!s.contains("hunter2"));
     }

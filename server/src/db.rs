@@ -53,7 +53,9 @@ impl Ts {
     }
 
     pub fn from_micros(m: i64) -> Option<Ts> {
-        OffsetDateTime::from_unix_timestamp_nanos(m as i128 * 1000).ok().map(Ts::new)
+        OffsetDateTime::from_unix_timestamp_nanos(m as i128 * 1000)
+            .ok()
+            .map(Ts::new)
     }
 
     pub fn render(self) -> String {
@@ -72,7 +74,9 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
     let url = &settings.database_url;
     let sqlite = url.starts_with("sqlite:");
     let mut opt = ConnectOptions::new(url.clone());
-    let max = settings.db_max_connections.unwrap_or(if sqlite { 8 } else { 10 });
+    let max = settings
+        .db_max_connections
+        .unwrap_or(if sqlite { 8 } else { 10 });
     opt.max_connections(max)
         .min_connections(if sqlite { 1 } else { 0 })
         .connect_timeout(Duration::from_secs(5))
@@ -106,7 +110,8 @@ pub async fn write_tx(db: &DatabaseConnection) -> Result<DatabaseTransaction, Db
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let tx = write_tx(db).await?;
     if tx.get_database_backend() == DatabaseBackend::Postgres {
-        tx.execute_unprepared("SELECT pg_advisory_xact_lock(7346281190021)").await?;
+        tx.execute_unprepared("SELECT pg_advisory_xact_lock(7346281190021)")
+            .await?;
     }
     Migrator::up(&tx, None).await?;
     tx.commit().await
@@ -125,7 +130,11 @@ pub async fn cursor_key(db: &DatabaseConnection) -> Result<Vec<u8>, DbErr> {
     ))
     .await?;
     let row = db
-        .query_one_raw(stmt(backend, "SELECT value FROM settings WHERE key = 'cursor_key'", vec![]))
+        .query_one_raw(stmt(
+            backend,
+            "SELECT value FROM settings WHERE key = 'cursor_key'",
+            vec![],
+        ))
         .await?
         .ok_or_else(|| DbErr::Custom("settings row missing".into()))?;
     let hex: String = row.try_get("", "value")?;
@@ -163,7 +172,10 @@ pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statemen
 /// True when the error is a unique-constraint violation (an upsert race or a
 /// taken email/domain).
 pub fn is_unique_violation(e: &DbErr) -> bool {
-    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
 }
 
 #[cfg(test)]
@@ -175,7 +187,10 @@ mod tests {
         let a = Ts::new(time::macros::datetime!(2026-11-28 10:00:00 UTC));
         let b = Ts::new(time::macros::datetime!(2026-11-28 10:00:00.5 UTC));
         let c = Ts::new(time::macros::datetime!(2026-11-28 10:00:00.000001 UTC));
-        let fmt = |t: Ts| t.0.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let fmt = |t: Ts| {
+            t.0.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
         assert!(fmt(a) < fmt(c) && fmt(c) < fmt(b));
         assert_eq!(a.get(), time::macros::datetime!(2026-11-28 10:00:00 UTC));
         assert_eq!(Ts::from_micros(a.micros()), Some(a));
@@ -183,7 +198,11 @@ mod tests {
 
     #[test]
     fn placeholders_become_numbered_on_postgres() {
-        let s = stmt(DatabaseBackend::Postgres, "SELECT ? + ?", vec![1.into(), 2.into()]);
+        let s = stmt(
+            DatabaseBackend::Postgres,
+            "SELECT ? + ?",
+            vec![1.into(), 2.into()],
+        );
         assert_eq!(s.sql, "SELECT $1 + $2");
     }
 }

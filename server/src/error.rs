@@ -10,8 +10,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+/// An API error. Boxed, so `Result<T, AppError>` stays small on the happy path.
 #[derive(Debug, Clone)]
-pub struct AppError {
+pub struct AppError(Box<ErrorBody>);
+
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
     pub code: &'static str,
     pub status: StatusCode,
     pub message: String,
@@ -25,6 +29,19 @@ pub struct AppError {
     pub headers: Vec<(&'static str, String)>,
 }
 
+impl std::ops::Deref for AppError {
+    type Target = ErrorBody;
+    fn deref(&self) -> &ErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AppError {
+    fn deref_mut(&mut self) -> &mut ErrorBody {
+        &mut self.0
+    }
+}
+
 impl AppError {
     pub fn new(
         code: &'static str,
@@ -32,7 +49,7 @@ impl AppError {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
-        AppError {
+        AppError(Box::new(ErrorBody {
             code,
             status,
             message: message.into(),
@@ -41,7 +58,7 @@ impl AppError {
             retry_after: None,
             internal: None,
             headers: Vec::new(),
-        }
+        }))
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -196,7 +213,8 @@ pub struct Failure(pub std::sync::Arc<AppError>);
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut res = self.status.into_response();
-        res.extensions_mut().insert(Failure(std::sync::Arc::new(self)));
+        res.extensions_mut()
+            .insert(Failure(std::sync::Arc::new(self)));
         res
     }
 }

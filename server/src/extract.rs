@@ -38,7 +38,10 @@ fn too_large(limit: usize) -> AppError {
 fn check_no_nul(v: &Value, path: &mut String) -> Result<(), AppError> {
     let bad = |p: &str| {
         AppError::invalid(
-            format!("{} contains a NUL character", if p.is_empty() { "the body" } else { p }),
+            format!(
+                "{} contains a NUL character",
+                if p.is_empty() { "the body" } else { p }
+            ),
             "remove the \\u0000 character from the value",
         )
     };
@@ -73,7 +76,10 @@ pub fn parse_body<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, A
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| {
-        AppError::invalid("the request body is not valid UTF-8", "send JSON encoded as UTF-8")
+        AppError::invalid(
+            "the request body is not valid UTF-8",
+            "send JSON encoded as UTF-8",
+        )
     })?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         AppError::invalid(
@@ -103,9 +109,20 @@ pub fn parse_body<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, A
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
-        let field = if path == "." { "the body".to_string() } else { format!("field {path:?}") };
-        AppError::invalid(format!("{field}: {inner}"), "fix that field's value; GET /help lists each field's type")
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
+        let field = if path == "." {
+            "the body".to_string()
+        } else {
+            format!("field {path:?}")
+        };
+        AppError::invalid(
+            format!("{field}: {inner}"),
+            "fix that field's value; GET /help lists each field's type",
+        )
     })
 }
 
@@ -154,13 +171,17 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
 
 impl QueryPairs {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
-    /// Rejects any parameter not in `allowed` (`format` is always allowed).
+    /// Rejects any parameter not in `allowed` (`format` and a stray step-up
+    /// `code` are always allowed).
     pub fn only(&self, allowed: &[&str]) -> Result<(), AppError> {
         for (k, _) in &self.0 {
-            if k != "format" && !allowed.contains(&k.as_str()) {
+            if k != "format" && k != "code" && !allowed.contains(&k.as_str()) {
                 let shown: String = k.chars().take(60).collect();
                 return Err(AppError::new(
                     "unknown_field",
@@ -215,7 +236,11 @@ mod tests {
             ("[1]", "invalid_request", "must be a JSON object"),
             ("{\"email\":5}", "invalid_request", "email"),
             ("{\"email\":\"a\",\"x\":1}", "unknown_field", "\"x\""),
-            ("{\"email\":\"a\",\"email\":\"b\"}", "invalid_request", "duplicate"),
+            (
+                "{\"email\":\"a\",\"email\":\"b\"}",
+                "invalid_request",
+                "duplicate",
+            ),
             ("{\"email\":\"a\\u0000\"}", "invalid_request", "NUL"),
             ("{\"email\":\"a\",\"n\":1e400}", "invalid_request", "JSON"),
         ] {
@@ -250,7 +275,10 @@ impl<'de> serde::Deserialize<'de> for NoDupMap {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<NoDupMap, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<NoDupMap, A::Error> {
                 let mut m = serde_json::Map::new();
                 while let Some(k) = a.next_key::<String>()? {
                     if m.contains_key(&k) {
@@ -267,7 +295,10 @@ impl<'de> serde::Deserialize<'de> for NoDupMap {
 }
 
 /// Parses an object body and refuses fields outside `allowed`.
-pub fn parse_object(bytes: &[u8], allowed: &[&str]) -> Result<serde_json::Map<String, Value>, AppError> {
+pub fn parse_object(
+    bytes: &[u8],
+    allowed: &[&str],
+) -> Result<serde_json::Map<String, Value>, AppError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(AppError::invalid(
             "the request body is empty",
@@ -275,10 +306,16 @@ pub fn parse_object(bytes: &[u8], allowed: &[&str]) -> Result<serde_json::Map<St
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| {
-        AppError::invalid("the request body is not valid UTF-8", "send JSON encoded as UTF-8")
+        AppError::invalid(
+            "the request body is not valid UTF-8",
+            "send JSON encoded as UTF-8",
+        )
     })?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        AppError::invalid(format!("the request body is not valid JSON: {e}"), "send one JSON object, e.g. {\"name\":\"Jane Doe\"}")
+        AppError::invalid(
+            format!("the request body is not valid JSON: {e}"),
+            "send one JSON object, e.g. {\"name\":\"Jane Doe\"}",
+        )
     })?;
     if !value.is_object() {
         return Err(AppError::invalid(
@@ -333,6 +370,8 @@ pub struct RawBody(pub axum::body::Bytes);
 impl FromRequest<AppState> for RawBody {
     type Rejection = AppError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        body_bytes(req, state.settings.body_limit).await.map(RawBody)
+        body_bytes(req, state.settings.body_limit)
+            .await
+            .map(RawBody)
     }
 }

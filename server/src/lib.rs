@@ -25,9 +25,9 @@ mod mail;
 #[cfg(feature = "service")]
 mod negotiate;
 #[cfg(feature = "service")]
-mod ratelimit;
-#[cfg(feature = "service")]
 mod query;
+#[cfg(feature = "service")]
+mod ratelimit;
 #[cfg(feature = "service")]
 mod records;
 #[cfg(feature = "service")]
@@ -35,11 +35,11 @@ mod routes;
 #[cfg(feature = "service")]
 mod secrets;
 #[cfg(feature = "service")]
-mod validate;
-#[cfg(feature = "service")]
 mod serve;
 #[cfg(feature = "service")]
 mod stepup;
+#[cfg(feature = "service")]
+mod validate;
 
 #[cfg(feature = "service")]
 pub use app::{AppState, app};

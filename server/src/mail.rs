@@ -25,7 +25,13 @@ pub struct Mail {
 #[derive(Clone)]
 pub enum Mailer {
     Local,
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox },
+    Smtp(Box<Smtp>),
+}
+
+#[derive(Clone)]
+pub struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
 }
 
 /// `smtp+starttls://…` is our spelling of lettre's `smtp://…?tls=required`.
@@ -52,7 +58,7 @@ impl Mailer {
                     .mail_from
                     .parse()
                     .map_err(|e| ConfigError(format!("invalid mail_from: {e}")))?;
-                Ok(Mailer::Smtp { transport, from })
+                Ok(Mailer::Smtp(Box::new(Smtp { transport, from })))
             }
         }
     }
@@ -64,10 +70,14 @@ impl Mailer {
     pub async fn send(&self, mail: Mail) -> Result<(), AppError> {
         match self {
             Mailer::Local => {
-                tracing::warn!("LOCAL-MAIL {}", crate::wire::line::escape_inline(&mail.local_line));
+                tracing::warn!(
+                    "LOCAL-MAIL {}",
+                    crate::wire::line::escape_inline(&mail.local_line)
+                );
                 Ok(())
             }
-            Mailer::Smtp { transport, from } => {
+            Mailer::Smtp(smtp) => {
+                let Smtp { transport, from } = smtp.as_ref();
                 let failed = |detail: String| {
                     tracing::warn!("mail delivery failed: {detail}");
                     AppError::new(
@@ -77,14 +87,20 @@ impl Mailer {
                         "no code was sent and none is usable; retry in a minute, and tell the operator if it keeps failing",
                     )
                 };
-                let to: Mailbox = mail.to.parse().map_err(|e| failed(format!("recipient: {e}")))?;
+                let to: Mailbox = mail
+                    .to
+                    .parse()
+                    .map_err(|e| failed(format!("recipient: {e}")))?;
                 let msg = Message::builder()
                     .from(from.clone())
                     .to(to)
                     .subject(mail.subject)
                     .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
                     .map_err(|e| failed(format!("building message: {e}")))?;
-                transport.send(msg).await.map_err(|e| failed(e.to_string()))?;
+                transport
+                    .send(msg)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
                 Ok(())
             }
         }
@@ -93,5 +109,8 @@ impl Mailer {
 
 /// Minimal HTML escaping for the HTML part.
 pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

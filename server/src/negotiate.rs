@@ -49,7 +49,11 @@ impl Fmt {
             .filter_map(|v| v.to_str().ok())
             .collect::<Vec<_>>()
             .join(",");
-        if accept.contains("application/json") { Fmt::Json } else { Fmt::Text }
+        if accept.contains("application/json") {
+            Fmt::Json
+        } else {
+            Fmt::Text
+        }
     }
 
     /// Builds the response; only the closure for the chosen format runs.
@@ -75,8 +79,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Fmt {
 
 pub fn text_response(status: StatusCode, body: String) -> Response {
     let mut res = (status, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     res
 }
 
@@ -84,8 +90,10 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut body = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
     body.push('\n');
     let mut res = (status, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -139,7 +147,9 @@ pub async fn middleware(req: Request, next: Next) -> Response {
             }
         }
         if let Some(secs) = err.retry_after {
-            rendered.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            rendered
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         for (k, v) in &err.headers {
             if let Ok(v) = HeaderValue::from_str(v) {
@@ -153,7 +163,10 @@ pub async fn middleware(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);
     }
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

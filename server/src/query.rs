@@ -16,10 +16,12 @@ use sha2::{Digest, Sha256};
 
 use crate::db::Ts;
 use crate::error::AppError;
+use crate::records::KindDef;
 use crate::records::model::{Record, Val};
 use crate::records::store::Sql;
-use crate::records::KindDef;
-use crate::wire::query::{FieldType, Filter, ListQuery, Op, Operand, Scalar, Target, canonical_fingerprint};
+use crate::wire::query::{
+    FieldType, Filter, ListQuery, Op, Operand, Scalar, Target, canonical_fingerprint,
+};
 
 /// Escapes LIKE wildcards so user text matches literally (ESCAPE '\').
 pub fn like_literal(s: &str) -> String {
@@ -43,7 +45,11 @@ fn like_pattern(v: &str) -> String {
 }
 
 fn like_op(backend: DatabaseBackend) -> &'static str {
-    if backend == DatabaseBackend::Postgres { " ILIKE " } else { " LIKE " }
+    if backend == DatabaseBackend::Postgres {
+        " ILIKE "
+    } else {
+        " LIKE "
+    }
 }
 
 fn scalar_value(s: &Scalar) -> sea_orm::Value {
@@ -91,10 +97,18 @@ fn custom_text(backend: DatabaseBackend, key: &str) -> Sql {
 fn custom_number(backend: DatabaseBackend, key: &str) -> Sql {
     let mut s = Sql::default();
     if backend == DatabaseBackend::Postgres {
-        s.push("(CASE WHEN jsonb_typeof(custom -> ").bind(key.to_string()).push(") = 'number' THEN (custom ->> ").bind(key.to_string()).push(")::float8 END)");
+        s.push("(CASE WHEN jsonb_typeof(custom -> ")
+            .bind(key.to_string())
+            .push(") = 'number' THEN (custom ->> ")
+            .bind(key.to_string())
+            .push(")::float8 END)");
     } else {
         let path = format!("$.\"{key}\"");
-        s.push("(CASE WHEN json_type(custom, ").bind(path.clone()).push(") IN ('integer', 'real') THEN CAST(json_extract(custom, ").bind(path).push(") AS REAL) END)");
+        s.push("(CASE WHEN json_type(custom, ")
+            .bind(path.clone())
+            .push(") IN ('integer', 'real') THEN CAST(json_extract(custom, ")
+            .bind(path)
+            .push(") AS REAL) END)");
     }
     s
 }
@@ -115,7 +129,9 @@ fn expr_cmp(out: &mut Sql, expr: &Sql, op: Op, operand: &Operand, backend: Datab
         }
         (Op::Like, Operand::One(Scalar::Text(v))) => {
             e(out);
-            out.push(like_op(backend)).bind(like_pattern(v)).push(" ESCAPE '\\'");
+            out.push(like_op(backend))
+                .bind(like_pattern(v))
+                .push(" ESCAPE '\\'");
         }
         (Op::In, Operand::Many(items)) => {
             e(out);
@@ -155,7 +171,9 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
             let numeric = matches!(f.op, Op::Gt | Op::Gte | Op::Lt | Op::Lte)
                 && matches!(&f.operand, Operand::One(Scalar::Text(t)) if t.parse::<f64>().is_ok_and(f64::is_finite));
             if numeric {
-                let Operand::One(Scalar::Text(t)) = &f.operand else { return };
+                let Operand::One(Scalar::Text(t)) = &f.operand else {
+                    return;
+                };
                 let n: f64 = t.parse().unwrap_or(0.0);
                 let expr = custom_number(backend, key);
                 out.append(expr).push(sql_op(f.op)).bind(n);
@@ -173,7 +191,9 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
                     out.push("tags IS NOT NULL");
                 }
                 (Op::Ne, Operand::One(Scalar::Text(t))) => {
-                    out.push("(tags IS NULL OR tags NOT LIKE ").bind(tag_like(t)).push(" ESCAPE '\\')");
+                    out.push("(tags IS NULL OR tags NOT LIKE ")
+                        .bind(tag_like(t))
+                        .push(" ESCAPE '\\')");
                 }
                 (Op::In, Operand::Many(items)) => {
                     out.push("(");
@@ -182,12 +202,16 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
                             out.push(" OR ");
                         }
                         let Scalar::Text(t) = it else { continue };
-                        out.push("tags LIKE ").bind(tag_like(t)).push(" ESCAPE '\\'");
+                        out.push("tags LIKE ")
+                            .bind(tag_like(t))
+                            .push(" ESCAPE '\\'");
                     }
                     out.push(")");
                 }
                 (_, Operand::One(Scalar::Text(t))) => {
-                    out.push("tags LIKE ").bind(tag_like(t)).push(" ESCAPE '\\'");
+                    out.push("tags LIKE ")
+                        .bind(tag_like(t))
+                        .push(" ESCAPE '\\'");
                 }
                 _ => {
                     out.push("1 = 0");
@@ -202,7 +226,9 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
                 };
                 let operand = match &f.operand {
                     Operand::One(s) => Operand::One(lower_if(s, lower)),
-                    Operand::Many(v) => Operand::Many(v.iter().map(|s| lower_if(s, lower)).collect()),
+                    Operand::Many(v) => {
+                        Operand::Many(v.iter().map(|s| lower_if(s, lower)).collect())
+                    }
                     Operand::None => Operand::None,
                 };
                 expr_cmp(out, &Sql::new(col), f.op, &operand, backend);
@@ -259,7 +285,11 @@ fn sort_value(q: &ListQuery, r: &Record) -> J {
 }
 
 pub fn make_cursor(key: &[u8], ws: &str, q: &ListQuery, last: &Record) -> String {
-    let body = CursorBody { q: fingerprint(q), v: sort_value(q, last), i: last.id.clone() };
+    let body = CursorBody {
+        q: fingerprint(q),
+        v: sort_value(q, last),
+        i: last.id.clone(),
+    };
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
     let sig = sign(key, ws, &payload);
     format!("{payload}.{sig}")
@@ -272,22 +302,35 @@ pub struct After {
 }
 
 pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<After, AppError> {
-    let (payload, sig) = cursor.split_once('.').ok_or_else(|| bad_cursor("it is malformed"))?;
+    let (payload, sig) = cursor
+        .split_once('.')
+        .ok_or_else(|| bad_cursor("it is malformed"))?;
     if !crate::secrets::ct_eq(&sign(key, ws, payload), sig) {
-        return Err(bad_cursor("it was altered, truncated or comes from another workspace"));
+        return Err(bad_cursor(
+            "it was altered, truncated or comes from another workspace",
+        ));
     }
-    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad_cursor("it is malformed"))?;
-    let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| bad_cursor("it is malformed"))?;
+    let body: CursorBody =
+        serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
     if body.q != fingerprint(q) {
-        return Err(bad_cursor("it belongs to a query with other filters, search or sort"));
+        return Err(bad_cursor(
+            "it belongs to a query with other filters, search or sort",
+        ));
     }
     let spec = q.sort.field;
     let value = match (&body.v, spec.name, spec.ty) {
         (J::Null, _, _) => None,
-        (J::Number(n), _, FieldType::Time) => {
-            Some(Ts::from_micros(n.as_i64().ok_or_else(|| bad_cursor("bad time"))?).ok_or_else(|| bad_cursor("bad time"))?.into())
+        (J::Number(n), _, FieldType::Time) => Some(
+            Ts::from_micros(n.as_i64().ok_or_else(|| bad_cursor("bad time"))?)
+                .ok_or_else(|| bad_cursor("bad time"))?
+                .into(),
+        ),
+        (J::Number(n), _, FieldType::Int) => {
+            Some(n.as_i64().ok_or_else(|| bad_cursor("bad number"))?.into())
         }
-        (J::Number(n), _, FieldType::Int) => Some(n.as_i64().ok_or_else(|| bad_cursor("bad number"))?.into()),
         (J::String(s), _, _) => Some(s.clone().into()),
         _ => return Err(bad_cursor("it is malformed")),
     };
@@ -295,12 +338,23 @@ pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<
 }
 
 fn nullable(def: &KindDef, sort_field: &str) -> bool {
-    !matches!(sort_field, "id" | "created_at" | "updated_at") && !(def.required == Some(sort_field))
+    !matches!(sort_field, "id" | "created_at" | "updated_at") && def.required != Some(sort_field)
 }
 
 /// `SELECT … FROM <table> WHERE workspace_id = ? AND <filters> [AND keyset] ORDER BY … LIMIT n`.
-pub fn list_sql(def: &KindDef, ws: &str, q: &ListQuery, after: Option<&After>, limit: u64, backend: DatabaseBackend) -> Sql {
-    let mut s = Sql::new(&format!("SELECT {} FROM {} WHERE workspace_id = ", crate::records::store::columns(def), def.plural));
+pub fn list_sql(
+    def: &KindDef,
+    ws: &str,
+    q: &ListQuery,
+    after: Option<&After>,
+    limit: u64,
+    backend: DatabaseBackend,
+) -> Sql {
+    let mut s = Sql::new(&format!(
+        "SELECT {} FROM {} WHERE workspace_id = ",
+        crate::records::store::columns(def),
+        def.plural
+    ));
     s.bind(ws.to_string());
     for f in &q.filters {
         s.push(" AND ");
@@ -312,7 +366,11 @@ pub fn list_sql(def: &KindDef, ws: &str, q: &ListQuery, after: Option<&After>, l
     }
     let col = q.sort.field.name;
     let desc = q.sort.desc;
-    let (cmp, dir) = if desc { (" < ", " DESC") } else { (" > ", " ASC") };
+    let (cmp, dir) = if desc {
+        (" < ", " DESC")
+    } else {
+        (" > ", " ASC")
+    };
     let null_aware = col != "id" && nullable(def, col);
     if let Some(a) = after {
         s.push(" AND ");
@@ -321,17 +379,24 @@ pub fn list_sql(def: &KindDef, ws: &str, q: &ListQuery, after: Option<&After>, l
         } else {
             match (&a.value, null_aware) {
                 (Some(v), true) => {
-                    s.push(&format!("(({col} IS NOT NULL AND ({col}{cmp}")).bind(v.clone());
+                    s.push(&format!("(({col} IS NOT NULL AND ({col}{cmp}"))
+                        .bind(v.clone());
                     s.push(&format!(" OR ({col} = ")).bind(v.clone());
-                    s.push(&format!(" AND id{cmp}")).bind(a.id.clone()).push(&format!("))) OR {col} IS NULL)"));
+                    s.push(&format!(" AND id{cmp}"))
+                        .bind(a.id.clone())
+                        .push(&format!("))) OR {col} IS NULL)"));
                 }
                 (Some(v), false) => {
                     s.push(&format!("({col}{cmp}")).bind(v.clone());
                     s.push(&format!(" OR ({col} = ")).bind(v.clone());
-                    s.push(&format!(" AND id{cmp}")).bind(a.id.clone()).push("))");
+                    s.push(&format!(" AND id{cmp}"))
+                        .bind(a.id.clone())
+                        .push("))");
                 }
                 (None, _) => {
-                    s.push(&format!("({col} IS NULL AND id{cmp}")).bind(a.id.clone()).push(")");
+                    s.push(&format!("({col} IS NULL AND id{cmp}"))
+                        .bind(a.id.clone())
+                        .push(")");
                 }
             }
         }
@@ -340,7 +405,9 @@ pub fn list_sql(def: &KindDef, ws: &str, q: &ListQuery, after: Option<&After>, l
     if col == "id" {
         s.push(&format!(" ORDER BY id{dir}"));
     } else if null_aware {
-        s.push(&format!(" ORDER BY ({col} IS NULL) ASC, {col}{dir}, id{dir}"));
+        s.push(&format!(
+            " ORDER BY ({col} IS NULL) ASC, {col}{dir}, id{dir}"
+        ));
     } else {
         s.push(&format!(" ORDER BY {col}{dir}, id{dir}"));
     }
@@ -358,20 +425,28 @@ fn search_clause(s: &mut Sql, def: &KindDef, ws: &str, text: &str, backend: Data
             .find(|(t, _)| *t == def.plural)
             .map(|(_, e)| *e)
             .unwrap_or("''");
-        s.push(expr).push(" LIKE ").bind(format!("%{}%", like_literal(&lowered))).push(" ESCAPE '\\'");
+        s.push(expr)
+            .push(" LIKE ")
+            .bind(format!("%{}%", like_literal(&lowered)))
+            .push(" ESCAPE '\\'");
     } else if lowered.chars().count() >= 3 {
-        s.push(&format!("id IN (SELECT id FROM {t}_fts WHERE {t}_fts MATCH ", t = def.plural))
-            .bind(format!("\"{}\"", lowered.replace('"', "\"\"")))
-            .push(" AND workspace_id = ")
-            .bind(ws.to_string())
-            .push(")");
+        s.push(&format!(
+            "id IN (SELECT id FROM {t}_fts WHERE {t}_fts MATCH ",
+            t = def.plural
+        ))
+        .bind(format!("\"{}\"", lowered.replace('"', "\"\"")))
+        .push(" AND workspace_id = ")
+        .bind(ws.to_string())
+        .push(")");
     } else {
         s.push("(");
         for (i, col) in def.search.iter().enumerate() {
             if i > 0 {
                 s.push(" OR ");
             }
-            s.push(&format!("{col} LIKE ")).bind(format!("%{}%", like_literal(&lowered))).push(" ESCAPE '\\'");
+            s.push(&format!("{col} LIKE "))
+                .bind(format!("%{}%", like_literal(&lowered)))
+                .push(" ESCAPE '\\'");
         }
         s.push(")");
     }
@@ -392,7 +467,11 @@ mod tests {
 /// A cursor over a fixed newest-first order `(time, id)`, for activities and
 /// the audit log; bound to the workspace and to `scope` (the filters).
 pub fn make_time_cursor(key: &[u8], ws: &str, scope: &str, at: Ts, id: &str) -> String {
-    let body = CursorBody { q: scope_hash(scope), v: J::from(at.micros()), i: id.to_string() };
+    let body = CursorBody {
+        q: scope_hash(scope),
+        v: J::from(at.micros()),
+        i: id.to_string(),
+    };
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
     let sig = sign(key, ws, &payload);
     format!("{payload}.{sig}")
@@ -402,16 +481,32 @@ fn scope_hash(scope: &str) -> String {
     crate::secrets::hex(&Sha256::digest(scope.as_bytes()))[..16].to_string()
 }
 
-pub fn read_time_cursor(key: &[u8], ws: &str, scope: &str, cursor: &str) -> Result<(Ts, String), AppError> {
-    let (payload, sig) = cursor.split_once('.').ok_or_else(|| bad_cursor("it is malformed"))?;
+pub fn read_time_cursor(
+    key: &[u8],
+    ws: &str,
+    scope: &str,
+    cursor: &str,
+) -> Result<(Ts, String), AppError> {
+    let (payload, sig) = cursor
+        .split_once('.')
+        .ok_or_else(|| bad_cursor("it is malformed"))?;
     if !crate::secrets::ct_eq(&sign(key, ws, payload), sig) {
-        return Err(bad_cursor("it was altered, truncated or comes from another workspace"));
+        return Err(bad_cursor(
+            "it was altered, truncated or comes from another workspace",
+        ));
     }
-    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad_cursor("it is malformed"))?;
-    let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| bad_cursor("it is malformed"))?;
+    let body: CursorBody =
+        serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
     if body.q != scope_hash(scope) {
         return Err(bad_cursor("it belongs to a query with other filters"));
     }
-    let at = body.v.as_i64().and_then(Ts::from_micros).ok_or_else(|| bad_cursor("it is malformed"))?;
+    let at = body
+        .v
+        .as_i64()
+        .and_then(Ts::from_micros)
+        .ok_or_else(|| bad_cursor("it is malformed"))?;
     Ok((at, body.i))
 }

@@ -24,8 +24,11 @@ pub fn new_token() -> String {
 
 /// True when `s` has the shape of a token this server mints.
 pub fn looks_like_token(s: &str) -> bool {
-    s.strip_prefix("ck_")
-        .is_some_and(|b| b.len() == 43 && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+    s.strip_prefix("ck_").is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    })
 }
 
 /// A random URL-safe secret with a prefix, for delete confirmations.

@@ -46,7 +46,10 @@ fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .with_target(false)
         .try_init();
 }
@@ -56,14 +59,21 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let settings = Settings::resolve(&args).map_err(ServeError::Config)?;
     init_logging(&settings.log);
     let mailer = Mailer::new(&settings).map_err(ServeError::Config)?;
-    let conn = db::connect(&settings)
+    let conn = db::connect(&settings).await.map_err(|e| {
+        ServeError::Runtime(format!(
+            "cannot open the database {}: {e}",
+            redact_url(&settings.database_url)
+        ))
+    })?;
+    db::migrate(&conn)
         .await
-        .map_err(|e| ServeError::Runtime(format!("cannot open the database {}: {e}", redact_url(&settings.database_url))))?;
-    db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+        .map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
     let listener = TcpListener::bind(settings.bind)
         .await
         .map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", settings.bind)))?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
     // With port 0 the real port is known only now.
     let mut settings = settings;
     if settings.bind.port() == 0 && settings.base_url == format!("http://{}", settings.bind) {
@@ -73,14 +83,19 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         "crmkit {} listening on http://{addr} (base URL {}; database {})",
         env!("CARGO_PKG_VERSION"),
         settings.base_url,
-        redact_url(&settings.database_url).split('?').next().unwrap_or("")
+        redact_url(&settings.database_url)
+            .split('?')
+            .next()
+            .unwrap_or("")
     );
     if settings.mail == MailMode::Local {
         tracing::warn!(
             "local mail mode: no CRMKIT_SMTP_URL set, so sign-in codes are written to this log on lines marked LOCAL-MAIL (fine for one person on their own machine)"
         );
     }
-    let key = db::cursor_key(&conn).await.map_err(|e| ServeError::Runtime(format!("cannot read the server key: {e}")))?;
+    let key = db::cursor_key(&conn)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot read the server key: {e}")))?;
     let state = AppState::new(conn.clone(), settings, mailer, key);
     serve_on(listener, state, shutdown_signal())
         .await
@@ -97,7 +112,9 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn shutdown_signal() {
@@ -133,7 +150,9 @@ pub async fn migrate(args: ServeArgs, dry_run: bool) -> Result<Vec<String>, Serv
         .await
         .map_err(|e| ServeError::Runtime(format!("cannot read migrations: {e}")))?;
     if !dry_run {
-        db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+        db::migrate(&conn)
+            .await
+            .map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
     }
     conn.close().await.ok();
     Ok(pending)
@@ -153,17 +172,35 @@ pub async fn set_plan(args: ServeArgs, target: String, plan: String) -> Result<S
     let conn = db::connect(&settings)
         .await
         .map_err(|e| ServeError::Runtime(format!("cannot open the database: {e}")))?;
-    db::migrate(&conn).await.map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
+    db::migrate(&conn)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
     let (sql, key, label) = if target.contains('@') {
-        ("UPDATE users SET plan = ? WHERE email = ?", target.to_ascii_lowercase(), format!("user {target}"))
+        (
+            "UPDATE users SET plan = ? WHERE email = ?",
+            target.to_ascii_lowercase(),
+            format!("user {target}"),
+        )
     } else {
         let id = crate::wire::handle::parse_ref(crate::wire::handle::Kind::Workspace, &target)
-            .map_err(|e| ServeError::Config(ConfigError(format!("{target:?}: {e}; pass a workspace id (w_…) or a user's email"))))?;
-        ("UPDATE workspaces SET plan = ? WHERE id = ?", id.clone(), format!("workspace/{id}"))
+            .map_err(|e| {
+                ServeError::Config(ConfigError(format!(
+                    "{target:?}: {e}; pass a workspace id (w_…) or a user's email"
+                )))
+            })?;
+        (
+            "UPDATE workspaces SET plan = ? WHERE id = ?",
+            id.clone(),
+            format!("workspace/{id}"),
+        )
     };
     use sea_orm::ConnectionTrait;
     let res = conn
-        .execute_raw(db::stmt(conn.get_database_backend(), sql, vec![plan.clone().into(), key.into()]))
+        .execute_raw(db::stmt(
+            conn.get_database_backend(),
+            sql,
+            vec![plan.clone().into(), key.into()],
+        ))
         .await
         .map_err(|e| ServeError::Runtime(format!("cannot update: {e}")))?;
     conn.close().await.ok();

@@ -5,9 +5,9 @@
 //! repeated with `?code=` or `X-Escalation-Code:` performs it. Codes are single
 //! use, live 10 minutes and survive 5 wrong tries, checked with atomic updates.
 
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::extract::FromRequestParts;
 use sea_orm::ConnectionTrait;
 
 use crate::app::AppState;
@@ -27,11 +27,21 @@ impl<S: Send + Sync> FromRequestParts<S> for OfferedCode {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         if let Some(v) = parts.headers.get("x-escalation-code") {
-            let v = v.to_str().map_err(|_| AppError::invalid("X-Escalation-Code is not text", "send the 6-digit code from the email"))?;
+            let v = v.to_str().map_err(|_| {
+                AppError::invalid(
+                    "X-Escalation-Code is not text",
+                    "send the 6-digit code from the email",
+                )
+            })?;
             return Ok(OfferedCode(Some(v.trim().to_string())));
         }
         let pairs = decode_query(parts.uri.query().unwrap_or(""))?;
-        Ok(OfferedCode(pairs.into_iter().find(|(k, _)| k == "code").map(|(_, v)| v.trim().to_string())))
+        Ok(OfferedCode(
+            pairs
+                .into_iter()
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v.trim().to_string()),
+        ))
     }
 }
 
@@ -50,7 +60,14 @@ fn refused() -> AppError {
 
 /// Passes when `offered` is the live code for (caller, action, target);
 /// otherwise mails a fresh code (no code offered) or refuses (wrong code).
-pub async fn require(state: &AppState, caller: &Caller, action: &str, target: &str, describe: &str, offered: Option<String>) -> AppResult<()> {
+pub async fn require(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    describe: &str,
+    offered: Option<String>,
+) -> AppResult<()> {
     let db = &state.db;
     let backend = db.get_database_backend();
     let bind = binding(&caller.user_id, action, target);
@@ -78,7 +95,11 @@ pub async fn require(state: &AppState, caller: &Caller, action: &str, target: &s
                 vec![caller.user_id.clone().into(), action.into(), target.into(), stored.into()],
             ))
             .await?;
-        return if used.rows_affected() == 1 { Ok(()) } else { Err(refused()) };
+        return if used.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(refused())
+        };
     }
 
     let code = secrets::new_code();
@@ -102,7 +123,10 @@ pub async fn require(state: &AppState, caller: &Caller, action: &str, target: &s
             html_escape(&caller.token_name),
             html_escape(describe)
         ),
-        local_line: format!("to={} step-up code={code} to {describe} (expires in 10 minutes)", caller.email),
+        local_line: format!(
+            "to={} step-up code={code} to {describe} (expires in 10 minutes)",
+            caller.email
+        ),
     };
     if let Err(e) = state.mailer.send(mail).await {
         db.execute_raw(stmt(
@@ -116,7 +140,10 @@ pub async fn require(state: &AppState, caller: &Caller, action: &str, target: &s
     Err(AppError::new(
         "escalation_required",
         StatusCode::FORBIDDEN,
-        format!("to {describe}, a confirmation code was emailed to {}", validate::mask_email(&caller.email)),
+        format!(
+            "to {describe}, a confirmation code was emailed to {}",
+            validate::mask_email(&caller.email)
+        ),
         "ask the user for the 6-digit code from that email, then repeat the same request with ?code=CODE or header X-Escalation-Code: CODE (valid 10 minutes)",
     ))
 }

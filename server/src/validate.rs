@@ -22,11 +22,16 @@ pub fn email(field: &str, raw: &str) -> Result<String, AppError> {
     if !raw.is_ascii() {
         return Err(bad("contains non-ASCII characters"));
     }
-    if raw.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if raw
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(bad("contains spaces or control characters"));
     }
     if raw.bytes().any(|b| b"<>(),;:\"[]\\".contains(&b)) {
-        return Err(bad("must be a single bare address (no name, brackets or lists)"));
+        return Err(bad(
+            "must be a single bare address (no name, brackets or lists)",
+        ));
     }
     let Some((local, domain)) = raw.rsplit_once('@') else {
         return Err(bad("has no @"));
@@ -44,7 +49,9 @@ pub fn email(field: &str, raw: &str) -> Result<String, AppError> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !domain_ok {
         return Err(bad("has an invalid domain"));
@@ -68,7 +75,10 @@ pub fn mask_email(email: &str) -> String {
 pub fn label(field: &str, raw: &str, max: usize) -> Result<String, AppError> {
     let s = raw.trim();
     if s.is_empty() {
-        return Err(AppError::invalid(format!("{field} is empty"), format!("send a non-empty {field}")));
+        return Err(AppError::invalid(
+            format!("{field} is empty"),
+            format!("send a non-empty {field}"),
+        ));
     }
     if s.chars().count() > max {
         return Err(AppError::invalid(
@@ -109,7 +119,10 @@ mod tests {
         ] {
             assert!(email("email", bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(email("email", "Jane.Doe+crm@Example.COM").unwrap(), "jane.doe+crm@example.com");
+        assert_eq!(
+            email("email", "Jane.Doe+crm@Example.COM").unwrap(),
+            "jane.doe+crm@example.com"
+        );
         assert_eq!(mask_email("jane@example.com"), "j***@example.com");
     }
 }

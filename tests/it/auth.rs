@@ -16,15 +16,21 @@ fn verify_body(email: &str, code: &str) -> String {
 async fn readme_flow_works_in_local_mail_mode() {
     let s = Server::builder().local_mail().start().await;
     assert!(s.log_text().contains("local mail mode"), "{}", s.log_text());
-    let r = s.post("/auth/request", None, r#"{"email":"me@example.com"}"#).await;
+    let r = s
+        .post("/auth/request", None, r#"{"email":"me@example.com"}"#)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // The code is on one marked line of the log.
     let mut code = None;
     for _ in 0..100 {
-        code = s.log_text().lines().find(|l| l.contains("LOCAL-MAIL to=me@example.com")).and_then(|l| {
-            let i = l.find("code=")? + 5;
-            Some(l[i..i + 6].to_string())
-        });
+        code = s
+            .log_text()
+            .lines()
+            .find(|l| l.contains("LOCAL-MAIL to=me@example.com"))
+            .and_then(|l| {
+                let i = l.find("code=")? + 5;
+                Some(l[i..i + 6].to_string())
+            });
         if code.is_some() {
             break;
         }
@@ -32,7 +38,11 @@ async fn readme_flow_works_in_local_mail_mode() {
     }
     let code = code.expect("no LOCAL-MAIL line");
     let r = s
-        .post("/auth/verify", None, &format!(r#"{{"email":"me@example.com","code":"{code}","token_name":"my-agent"}}"#))
+        .post(
+            "/auth/verify",
+            None,
+            &format!(r#"{{"email":"me@example.com","code":"{code}","token_name":"my-agent"}}"#),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let first = r.text.lines().next().unwrap();
@@ -41,17 +51,39 @@ async fn readme_flow_works_in_local_mail_mode() {
     let r = s.get("/whoami", &token).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.starts_with("user/u_"), "{}", r.text);
-    assert_eq!(field(r.text.lines().next().unwrap(), "email").as_deref(), Some("me@example.com"));
-    assert_eq!(field(r.text.lines().next().unwrap(), "token_name").as_deref(), Some("my-agent"));
-    assert_eq!(field(r.text.lines().next().unwrap(), "role").as_deref(), Some("admin"));
-    for kind in ["contacts: 0 / 1000", "companies: 0 / 1000", "deals: 0 / 1000", "members: 1 / 10", "workspaces: 1 / 5"] {
-        assert!(r.text.contains(&format!("# {kind}\n")), "missing {kind}: {}", r.text);
+    assert_eq!(
+        field(r.text.lines().next().unwrap(), "email").as_deref(),
+        Some("me@example.com")
+    );
+    assert_eq!(
+        field(r.text.lines().next().unwrap(), "token_name").as_deref(),
+        Some("my-agent")
+    );
+    assert_eq!(
+        field(r.text.lines().next().unwrap(), "role").as_deref(),
+        Some("admin")
+    );
+    for kind in [
+        "contacts: 0 / 1000",
+        "companies: 0 / 1000",
+        "deals: 0 / 1000",
+        "members: 1 / 10",
+        "workspaces: 1 / 5",
+    ] {
+        assert!(
+            r.text.contains(&format!("# {kind}\n")),
+            "missing {kind}: {}",
+            r.text
+        );
     }
 }
 
 #[tokio::test]
 async fn mail_has_text_and_html_parts_and_sender() {
-    let s = Server::builder().env("CRMKIT_MAIL_FROM", "CRM <crm@example.org>").start().await;
+    let s = Server::builder()
+        .env("CRMKIT_MAIL_FROM", "CRM <crm@example.org>")
+        .start()
+        .await;
     s.request_code("parts@example.com").await;
     let mail = &s.smtp().mails_to("parts@example.com")[0].data;
     assert!(mail.contains("text/plain"), "{mail}");
@@ -71,10 +103,16 @@ async fn codes_are_six_random_digits_r10() {
         assert!(c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()), "{c}");
     }
     let distinct: HashSet<_> = codes.iter().collect();
-    assert!(distinct.len() >= codes.len() - 1, "repeated codes: {codes:?}");
+    assert!(
+        distinct.len() >= codes.len() - 1,
+        "repeated codes: {codes:?}"
+    );
     let nums: Vec<i64> = codes.iter().map(|c| c.parse().unwrap()).collect();
     let diffs: HashSet<i64> = nums.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(diffs.len() > 1, "codes form an arithmetic progression: {codes:?}");
+    assert!(
+        diffs.len() > 1,
+        "codes form an arithmetic progression: {codes:?}"
+    );
 }
 
 #[tokio::test]
@@ -84,10 +122,14 @@ async fn five_wrong_codes_kill_the_code_r11() {
     let code = s.request_code(email).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..5 {
-        let r = s.post("/auth/verify", None, &verify_body(email, wrong)).await;
+        let r = s
+            .post("/auth/verify", None, &verify_body(email, wrong))
+            .await;
         r.assert_error(401, "invalid_code");
     }
-    let r = s.post("/auth/verify", None, &verify_body(email, &code)).await;
+    let r = s
+        .post("/auth/verify", None, &verify_body(email, &code))
+        .await;
     r.assert_error(401, "invalid_code");
     // A fresh code works.
     s.login(email).await;
@@ -103,13 +145,23 @@ async fn parallel_wrong_codes_then_the_right_one_is_refused_r11() {
     for _ in 0..50 {
         let (http, url) = (s.http.clone(), s.url("/auth/verify"));
         let body = verify_body(email, wrong);
-        tasks.push(tokio::spawn(async move { http.post(url).body(body).send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
     for t in tasks {
         let st = t.await.unwrap();
         assert!(st == 401 || st == 429, "{st}");
     }
-    let r = s.post("/auth/verify", None, &verify_body(email, &code)).await;
+    let r = s
+        .post("/auth/verify", None, &verify_body(email, &code))
+        .await;
     assert!(r.status == 401 || r.status == 429, "{}", r.text);
 }
 
@@ -119,19 +171,39 @@ async fn codes_are_single_use_replaced_and_bound_to_the_address_r13() {
     let a = "r13a@example.com";
     // Single use.
     let code = s.request_code(a).await;
-    assert_eq!(s.post("/auth/verify", None, &verify_body(a, &code)).await.status, 201);
-    s.post("/auth/verify", None, &verify_body(a, &code)).await.assert_error(401, "invalid_code");
+    assert_eq!(
+        s.post("/auth/verify", None, &verify_body(a, &code))
+            .await
+            .status,
+        201
+    );
+    s.post("/auth/verify", None, &verify_body(a, &code))
+        .await
+        .assert_error(401, "invalid_code");
     // A new request replaces the previous code.
     let first = s.request_code(a).await;
     let second = s.request_code(a).await;
     if first != second {
-        s.post("/auth/verify", None, &verify_body(a, &first)).await.assert_error(401, "invalid_code");
+        s.post("/auth/verify", None, &verify_body(a, &first))
+            .await
+            .assert_error(401, "invalid_code");
     }
-    assert_eq!(s.post("/auth/verify", None, &verify_body(a, &second)).await.status, 201);
+    assert_eq!(
+        s.post("/auth/verify", None, &verify_body(a, &second))
+            .await
+            .status,
+        201
+    );
     // A's code with B's address.
     let code = s.request_code(a).await;
     s.request_code("r13b@example.com").await;
-    s.post("/auth/verify", None, &verify_body("r13b@example.com", &code)).await.assert_error(401, "invalid_code");
+    s.post(
+        "/auth/verify",
+        None,
+        &verify_body("r13b@example.com", &code),
+    )
+    .await
+    .assert_error(401, "invalid_code");
 }
 
 #[tokio::test]
@@ -143,7 +215,15 @@ async fn parallel_verifies_of_one_code_mint_exactly_one_token_r13() {
     for _ in 0..10 {
         let (http, url) = (s.http.clone(), s.url("/auth/verify"));
         let body = verify_body(email, &code);
-        tasks.push(tokio::spawn(async move { http.post(url).body(body).send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
     let mut created = 0;
     for t in tasks {
@@ -160,15 +240,38 @@ async fn parallel_verifies_of_one_code_mint_exactly_one_token_r13() {
 async fn request_answer_is_the_same_for_known_and_unknown_addresses_r14() {
     let s = Server::start().await;
     s.login("known@example.com").await;
-    let known = s.post("/auth/request", None, r#"{"email":"known@example.com"}"#).await;
-    let unknown = s.post("/auth/request", None, r#"{"email":"nobody@example.com"}"#).await;
+    let known = s
+        .post("/auth/request", None, r#"{"email":"known@example.com"}"#)
+        .await;
+    let unknown = s
+        .post("/auth/request", None, r#"{"email":"nobody@example.com"}"#)
+        .await;
     assert_eq!(known.status, unknown.status);
-    assert_eq!(known.text.replace("k***", "X"), unknown.text.replace("n***", "X"));
-    assert!(!known.text.contains("known@example.com"), "address not masked: {}", known.text);
+    assert_eq!(
+        known.text.replace("k***", "X"),
+        unknown.text.replace("n***", "X")
+    );
+    assert!(
+        !known.text.contains("known@example.com"),
+        "address not masked: {}",
+        known.text
+    );
     // Mail is sent in both cases.
     s.nth_code("nobody@example.com", 1).await;
-    let wrong_known = s.post("/auth/verify", None, &verify_body("known@example.com", "000001")).await;
-    let wrong_unknown = s.post("/auth/verify", None, &verify_body("nobody@example.com", "000001")).await;
+    let wrong_known = s
+        .post(
+            "/auth/verify",
+            None,
+            &verify_body("known@example.com", "000001"),
+        )
+        .await;
+    let wrong_unknown = s
+        .post(
+            "/auth/verify",
+            None,
+            &verify_body("nobody@example.com", "000001"),
+        )
+        .await;
     assert_eq!(wrong_known.status, wrong_unknown.status);
     assert_eq!(wrong_known.error_code(), wrong_unknown.error_code());
 }
@@ -178,19 +281,30 @@ async fn code_requests_are_rate_limited_per_address_r15() {
     let s = Server::start().await;
     let mut limited = None;
     for _ in 0..25 {
-        let r = s.post("/auth/request", None, r#"{"email":"bombed@example.com"}"#).await;
+        let r = s
+            .post("/auth/request", None, r#"{"email":"bombed@example.com"}"#)
+            .await;
         if r.status == 429 {
             limited = Some(r);
         }
     }
     let r = limited.expect("never rate limited");
     r.assert_error(429, "rate_limited");
-    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!(retry > 0 && retry <= 600);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.smtp().mails_to("bombed@example.com").len() <= 10);
     // Another address is unaffected.
-    assert_eq!(s.post("/auth/request", None, r#"{"email":"calm@example.com"}"#).await.status, 200);
+    assert_eq!(
+        s.post("/auth/request", None, r#"{"email":"calm@example.com"}"#)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -198,10 +312,19 @@ async fn code_requests_are_rate_limited_per_client_address_r15() {
     let s = Server::start().await;
     let mut statuses = Vec::new();
     for i in 0..150 {
-        let r = s.post("/auth/request", None, &format!(r#"{{"email":"spray{i}@example.com"}}"#)).await;
+        let r = s
+            .post(
+                "/auth/request",
+                None,
+                &format!(r#"{{"email":"spray{i}@example.com"}}"#),
+            )
+            .await;
         statuses.push(r.status);
     }
-    assert!(statuses.contains(&429), "no 429 over 150 addresses from one IP");
+    assert!(
+        statuses.contains(&429),
+        "no 429 over 150 addresses from one IP"
+    );
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
 }
 
@@ -221,7 +344,12 @@ async fn tokens_are_secret_long_and_distinct_r17() {
     let prefixes: HashSet<_> = tokens.iter().map(|t| &t[3..7]).collect();
     assert!(prefixes.len() > 1, "shared prefix after ck_");
     let t = &tokens[0];
-    for path in ["/tokens", "/whoami", "/tokens?format=json", "/whoami?format=json"] {
+    for path in [
+        "/tokens",
+        "/whoami",
+        "/tokens?format=json",
+        "/whoami?format=json",
+    ] {
         let r = s.get(path, t).await;
         assert_eq!(r.status, 200);
         for tok in &tokens {
@@ -230,14 +358,19 @@ async fn tokens_are_secret_long_and_distinct_r17() {
     }
     // Tokens in the query string never authenticate.
     for q in ["access_token", "token"] {
-        let r = s.send(Method::GET, &format!("/whoami?{q}={t}"), None, None, &[]).await;
+        let r = s
+            .send(Method::GET, &format!("/whoami?{q}={t}"), None, None, &[])
+            .await;
         r.assert_error(401, "auth_required");
     }
 }
 
 #[tokio::test]
 async fn idle_tokens_expire_and_stay_dead_r18() {
-    let s = Server::builder().env("CRMKIT_TOKEN_IDLE_TTL", "2s").start().await;
+    let s = Server::builder()
+        .env("CRMKIT_TOKEN_IDLE_TTL", "2s")
+        .start()
+        .await;
     let idle = s.login_named("r18@example.com", "idle").await;
     let busy = s.login_named("r18@example.com", "busy").await;
     assert_eq!(s.get("/whoami", &idle).await.status, 200);
@@ -246,9 +379,13 @@ async fn idle_tokens_expire_and_stay_dead_r18() {
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(s.get("/whoami", &busy).await.status, 200, "busy token died");
     }
-    s.get("/whoami", &idle).await.assert_error(401, "token_expired");
+    s.get("/whoami", &idle)
+        .await
+        .assert_error(401, "token_expired");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.get("/whoami", &idle).await.assert_error(401, "token_expired");
+    s.get("/whoami", &idle)
+        .await
+        .assert_error(401, "token_expired");
 }
 
 #[tokio::test]
@@ -258,31 +395,57 @@ async fn revocation_applies_at_once_and_only_to_own_tokens_r19() {
     let a2 = s.login_named("r19a@example.com", "two").await;
     let b = s.login("r19b@example.com").await;
     let list = s.get("/tokens", &a1).await;
-    let lines: Vec<&str> = list.text.lines().filter(|l| l.starts_with("token/")).collect();
+    let lines: Vec<&str> = list
+        .text
+        .lines()
+        .filter(|l| l.starts_with("token/"))
+        .collect();
     assert_eq!(lines.len(), 2, "{}", list.text);
-    let current: Vec<&&str> = lines.iter().filter(|l| field(l, "current").as_deref() == Some("true")).collect();
+    let current: Vec<&&str> = lines
+        .iter()
+        .filter(|l| field(l, "current").as_deref() == Some("true"))
+        .collect();
     assert_eq!(current.len(), 1);
     assert_eq!(field(current[0], "name").as_deref(), Some("one"));
-    let two = lines.iter().find(|l| field(l, "name").as_deref() == Some("two")).unwrap();
+    let two = lines
+        .iter()
+        .find(|l| field(l, "name").as_deref() == Some("two"))
+        .unwrap();
     let two_id = two.split_whitespace().next().unwrap().to_string();
 
     // B cannot revoke A's token, by id or handle.
     let bare = two_id.trim_start_matches("token/");
-    s.delete(&format!("/tokens/{bare}"), &b).await.assert_error(404, "not_found");
-    s.delete(&format!("/tokens/{}", two_id.replace('/', "%2F")), &b).await.assert_error(404, "not_found");
+    s.delete(&format!("/tokens/{bare}"), &b)
+        .await
+        .assert_error(404, "not_found");
+    s.delete(&format!("/tokens/{}", two_id.replace('/', "%2F")), &b)
+        .await
+        .assert_error(404, "not_found");
     assert_eq!(s.get("/whoami", &a2).await.status, 200);
 
     // A revokes the second session: dead at once; the first still works.
     let r = s.delete(&format!("/tokens/{bare}"), &a1).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    s.get("/whoami", &a2).await.assert_error(401, "invalid_token");
+    s.get("/whoami", &a2)
+        .await
+        .assert_error(401, "invalid_token");
     assert_eq!(s.get("/whoami", &a1).await.status, 200);
 
     // Self-revoke is a logout.
-    let mine = s.get("/whoami?format=json", &a1).await.json()["data"]["token"].as_str().unwrap().to_string();
-    let r = s.delete(&format!("/tokens/{}", mine.trim_start_matches("token/")), &a1).await;
+    let mine = s.get("/whoami?format=json", &a1).await.json()["data"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .delete(
+            &format!("/tokens/{}", mine.trim_start_matches("token/")),
+            &a1,
+        )
+        .await;
     assert_eq!(r.status, 200);
-    s.get("/whoami", &a1).await.assert_error(401, "invalid_token");
+    s.get("/whoami", &a1)
+        .await
+        .assert_error(401, "invalid_token");
     assert_eq!(s.get("/whoami", &b).await.status, 200);
 }
 
@@ -300,23 +463,53 @@ async fn authorization_headers_are_parsed_strictly_r20() {
         (format!("Bearer {}", t.to_uppercase()), "invalid_token"),
         (format!("Bearer {}", "a".repeat(16 * 1024)), "invalid_token"),
         (format!("Basic {t}"), "invalid_token"),
-        ("Bearer ghp_0123456789abcdefghijklmnopqrstuvwxyzAB".into(), "invalid_token"),
+        (
+            "Bearer ghp_0123456789abcdefghijklmnopqrstuvwxyzAB".into(),
+            "invalid_token",
+        ),
     ];
     for (value, code) in cases {
-        let r = s.send(Method::GET, "/whoami", None, None, &[("authorization", &value)]).await;
+        let r = s
+            .send(
+                Method::GET,
+                "/whoami",
+                None,
+                None,
+                &[("authorization", &value)],
+            )
+            .await;
         assert_eq!(r.status, 401, "{value:.40}: {}", r.text);
         assert_eq!(r.error_code(), code, "{value:.40}: {}", r.text);
     }
     // No header at all.
-    s.send(Method::GET, "/whoami", None, None, &[]).await.assert_error(401, "auth_required");
+    s.send(Method::GET, "/whoami", None, None, &[])
+        .await
+        .assert_error(401, "auth_required");
     // Non-ASCII bytes in the header.
     let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", reqwest::header::HeaderValue::from_bytes(b"Bearer ck_\xc3\xa9t\xc3\xa9").unwrap());
-    let r = s.http.get(s.url("/whoami")).headers(h).send().await.unwrap();
+    h.insert(
+        "authorization",
+        reqwest::header::HeaderValue::from_bytes(b"Bearer ck_\xc3\xa9t\xc3\xa9").unwrap(),
+    );
+    let r = s
+        .http
+        .get(s.url("/whoami"))
+        .headers(h)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Lowercase scheme and a double space are accepted.
     for value in [format!("bearer {t}"), format!("Bearer  {t}")] {
-        let r = s.send(Method::GET, "/whoami", None, None, &[("authorization", &value)]).await;
+        let r = s
+            .send(
+                Method::GET,
+                "/whoami",
+                None,
+                None,
+                &[("authorization", &value)],
+            )
+            .await;
         assert_eq!(r.status, 200, "{value:.12}: {}", r.text);
     }
     // Two Authorization headers are refused.
@@ -337,25 +530,89 @@ async fn bad_auth_bodies_get_a_4xx_with_a_hint() {
     let long = format!("{}@example.com", "a".repeat(250));
     let cases: Vec<(&str, String, &str)> = vec![
         ("/auth/request", "{\"email\":".into(), "invalid_request"),
-        ("/auth/request", "[\"a@example.com\"]".into(), "invalid_request"),
+        (
+            "/auth/request",
+            "[\"a@example.com\"]".into(),
+            "invalid_request",
+        ),
         ("/auth/request", "{\"email\":5}".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"a@example.com\",\"admin\":true}".into(), "unknown_field"),
+        (
+            "/auth/request",
+            "{\"email\":\"a@example.com\",\"admin\":true}".into(),
+            "unknown_field",
+        ),
         ("/auth/request", "{}".into(), "invalid_request"),
         ("/auth/request", "".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"a b@example.com\"}".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"a\\u0007@example.com\"}".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"Jane <j@example.com>\"}".into(), "invalid_request"),
-        ("/auth/request", format!("{{\"email\":\"{long}\"}}"), "invalid_request"),
-        ("/auth/request", "{\"email\":\"a@example.com\\r\\nBcc: evil@example.net\"}".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"a@example.com,evil@example.net\"}".into(), "invalid_request"),
-        ("/auth/request", "{\"email\":\"\u{212a}nown@example.com\"}".into(), "invalid_request"),
-        ("/auth/verify", "{\"email\":\"a@example.com\"}".into(), "invalid_request"),
-        ("/auth/verify", "{\"code\":\"123456\"}".into(), "invalid_request"),
-        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"12345\"}".into(), "invalid_request"),
-        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"12345a\"}".into(), "invalid_request"),
-        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":123456}".into(), "invalid_request"),
-        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"123456\",\"workspace_id\":\"w_x\"}".into(), "unknown_field"),
-        ("/auth/verify", "{\"email\":\"a@example.com\",\"code\":\"123456\",\"token_name\":\"a\\nb\"}".into(), "invalid_request"),
+        (
+            "/auth/request",
+            "{\"email\":\"a b@example.com\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            "{\"email\":\"a\\u0007@example.com\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            "{\"email\":\"Jane <j@example.com>\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            format!("{{\"email\":\"{long}\"}}"),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            "{\"email\":\"a@example.com\\r\\nBcc: evil@example.net\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            "{\"email\":\"a@example.com,evil@example.net\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/request",
+            "{\"email\":\"\u{212a}nown@example.com\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"code\":\"123456\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\",\"code\":\"12345\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\",\"code\":\"12345a\"}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\",\"code\":123456}".into(),
+            "invalid_request",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\",\"code\":\"123456\",\"workspace_id\":\"w_x\"}".into(),
+            "unknown_field",
+        ),
+        (
+            "/auth/verify",
+            "{\"email\":\"a@example.com\",\"code\":\"123456\",\"token_name\":\"a\\nb\"}".into(),
+            "invalid_request",
+        ),
     ];
     for (path, body, code) in cases {
         let r = s.post(path, None, &body).await;
@@ -367,7 +624,15 @@ async fn bad_auth_bodies_get_a_4xx_with_a_hint() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(s.smtp().mails_to("evil@example.net").is_empty());
     // unknown_field lists what is allowed.
-    let r = s.send(Method::POST, "/auth/verify?format=json", None, Some("{\"email\":\"a@example.com\",\"x\":1}"), &[]).await;
+    let r = s
+        .send(
+            Method::POST,
+            "/auth/verify?format=json",
+            None,
+            Some("{\"email\":\"a@example.com\",\"x\":1}"),
+            &[],
+        )
+        .await;
     let allowed = r.json()["allowed"].clone();
     assert_eq!(allowed, serde_json::json!(["email", "code", "token_name"]));
 }
@@ -375,14 +640,24 @@ async fn bad_auth_bodies_get_a_4xx_with_a_hint() {
 #[tokio::test]
 async fn a_failed_send_answers_502_and_leaves_no_usable_code() {
     let s = Server::builder().smtp(Mode::RefuseAfterData).start().await;
-    let r = s.post("/auth/request", None, r#"{"email":"bounce@example.com"}"#).await;
+    let r = s
+        .post("/auth/request", None, r#"{"email":"bounce@example.com"}"#)
+        .await;
     r.assert_error(502, "email_failed");
     let mails = s.smtp().mails_to("bounce@example.com");
     let code = code_in(&mails[0].data).unwrap();
-    s.post("/auth/verify", None, &verify_body("bounce@example.com", &code)).await.assert_error(401, "invalid_code");
+    s.post(
+        "/auth/verify",
+        None,
+        &verify_body("bounce@example.com", &code),
+    )
+    .await
+    .assert_error(401, "invalid_code");
     // Refused at RCPT: also 502.
     s.smtp().set_mode(Mode::Refuse);
-    s.post("/auth/request", None, r#"{"email":"bounce2@example.com"}"#).await.assert_error(502, "email_failed");
+    s.post("/auth/request", None, r#"{"email":"bounce2@example.com"}"#)
+        .await
+        .assert_error(502, "email_failed");
     // Mail works again: sign-in works.
     s.smtp().set_mode(Mode::Accept);
     s.login("bounce@example.com").await;
@@ -397,7 +672,8 @@ async fn secrets_are_never_logged_r32() {
         secrets.push(s.request_code(&email).await);
         let t = s.login(&email).await;
         s.get("/whoami", &t).await;
-        s.send(Method::GET, &format!("/whoami?token={t}"), None, None, &[]).await;
+        s.send(Method::GET, &format!("/whoami?token={t}"), None, None, &[])
+            .await;
         secrets.push(t);
     }
     let t = secrets.last().unwrap().clone();
@@ -406,26 +682,78 @@ async fn secrets_are_never_logged_r32() {
     let log = s.log_text();
     assert!(log.contains("request"), "no access log: {log}");
     for secret in &secrets {
-        assert!(!log.contains(secret.as_str()), "log contains a secret {secret}");
+        assert!(
+            !log.contains(secret.as_str()),
+            "log contains a secret {secret}"
+        );
     }
-    assert!(!log.contains("r32-0@example.com"), "full address in the info log");
+    assert!(
+        !log.contains("r32-0@example.com"),
+        "full address in the info log"
+    );
 }
 
 /// R12 for login codes: restart on the same database with the clock 12
 /// minutes ahead (libfaketime); the code is refused, a fresh one works.
 #[tokio::test]
 async fn login_codes_expire_after_ten_minutes_r12() {
-    let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists());
     if !crate::require("libfaketime (apt-get install faketime)", lib.is_some()) {
         return;
     }
     let s = Server::start().await;
+    let t = s.login("r12@example.com").await;
     let code = s.request_code("r12@example.com").await;
+    // A delete confirmation and a step-up code, both issued now.
+    let c = s
+        .post("/contacts?format=json", Some(&t), r#"{"name":"keep"}"#)
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let confirm = s
+        .delete(&format!("/contacts/{c}?format=json"), &t)
+        .await
+        .json()["confirm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let n = s.smtp().mails_to("r12@example.com").len();
+    s.delete(&format!("/workspaces/{ws}"), &t)
+        .await
+        .assert_error(403, "escalation_required");
+    let step_up = s.nth_code("r12@example.com", n + 1).await;
     let s = s
-        .restart(false, &[("LD_PRELOAD", lib.unwrap()), ("FAKETIME", "+12m"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")])
+        .restart(
+            false,
+            &[
+                ("LD_PRELOAD", lib.unwrap()),
+                ("FAKETIME", "+12m"),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
         .await;
-    s.post("/auth/verify", None, &verify_body("r12@example.com", &code)).await.assert_error(401, "invalid_code");
+    s.post("/auth/verify", None, &verify_body("r12@example.com", &code))
+        .await
+        .assert_error(401, "invalid_code");
+    s.delete(&format!("/contacts/{c}?confirm={confirm}"), &t)
+        .await
+        .assert_error(409, "confirmation_required");
+    s.delete(&format!("/workspaces/{ws}?code={step_up}"), &t)
+        .await
+        .assert_error(403, "invalid_code");
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
+    // Control: fresh codes under the shifted clock work.
     s.login("r12@example.com").await;
 }

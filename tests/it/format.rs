@@ -10,16 +10,37 @@ async fn json_on_request_text_by_default() {
     let s = Server::start().await;
     let t = s.login("fmt@example.com").await;
     let text = s.get("/whoami", &t).await;
-    assert!(text.header("content-type").unwrap().starts_with("text/plain"));
-    let a = s.send(Method::GET, "/whoami", Some(&t), None, &[("accept", "application/json")]).await;
-    assert!(a.header("content-type").unwrap().starts_with("application/json"));
+    assert!(
+        text.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let a = s
+        .send(
+            Method::GET,
+            "/whoami",
+            Some(&t),
+            None,
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert!(
+        a.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
     let q = s.get("/whoami?format=json", &t).await;
     assert_eq!(a.json()["data"]["email"], "fmt@example.com");
     assert_eq!(q.json()["data"]["handle"], a.json()["data"]["handle"]);
     // The same data in both formats.
-    assert_eq!(field(text.text.lines().next().unwrap(), "workspace").unwrap(), q.json()["data"]["workspace"]);
+    assert_eq!(
+        field(text.text.lines().next().unwrap(), "workspace").unwrap(),
+        q.json()["data"]["workspace"]
+    );
     // Errors follow the requested format too.
-    let e = s.send(Method::GET, "/whoami?format=json", None, None, &[]).await;
+    let e = s
+        .send(Method::GET, "/whoami?format=json", None, None, &[])
+        .await;
     assert_eq!(e.json()["error"], "auth_required");
     assert!(e.json()["hint"].as_str().unwrap().len() > 10);
     let bad = s.get("/whoami?format=xml", &t).await;
@@ -41,12 +62,22 @@ async fn unknown_routes_and_wrong_methods_answer_in_our_format() {
     let s = Server::start().await;
     let r = s.send(Method::GET, "/no/such/thing", None, None, &[]).await;
     r.assert_error(404, "not_found");
-    let r = s.send(Method::PUT, "/auth/request", None, Some("{}"), &[]).await;
+    let r = s
+        .send(Method::PUT, "/auth/request", None, Some("{}"), &[])
+        .await;
     r.assert_error(405, "method_not_allowed");
     let r = s.send(Method::GET, "/auth/verify", None, None, &[]).await;
     r.assert_error(405, "method_not_allowed");
     // TRACE is not echoed back.
-    let r = s.send(Method::TRACE, "/healthz", None, Some("secret-body"), &[("x-probe", "echo-me")]).await;
+    let r = s
+        .send(
+            Method::TRACE,
+            "/healthz",
+            None,
+            Some("secret-body"),
+            &[("x-probe", "echo-me")],
+        )
+        .await;
     assert!(r.status >= 400);
     assert!(!r.text.contains("echo-me") && !r.text.contains("secret-body"));
 }
@@ -55,14 +86,28 @@ async fn unknown_routes_and_wrong_methods_answer_in_our_format() {
 async fn bodies_over_one_mebibyte_are_refused_r23() {
     let s = Server::start().await;
     let big = format!("{{\"email\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    s.post("/auth/request", None, &big).await.assert_error(413, "payload_too_large");
+    s.post("/auth/request", None, &big)
+        .await
+        .assert_error(413, "payload_too_large");
     // Chunked, 10 MiB, no Content-Length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..160).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..160).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = s.http.post(s.url("/auth/request")).body(body).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/auth/request"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("hint: "));
-    assert_eq!(s.send(Method::GET, "/healthz", None, None, &[]).await.status, 200);
+    assert_eq!(
+        s.send(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -85,13 +130,28 @@ async fn malformed_input_gets_a_4xx_never_a_5xx_r24() {
         assert!(r.text.contains("hint: "));
     }
     // Non-UTF-8 bytes in the body and the query.
-    let r = s.http.post(s.url("/auth/request")).body(vec![b'{', 0xff, 0xfe, b'}']).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/auth/request"))
+        .body(vec![b'{', 0xff, 0xfe, b'}'])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let r = s.get("/tokens?x=%ff%fe", &t).await;
     assert_eq!(r.status, 400, "{}", r.text);
     let r = s.get("/tokens/%ff%fe", &t).await;
-    assert!(r.status == 400 || r.status == 404 || r.status == 405, "{}", r.text);
-    assert_eq!(s.send(Method::GET, "/healthz", None, None, &[]).await.status, 200);
+    assert!(
+        r.status == 400 || r.status == 404 || r.status == 405,
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        s.send(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -100,13 +160,20 @@ async fn user_text_cannot_forge_lines_r27() {
     let code = s.request_code("r27@example.com").await;
     let name = "x contact/c_fake00000000 name=evil # next: abc";
     let r = s
-        .post("/auth/verify", None, &format!(r#"{{"email":"r27@example.com","code":"{code}","token_name":"{name}"}}"#))
+        .post(
+            "/auth/verify",
+            None,
+            &format!(r#"{{"email":"r27@example.com","code":"{code}","token_name":"{name}"}}"#),
+        )
         .await;
     assert_eq!(r.status, 201);
     let t = field(r.text.lines().next().unwrap(), "token").unwrap();
     let r = s.get("/tokens", &t).await;
     for line in r.text.lines() {
-        assert!(line.starts_with("token/") || line.starts_with("# "), "forged line: {line}");
+        assert!(
+            line.starts_with("token/") || line.starts_with("# "),
+            "forged line: {line}"
+        );
     }
     let line = r.text.lines().next().unwrap();
     assert_eq!(field(line, "name").as_deref(), Some(name));
@@ -116,29 +183,102 @@ async fn user_text_cannot_forge_lines_r27() {
 async fn security_headers_are_set_r33() {
     let s = Server::start().await;
     let code = s.request_code("r33@example.com").await;
-    let r = s.post("/auth/verify", None, &format!(r#"{{"email":"r33@example.com","code":"{code}"}}"#)).await;
+    let r = s
+        .post(
+            "/auth/verify",
+            None,
+            &format!(r#"{{"email":"r33@example.com","code":"{code}"}}"#),
+        )
+        .await;
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
-    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        r.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
 }
 
 #[tokio::test]
 async fn the_manual_documents_the_api_with_the_base_url() {
-    let s = Server::builder().env("CRMKIT_BASE_URL", "https://crm.example.com/").start().await;
+    let s = Server::builder()
+        .env("CRMKIT_BASE_URL", "https://crm.example.com/")
+        .start()
+        .await;
     let r = s.send(Method::GET, "/help", None, None, &[]).await;
     assert_eq!(r.status, 200);
-    assert!(r.text.contains("Base URL: https://crm.example.com\n"), "{}", &r.text[..300]);
+    assert!(
+        r.text.contains("Base URL: https://crm.example.com\n"),
+        "{}",
+        &r.text[..300]
+    );
     for needle in [
-        "POST /auth/request", "POST /auth/verify", "GET /whoami", "GET /tokens", "DELETE /tokens/{id}",
-        "GET /healthz", "GET /readyz", "?format=json",
+        "POST /auth/request",
+        "POST /auth/verify",
+        "GET /whoami",
+        "GET /tokens",
+        "DELETE /tokens/{id}",
+        "GET /healthz",
+        "GET /readyz",
+        "?format=json",
+        "GET    /contacts",
+        "POST   /contacts",
+        "PATCH  /{kind}/{id}",
+        "DELETE /{kind}/{id}",
+        "POST /contacts/{id}/activities",
+        "GET  /activities",
+        "GET /reminders",
+        "GET /audit",
+        "POST   /workspaces/{id}/tokens",
+        "POST   /workspaces/{id}/invites",
+        "DELETE /workspaces/{id}/invites/{inviteId}",
+        "POST   /workspaces/{id}/members/{userId}/role",
+        "DELETE /workspaces/{id}/members/{userId}",
+        "DELETE /workspaces/{id}",
+        "is:null",
+        "not:null",
+        "like",
+        "sort=",
+        "cursor=",
+        "search=",
+        "custom.KEY",
     ] {
         assert!(r.text.contains(needle), "manual lacks {needle}");
     }
     for code in [
-        "auth_required", "invalid_token", "token_expired", "invalid_request", "unknown_field", "not_found",
-        "invalid_code", "payload_too_large", "rate_limited", "email_failed", "not_ready", "internal",
+        "auth_required",
+        "invalid_token",
+        "token_expired",
+        "invalid_request",
+        "unknown_field",
+        "not_found",
+        "invalid_code",
+        "payload_too_large",
+        "rate_limited",
+        "email_failed",
+        "not_ready",
+        "internal",
+        "unknown_operator",
+        "confirmation_required",
+        "escalation_required",
+        "admin_required",
+        "last_admin",
+        "plan_limit_reached",
+        "conflict",
+        "method_not_allowed",
     ] {
         assert!(r.text.contains(code), "manual lacks error code {code}");
     }
-    let md = s.send(Method::GET, "/help", None, None, &[("accept", "text/markdown")]).await;
-    assert!(md.header("content-type").unwrap().starts_with("text/markdown"));
+    let md = s
+        .send(
+            Method::GET,
+            "/help",
+            None,
+            None,
+            &[("accept", "text/markdown")],
+        )
+        .await;
+    assert!(
+        md.header("content-type")
+            .unwrap()
+            .starts_with("text/markdown")
+    );
 }

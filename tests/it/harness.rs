@@ -23,7 +23,10 @@ impl Resp {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
     /// The `error:` code of a plain-text error answer.
     pub fn error_code(&self) -> String {
@@ -74,14 +77,20 @@ impl Builder {
     }
     pub async fn start(self) -> Server {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let db_path = self.db_path.clone().unwrap_or_else(|| dir.path().join("crmkit.db"));
+        let db_path = self
+            .db_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("crmkit.db"));
         let smtp = match self.smtp {
             Some(mode) => Some(SmtpServer::start(mode).await),
             None => None,
         };
         let mut env = self.env;
         if let Some(s) = &smtp {
-            env.push(("CRMKIT_SMTP_URL".into(), format!("smtp://127.0.0.1:{}", s.port)));
+            env.push((
+                "CRMKIT_SMTP_URL".into(),
+                format!("smtp://127.0.0.1:{}", s.port),
+            ));
         }
         Server::spawn(dir, db_path, smtp, env).await
     }
@@ -93,7 +102,11 @@ pub fn bin() -> &'static str {
 
 impl Server {
     pub fn builder() -> Builder {
-        Builder { env: Vec::new(), smtp: Some(Mode::Accept), db_path: None }
+        Builder {
+            env: Vec::new(),
+            smtp: Some(Mode::Accept),
+            db_path: None,
+        }
     }
 
     pub async fn start() -> Server {
@@ -167,15 +180,28 @@ impl Server {
     /// database with the same settings plus `extra_env`.
     pub async fn restart(mut self, hard: bool, extra_env: &[(&str, &str)]) -> Server {
         self.stop(hard);
-        let mut env: Vec<(String, String)> =
-            self.env.iter().filter(|(k, _)| k != "CRMKIT_SMTP_URL").cloned().collect();
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != "CRMKIT_SMTP_URL")
+            .cloned()
+            .collect();
         if let Some(s) = &self.smtp {
-            env.push(("CRMKIT_SMTP_URL".into(), format!("smtp://127.0.0.1:{}", s.port)));
+            env.push((
+                "CRMKIT_SMTP_URL".into(),
+                format!("smtp://127.0.0.1:{}", s.port),
+            ));
         }
         for (k, v) in extra_env {
             env.push((k.to_string(), v.to_string()));
         }
-        Server::spawn(self.dir.clone(), self.db_path.clone(), self.smtp.clone(), env).await
+        Server::spawn(
+            self.dir.clone(),
+            self.db_path.clone(),
+            self.smtp.clone(),
+            env,
+        )
+        .await
     }
 
     /// Stops the process; returns its exit status.
@@ -184,7 +210,10 @@ impl Server {
         if hard {
             let _ = child.kill();
         } else {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -225,11 +254,21 @@ impl Server {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap_or_default();
-        assert!(status < 500 || status == 502 || status == 503, "server error {status}: {text}");
+        assert!(
+            status < 500 || status == 502 || status == 503,
+            "server error {status}: {text}"
+        );
         if status >= 400 {
-            assert!(headers.contains_key("x-request-id"), "no x-request-id on error: {text}");
+            assert!(
+                headers.contains_key("x-request-id"),
+                "no x-request-id on error: {text}"
+            );
         }
-        Resp { status, headers, text }
+        Resp {
+            status,
+            headers,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Resp {
@@ -239,14 +278,18 @@ impl Server {
         self.send(Method::POST, path, token, Some(body), &[]).await
     }
     pub async fn patch(&self, path: &str, token: &str, body: &str) -> Resp {
-        self.send(Method::PATCH, path, Some(token), Some(body), &[]).await
+        self.send(Method::PATCH, path, Some(token), Some(body), &[])
+            .await
     }
     pub async fn delete(&self, path: &str, token: &str) -> Resp {
-        self.send(Method::DELETE, path, Some(token), None, &[]).await
+        self.send(Method::DELETE, path, Some(token), None, &[])
+            .await
     }
 
     pub fn smtp(&self) -> &SmtpServer {
-        self.smtp.as_ref().expect("this server has no SMTP listener")
+        self.smtp
+            .as_ref()
+            .expect("this server has no SMTP listener")
     }
 
     /// Waits for the `n`-th (1-based) mail to `email` and returns its code.
@@ -265,7 +308,9 @@ impl Server {
     /// Requests a code and returns it (the newest mail to that address).
     pub async fn request_code(&self, email: &str) -> String {
         let before = self.smtp().mails_to(email).len();
-        let r = self.post("/auth/request", None, &format!("{{\"email\":\"{email}\"}}")).await;
+        let r = self
+            .post("/auth/request", None, &format!("{{\"email\":\"{email}\"}}"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         self.nth_code(email, before + 1).await
     }
@@ -282,7 +327,9 @@ impl Server {
                 Method::POST,
                 "/auth/verify?format=json",
                 None,
-                Some(&format!("{{\"email\":\"{email}\",\"code\":\"{code}\",\"token_name\":\"{name}\"}}")),
+                Some(&format!(
+                    "{{\"email\":\"{email}\",\"code\":\"{code}\",\"token_name\":\"{name}\"}}"
+                )),
                 &[],
             )
             .await;
@@ -306,18 +353,25 @@ impl Drop for Server {
 
 /// The value of `key` on a plain-text record line.
 pub fn field(line: &str, key: &str) -> Option<String> {
-    crmkit_server::wire::line::parse_line(line)?.get(key).map(str::to_string)
+    crmkit_server::wire::line::parse_line(line)?
+        .get(key)
+        .map(str::to_string)
 }
 
 /// Opens the server's SQLite file directly (for checks no endpoint shows).
 pub async fn open_db(s: &Server) -> sea_orm::DatabaseConnection {
-    sea_orm::Database::connect(format!("sqlite://{}?mode=rw", s.db_path.display())).await.unwrap()
+    sea_orm::Database::connect(format!("sqlite://{}?mode=rw", s.db_path.display()))
+        .await
+        .unwrap()
 }
 
 pub async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     use sea_orm::ConnectionTrait;
     let row = db
-        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DatabaseBackend::Sqlite, sql.to_string()))
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Sqlite,
+            sql.to_string(),
+        ))
         .await
         .unwrap()
         .unwrap();

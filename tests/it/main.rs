@@ -8,9 +8,9 @@ mod harness;
 mod ops;
 mod query;
 mod records;
+mod smtp;
 mod tenancy;
 mod workspaces;
-mod smtp;
 
 /// An outside part (libfaketime, PostgreSQL, …) a test needs. When it is
 /// missing the test prints one line and passes, unless `CRMKIT_TEST_STRICT=1`

@@ -23,7 +23,11 @@ async fn sigterm_exits_zero_and_data_survives_a_restart() {
     let status = s.stop(false).expect("was running");
     assert!(status.success(), "{status:?}");
     let s = s.restart(false, &[]).await;
-    assert_eq!(s.get("/whoami", &t).await.status, 200, "token lost across restart");
+    assert_eq!(
+        s.get("/whoami", &t).await.status,
+        200,
+        "token lost across restart"
+    );
 }
 
 #[tokio::test]
@@ -52,7 +56,10 @@ fn serve_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -64,11 +71,27 @@ fn invalid_settings_stop_start_up_with_one_line_and_exit_2() {
     let cfg = cfg.display().to_string();
     for (args, env, needle) in [
         (vec!["--bind", "nope"], vec![], "bind"),
-        (vec!["--token-idle-ttl", "forever"], vec![], "token_idle_ttl"),
-        (vec![], vec![("CRMKIT_TOKEN_IDLE_TTL", "1 fortnight")], "token_idle_ttl"),
+        (
+            vec!["--token-idle-ttl", "forever"],
+            vec![],
+            "token_idle_ttl",
+        ),
+        (
+            vec![],
+            vec![("CRMKIT_TOKEN_IDLE_TTL", "1 fortnight")],
+            "token_idle_ttl",
+        ),
         (vec!["--base-url", "crm.example.com"], vec![], "base_url"),
-        (vec!["--smtp-url", "mail.example.com:25"], vec![], "smtp_url"),
-        (vec![], vec![("CRMKIT_LIMIT_CONTACTS", "lots")], "CRMKIT_LIMIT_CONTACTS"),
+        (
+            vec!["--smtp-url", "mail.example.com:25"],
+            vec![],
+            "smtp_url",
+        ),
+        (
+            vec![],
+            vec![("CRMKIT_LIMIT_CONTACTS", "lots")],
+            "CRMKIT_LIMIT_CONTACTS",
+        ),
         (vec!["--config", cfg.as_str()], vec![], "smtp_host"),
     ] {
         let mut all = vec!["--database-url", db.as_str()];
@@ -85,8 +108,17 @@ fn migrate_dry_run_lists_pending_steps_then_none() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
     let run = |extra: &[&str]| {
-        let out = Command::new(bin()).arg("migrate").args(extra).args(["--database-url", &db]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .arg("migrate")
+            .args(extra)
+            .args(["--database-url", &db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let dry = run(&["--dry-run"]);
@@ -104,5 +136,8 @@ fn version_and_help_work_without_a_server() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("crmkit "));
     let out = Command::new(bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("serve") && help.contains("Exit codes"), "{help}");
+    assert!(
+        help.contains("serve") && help.contains("Exit codes"),
+        "{help}"
+    );
 }

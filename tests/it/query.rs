@@ -8,13 +8,22 @@ use crate::harness::{Server, field};
 use crate::records::create;
 
 fn handles(text: &str) -> Vec<String> {
-    text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().next().unwrap().to_string()).collect()
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
 }
 
 async fn seeded() -> (Server, String, Vec<String>) {
     let s = Server::start().await;
     let t = s.login("q@example.com").await;
-    let co = create(&s, &t, "companies", json!({"name": "Acme", "domain": "acme.com", "custom": {"tier": "gold"}})).await;
+    let co = create(
+        &s,
+        &t,
+        "companies",
+        json!({"name": "Acme", "domain": "acme.com", "custom": {"tier": "gold"}}),
+    )
+    .await;
     let mut ids = Vec::new();
     let rows = [
         json!({"name": "Ann Lee", "email": "ann@acme.com", "stage": "lead", "tags": ["vip"], "company_id": co, "custom": {"score": 10, "src": "web"}, "follow_up_at": "2026-01-10T09:00:00Z"}),
@@ -37,7 +46,10 @@ async fn every_operator_filters_as_documented() {
         async move {
             let r = s.get(&path, t).await;
             assert_eq!(r.status, 200, "{path}: {}", r.text);
-            let mut h: Vec<String> = handles(&r.text).into_iter().map(|h| h.trim_start_matches("contact/").to_string()).collect();
+            let mut h: Vec<String> = handles(&r.text)
+                .into_iter()
+                .map(|h| h.trim_start_matches("contact/").to_string())
+                .collect();
             h.sort();
             h
         }
@@ -50,14 +62,20 @@ async fn every_operator_filters_as_documented() {
     assert_eq!(q("/contacts?stage=lead").await, sorted(&[0, 2]));
     assert_eq!(q("/contacts?stage=eq:lead").await, sorted(&[0, 2]));
     assert_eq!(q("/contacts?stage=ne:lead").await, sorted(&[1, 3]));
-    assert_eq!(q("/contacts?stage=in:lead,customer").await, sorted(&[0, 1, 2]));
+    assert_eq!(
+        q("/contacts?stage=in:lead,customer").await,
+        sorted(&[0, 1, 2])
+    );
     assert_eq!(q("/contacts?stage=is:null").await, sorted(&[3]));
     assert_eq!(q("/contacts?title=not:null").await, sorted(&[2]));
     assert_eq!(q("/contacts?name=like:ann").await, sorted(&[0]));
     assert_eq!(q("/contacts?name=like:A*").await, sorted(&[0]));
     assert_eq!(q("/contacts?email=like:*@acme.com").await, sorted(&[0]));
     assert_eq!(q("/contacts?email=ANN@ACME.COM").await, sorted(&[0]));
-    assert_eq!(q("/contacts?name=gte:Bob&name=lt:Dee").await, sorted(&[1, 2]));
+    assert_eq!(
+        q("/contacts?name=gte:Bob&name=lt:Dee").await,
+        sorted(&[1, 2])
+    );
     assert_eq!(q("/contacts?tags=vip").await, sorted(&[0, 1]));
     assert_eq!(q("/contacts?tags=ne:vip").await, sorted(&[2, 3]));
     assert_eq!(q("/contacts?tags=in:renewal,none").await, sorted(&[1]));
@@ -66,9 +84,15 @@ async fn every_operator_filters_as_documented() {
     assert_eq!(q("/contacts?custom.score=lte:10").await, sorted(&[0, 1]));
     assert_eq!(q("/contacts?custom.src=web").await, sorted(&[0]));
     assert_eq!(q("/contacts?custom.src=is:null").await, sorted(&[1, 2, 3]));
-    assert_eq!(q("/contacts?follow_up_at=lt:2026-02-01T00:00:00Z").await, sorted(&[0]));
+    assert_eq!(
+        q("/contacts?follow_up_at=lt:2026-02-01T00:00:00Z").await,
+        sorted(&[0])
+    );
     assert_eq!(q(&format!("/contacts?id={}", ids[1])).await, sorted(&[1]));
-    assert_eq!(q(&format!("/contacts?id=contact%2F{}", ids[1])).await, sorted(&[1]));
+    assert_eq!(
+        q(&format!("/contacts?id=contact%2F{}", ids[1])).await,
+        sorted(&[1])
+    );
     assert_eq!(q("/contacts?search=ACME").await, sorted(&[0]));
     assert_eq!(q("/contacts?search=555").await, sorted(&[3]));
     assert_eq!(q("/contacts?search=cy").await, sorted(&[2]));
@@ -78,7 +102,10 @@ async fn every_operator_filters_as_documented() {
     assert_eq!(q("/contacts?name=like:%25").await, sorted(&[2]));
     assert_eq!(q("/contacts?name=like:_").await, sorted(&[2]));
     assert_eq!(q("/contacts?search=%25_o").await, sorted(&[2]));
-    assert_eq!(q("/companies?custom.tier=gold&domain=not:null").await.len(), 1);
+    assert_eq!(
+        q("/companies?custom.tier=gold&domain=not:null").await.len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -91,7 +118,10 @@ async fn sort_is_stable_with_id_ties_and_empty_values_last() {
     assert!(h[3].contains(&ids[3]), "no stage last: {h:?}");
     let r = s.get("/contacts?sort=-stage", &t).await;
     let h = handles(&r.text);
-    assert!(h[3].contains(&ids[3]), "no stage last when descending too: {h:?}");
+    assert!(
+        h[3].contains(&ids[3]),
+        "no stage last when descending too: {h:?}"
+    );
     let default = handles(&s.get("/contacts", &t).await.text);
     assert!(default[0].contains(&ids[3]), "newest first by default");
 }
@@ -122,7 +152,11 @@ async fn walking_cursors_sees_every_row_once_while_rows_are_added() {
                 create(&s, &t, "contacts", json!({"name": "n03"})).await;
             }
             pages += 1;
-            cursor = r.text.lines().find_map(|l| l.strip_prefix("# next: ")).map(str::to_string);
+            cursor = r
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("# next: "))
+                .map(str::to_string);
             if cursor.is_none() {
                 break;
             }
@@ -137,26 +171,58 @@ async fn cursors_are_tamper_evident_and_bound_r05() {
     let a = s.login("r05a@example.com").await;
     let b = s.login("r05b@example.com").await;
     for i in 0..3 {
-        create(&s, &a, "contacts", json!({"name": format!("a{i}"), "stage": "lead"})).await;
+        create(
+            &s,
+            &a,
+            "contacts",
+            json!({"name": format!("a{i}"), "stage": "lead"}),
+        )
+        .await;
         create(&s, &b, "contacts", json!({"name": format!("b{i}")})).await;
     }
     let page = s.get("/contacts?limit=1&stage=lead", &a).await;
-    let cursor = page.text.lines().find_map(|l| l.strip_prefix("# next: ")).unwrap().to_string();
+    let cursor = page
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("# next: "))
+        .unwrap()
+        .to_string();
     let bpage = s.get("/contacts?limit=1", &b).await;
-    let bcursor = bpage.text.lines().find_map(|l| l.strip_prefix("# next: ")).unwrap().to_string();
+    let bcursor = bpage
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("# next: "))
+        .unwrap()
+        .to_string();
     let mut edited = cursor.clone().into_bytes();
     edited[3] = if edited[3] == b'A' { b'B' } else { b'A' };
     let edited = String::from_utf8(edited).unwrap();
-    for c in [bcursor.as_str(), edited.as_str(), &cursor[..cursor.len() - 2], "garbage", "e30.AAAA", "%00"] {
-        let r = s.get(&format!("/contacts?limit=1&stage=lead&cursor={c}"), &a).await;
+    for c in [
+        bcursor.as_str(),
+        edited.as_str(),
+        &cursor[..cursor.len() - 2],
+        "garbage",
+        "e30.AAAA",
+        "%00",
+    ] {
+        let r = s
+            .get(&format!("/contacts?limit=1&stage=lead&cursor={c}"), &a)
+            .await;
         r.assert_error(400, "invalid_request");
     }
     // Same cursor with other filters.
-    let r = s.get(&format!("/contacts?limit=1&cursor={cursor}"), &a).await;
+    let r = s
+        .get(&format!("/contacts?limit=1&cursor={cursor}"), &a)
+        .await;
     r.assert_error(400, "invalid_request");
     assert!(r.text.contains("filters"), "{}", r.text);
     // B's cursor in B's own listing works; in A's it never shows B's rows.
-    assert_eq!(s.get(&format!("/contacts?limit=1&cursor={bcursor}"), &b).await.status, 200);
+    assert_eq!(
+        s.get(&format!("/contacts?limit=1&cursor={bcursor}"), &b)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -198,7 +264,18 @@ async fn bad_queries_are_400_with_the_allowed_list() {
 async fn injection_is_data_never_sql_r25() {
     let (s, t, ids) = seeded().await;
     let long = "x".repeat(10_000);
-    for v in ["'", "' OR 1=1 --", "; DROP TABLE contacts; --", "--", "\\", "🦀", "%", "_", "\"", long.as_str()] {
+    for v in [
+        "'",
+        "' OR 1=1 --",
+        "; DROP TABLE contacts; --",
+        "--",
+        "\\",
+        "🦀",
+        "%",
+        "_",
+        "\"",
+        long.as_str(),
+    ] {
         let enc: String = url_encode(v);
         for q in [
             format!("name={enc}"),
@@ -213,19 +290,34 @@ async fn injection_is_data_never_sql_r25() {
             let r = s.get(&format!("/contacts?{q}"), &t).await;
             assert!(r.status == 200 || r.status == 400, "{q:.60}: {}", r.text);
             if r.status == 200 {
-                assert!(r.text.lines().filter(|l| !l.starts_with('#')).count() <= 1, "{q:.60}: {}", r.text);
+                assert!(
+                    r.text.lines().filter(|l| !l.starts_with('#')).count() <= 1,
+                    "{q:.60}: {}",
+                    r.text
+                );
             }
         }
     }
     let r = s.get("/contacts?name=x%00y", &t).await;
     assert_eq!(r.status, 400);
     let all = s.get("/contacts", &t).await;
-    assert_eq!(handles(&all.text).len(), ids.len(), "rows lost: {}", all.text);
+    assert_eq!(
+        handles(&all.text).len(),
+        ids.len(),
+        "rows lost: {}",
+        all.text
+    );
     assert!(field(all.text.lines().next().unwrap(), "name").is_some());
 }
 
 fn url_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

@@ -9,8 +9,14 @@ use crate::harness::{Resp, Server, field};
 
 /// Creates a record and returns its bare id.
 pub async fn create(s: &Server, t: &str, kind: &str, body: Value) -> String {
-    let r = s.post(&format!("/{kind}?format=json"), Some(t), &body.to_string()).await;
-    assert!(r.status == 201 || r.status == 200, "{kind} {body}: {}", r.text);
+    let r = s
+        .post(&format!("/{kind}?format=json"), Some(t), &body.to_string())
+        .await;
+    assert!(
+        r.status == 201 || r.status == 200,
+        "{kind} {body}: {}",
+        r.text
+    );
     r.json()["data"]["id"].as_str().unwrap().to_string()
 }
 
@@ -22,7 +28,13 @@ fn first_line(r: &Resp) -> &str {
 async fn a_whole_pipeline_from_the_manual() {
     let s = Server::start().await;
     let t = s.login("pipe@example.com").await;
-    let co = create(&s, &t, "companies", json!({"name": "Acme", "domain": "https://www.ACME.com/about"})).await;
+    let co = create(
+        &s,
+        &t,
+        "companies",
+        json!({"name": "Acme", "domain": "https://www.ACME.com/about"}),
+    )
+    .await;
     let r = s.get(&format!("/companies/{co}"), &t).await;
     assert_eq!(field(first_line(&r), "domain").as_deref(), Some("acme.com"));
 
@@ -38,7 +50,12 @@ async fn a_whole_pipeline_from_the_manual() {
     assert_eq!(field(&line, "tags").as_deref(), Some("vip,renewal"));
     assert_eq!(field(&line, "custom.tier").as_deref(), Some("gold"));
     assert_eq!(field(&line, "custom.seats").as_deref(), Some("12"));
-    let cid = line.split_whitespace().next().unwrap().trim_start_matches("contact/").to_string();
+    let cid = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("contact/")
+        .to_string();
 
     // Upsert by email, case-insensitively: merges, keeps what was not sent.
     let u = s.post("/contacts", Some(&t), &json!({"email": " jane@acme.com ", "title": "CTO", "custom": {"seats": null, "region": "EU"}}).to_string()).await;
@@ -60,28 +77,74 @@ async fn a_whole_pipeline_from_the_manual() {
     assert_eq!(field(dl, "amount").as_deref(), Some("1299.00 USD"));
     assert_eq!(field(dl, "amount_cents").as_deref(), Some("129900"));
     assert_eq!(field(dl, "status").as_deref(), Some("open"), "{dl}");
-    let did = dl.split_whitespace().next().unwrap().trim_start_matches("deal/").to_string();
+    let did = dl
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("deal/")
+        .to_string();
 
-    let a = s.post(&format!("/contacts/{cid}/activities"), Some(&t), &json!({"kind": "call", "body": "Discussed renewal\nNext: send quote", "deal_id": did}).to_string()).await;
+    let a = s
+        .post(
+            &format!("/contacts/{cid}/activities"),
+            Some(&t),
+            &json!({"kind": "call", "body": "Discussed renewal\nNext: send quote", "deal_id": did})
+                .to_string(),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.text);
     assert_eq!(field(first_line(&a), "agent").as_deref(), Some("test"));
-    assert_eq!(field(first_line(&a), "body").as_deref(), Some("Discussed renewal\nNext: send quote"));
+    assert_eq!(
+        field(first_line(&a), "body").as_deref(),
+        Some("Discussed renewal\nNext: send quote")
+    );
 
-    let p = s.patch(&format!("/deals/{did}"), &t, &json!({"status": "won", "stage": null}).to_string()).await;
+    let p = s
+        .patch(
+            &format!("/deals/{did}"),
+            &t,
+            &json!({"status": "won", "stage": null}).to_string(),
+        )
+        .await;
     assert_eq!(p.status, 200, "{}", p.text);
     assert_eq!(field(first_line(&p), "status").as_deref(), Some("won"));
     assert_eq!(field(first_line(&p), "stage"), None);
 
     let found = s.get("/contacts?search=acme", &t).await;
-    assert!(found.text.contains(&format!("contact/{cid} ")), "{}", found.text);
+    assert!(
+        found.text.contains(&format!("contact/{cid} ")),
+        "{}",
+        found.text
+    );
     let acts = s.get(&format!("/activities?deal={did}"), &t).await;
-    assert_eq!(acts.text.lines().filter(|l| l.starts_with("activity/")).count(), 1);
+    assert_eq!(
+        acts.text
+            .lines()
+            .filter(|l| l.starts_with("activity/"))
+            .count(),
+        1
+    );
 
     let audit = s.get("/audit", &t).await;
-    for action in ["company.create", "contact.create", "contact.upsert", "deal.create", "deal.update", "activity.create"] {
-        assert!(audit.text.contains(&format!("action={action} ")), "audit lacks {action}: {}", audit.text);
+    for action in [
+        "company.create",
+        "contact.create",
+        "contact.upsert",
+        "deal.create",
+        "deal.update",
+        "activity.create",
+    ] {
+        assert!(
+            audit.text.contains(&format!("action={action} ")),
+            "audit lacks {action}: {}",
+            audit.text
+        );
     }
-    let upd = audit.text.lines().find(|l| l.contains("action=deal.update")).unwrap();
+    let upd = audit
+        .text
+        .lines()
+        .find(|l| l.contains("action=deal.update"))
+        .unwrap();
     let changes: Value = serde_json::from_str(&field(upd, "changes").unwrap()).unwrap();
     assert_eq!(changes["status"], json!(["open", "won"]));
     assert_eq!(changes["stage"], json!(["proposal", null]));
@@ -92,13 +155,33 @@ async fn a_whole_pipeline_from_the_manual() {
 async fn json_records_carry_handle_id_and_every_field() {
     let s = Server::start().await;
     let t = s.login("json@example.com").await;
-    let r = s.post("/deals?format=json", Some(&t), r#"{"title":"Big","amount_cents":5,"currency":"EUR"}"#).await;
+    let r = s
+        .post(
+            "/deals?format=json",
+            Some(&t),
+            r#"{"title":"Big","amount_cents":5,"currency":"EUR"}"#,
+        )
+        .await;
     let v = r.json();
     assert_eq!(v["result"], "created");
     let d = &v["data"];
     assert!(d["handle"].as_str().unwrap().starts_with("deal/d_"));
     assert_eq!(d["amount"], "0.05 EUR");
-    for key in ["title", "amount_cents", "currency", "stage", "status", "contact_id", "company_id", "tags", "custom", "follow_up_at", "follow_up_note", "created_at", "updated_at"] {
+    for key in [
+        "title",
+        "amount_cents",
+        "currency",
+        "stage",
+        "status",
+        "contact_id",
+        "company_id",
+        "tags",
+        "custom",
+        "follow_up_at",
+        "follow_up_note",
+        "created_at",
+        "updated_at",
+    ] {
         assert!(d.get(key).is_some(), "missing {key}: {d}");
     }
     let list = s.get("/deals?format=json", &t).await.json();
@@ -114,7 +197,13 @@ async fn parallel_upserts_of_one_email_make_one_contact_r29() {
     for i in 0..200 {
         let (http, url, t) = (s.http.clone(), s.url("/contacts"), t.clone());
         tasks.push(tokio::spawn(async move {
-            let r = http.post(url).bearer_auth(t).body(format!(r#"{{"email":"same@acme.com","title":"t{i}"}}"#)).send().await.unwrap();
+            let r = http
+                .post(url)
+                .bearer_auth(t)
+                .body(format!(r#"{{"email":"same@acme.com","title":"t{i}"}}"#))
+                .send()
+                .await
+                .unwrap();
             r.status().as_u16()
         }));
     }
@@ -128,7 +217,15 @@ async fn parallel_upserts_of_one_email_make_one_contact_r29() {
     }
     assert_eq!(created, 1);
     let list = s.get("/contacts?email=same@acme.com", &t).await;
-    assert_eq!(list.text.lines().filter(|l| l.starts_with("contact/")).count(), 1, "{}", list.text);
+    assert_eq!(
+        list.text
+            .lines()
+            .filter(|l| l.starts_with("contact/"))
+            .count(),
+        1,
+        "{}",
+        list.text
+    );
 }
 
 #[tokio::test]
@@ -137,17 +234,32 @@ async fn patch_to_a_taken_email_or_domain_is_a_conflict_naming_the_owner() {
     let t = s.login("conflict@example.com").await;
     let a = create(&s, &t, "contacts", json!({"email": "a@x.com"})).await;
     let b = create(&s, &t, "contacts", json!({"email": "b@x.com"})).await;
-    let r = s.patch(&format!("/contacts/{b}"), &t, r#"{"email":"A@X.com"}"#).await;
+    let r = s
+        .patch(&format!("/contacts/{b}"), &t, r#"{"email":"A@X.com"}"#)
+        .await;
     r.assert_error(409, "conflict");
     assert!(r.text.contains(&format!("contact/{a}")), "{}", r.text);
     let c1 = create(&s, &t, "companies", json!({"domain": "one.com"})).await;
     let c2 = create(&s, &t, "companies", json!({"domain": "two.com"})).await;
-    let r = s.patch(&format!("/companies/{c2}"), &t, r#"{"domain":"https://ONE.com"}"#).await;
+    let r = s
+        .patch(
+            &format!("/companies/{c2}"),
+            &t,
+            r#"{"domain":"https://ONE.com"}"#,
+        )
+        .await;
     r.assert_error(409, "conflict");
     assert!(r.text.contains(&format!("company/{c1}")));
     // Changing to a free email works; clearing works.
-    assert_eq!(s.patch(&format!("/contacts/{b}"), &t, r#"{"email":"c@x.com"}"#).await.status, 200);
-    let r = s.patch(&format!("/contacts/{b}"), &t, r#"{"email":null}"#).await;
+    assert_eq!(
+        s.patch(&format!("/contacts/{b}"), &t, r#"{"email":"c@x.com"}"#)
+            .await
+            .status,
+        200
+    );
+    let r = s
+        .patch(&format!("/contacts/{b}"), &t, r#"{"email":null}"#)
+        .await;
     assert_eq!(field(first_line(&r), "email"), None);
 }
 
@@ -161,21 +273,38 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
     let co = create(&s, &t, "companies", json!({"name": "Co"})).await;
     let d1 = create(&s, &t, "deals", json!({"title": "D1", "contact_id": c})).await;
     create(&s, &t, "deals", json!({"title": "D2", "contact_id": c})).await;
-    s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"note"}"#).await;
+    s.post(
+        &format!("/contacts/{c}/activities"),
+        Some(&t),
+        r#"{"kind":"note"}"#,
+    )
+    .await;
 
     let first = s.delete(&format!("/contacts/{c}?format=json"), &t).await;
     assert_eq!(first.status, 409);
     let j = first.json();
     assert_eq!(j["error"], "confirmation_required");
-    assert!(j["message"].as_str().unwrap().contains("2 deals and 1 activities link to it"), "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 deals and 1 activities link to it"),
+        "{j}"
+    );
     let token = j["confirm"].as_str().unwrap().to_string();
 
     // Not on another record, not on a company, not by another user, not injected.
-    for path in [format!("/contacts/{y}?confirm={token}"), format!("/companies/{co}?confirm={token}"), format!("/contacts/{c}?confirm=%27%20OR%201%3D1%20--")] {
+    for path in [
+        format!("/contacts/{y}?confirm={token}"),
+        format!("/companies/{co}?confirm={token}"),
+        format!("/contacts/{c}?confirm=%27%20OR%201%3D1%20--"),
+    ] {
         let r = s.delete(&path, &t).await;
         r.assert_error(409, "confirmation_required");
     }
-    let r = s.delete(&format!("/contacts/{c}?confirm={token}"), &m_token).await;
+    let r = s
+        .delete(&format!("/contacts/{c}?confirm={token}"), &m_token)
+        .await;
     r.assert_error(404, "not_found");
     assert_eq!(s.get(&format!("/contacts/{y}"), &t).await.status, 200);
     assert_eq!(s.get(&format!("/companies/{co}"), &t).await.status, 200);
@@ -183,8 +312,20 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
     // Twice in parallel: exactly one deletes.
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let (http, url, t) = (s.http.clone(), s.url(&format!("/contacts/{c}?confirm={token}")), t.clone());
-        tasks.push(tokio::spawn(async move { http.delete(url).bearer_auth(t).send().await.unwrap().status().as_u16() }));
+        let (http, url, t) = (
+            s.http.clone(),
+            s.url(&format!("/contacts/{c}?confirm={token}")),
+            t.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.delete(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
     let mut codes = Vec::new();
     for task in tasks {
@@ -193,12 +334,25 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
     codes.sort();
     assert_eq!(codes[0], 200, "{codes:?}");
     assert_ne!(codes[1], 200, "{codes:?}");
-    s.get(&format!("/contacts/{c}"), &t).await.assert_error(404, "not_found");
+    s.get(&format!("/contacts/{c}"), &t)
+        .await
+        .assert_error(404, "not_found");
     let deal = s.get(&format!("/deals/{d1}"), &t).await;
     assert_eq!(deal.status, 200);
-    assert_eq!(field(first_line(&deal), "contact"), None, "link not cleared: {}", deal.text);
+    assert_eq!(
+        field(first_line(&deal), "contact"),
+        None,
+        "link not cleared: {}",
+        deal.text
+    );
     let audit = s.get("/audit", &t).await;
-    assert!(audit.text.contains(&format!("action=contact.delete target=contact/{c}")), "{}", audit.text);
+    assert!(
+        audit
+            .text
+            .contains(&format!("action=contact.delete target=contact/{c}")),
+        "{}",
+        audit.text
+    );
 }
 
 #[tokio::test]
@@ -206,23 +360,53 @@ async fn reminders_show_due_follow_ups_soonest_first() {
     let s = Server::start().await;
     let t = s.login("remind@example.com").await;
     let now = time::OffsetDateTime::now_utc();
-    let fmt = |d: time::Duration| (now + d).format(&time::format_description::well_known::Rfc3339).unwrap();
+    let fmt = |d: time::Duration| {
+        (now + d)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
     let late = create(&s, &t, "contacts", json!({"name": "Late", "follow_up_at": fmt(time::Duration::days(-2)), "follow_up_note": "call back"})).await;
-    let soon = create(&s, &t, "deals", json!({"title": "Soon", "follow_up_at": fmt(time::Duration::days(3))})).await;
-    let far = create(&s, &t, "contacts", json!({"name": "Far", "follow_up_at": fmt(time::Duration::days(30))})).await;
+    let soon = create(
+        &s,
+        &t,
+        "deals",
+        json!({"title": "Soon", "follow_up_at": fmt(time::Duration::days(3))}),
+    )
+    .await;
+    let far = create(
+        &s,
+        &t,
+        "contacts",
+        json!({"name": "Far", "follow_up_at": fmt(time::Duration::days(30))}),
+    )
+    .await;
     let due = s.get("/reminders", &t).await;
     let lines: Vec<&str> = due.text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 1, "{}", due.text);
-    assert!(lines[0].starts_with(&format!("contact/{late} due=overdue")), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with(&format!("contact/{late} due=overdue")),
+        "{}",
+        lines[0]
+    );
     let week = s.get("/reminders?days=7", &t).await;
     let lines: Vec<&str> = week.text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 2);
     assert!(lines[1].starts_with(&format!("deal/{soon} due=upcoming")));
     assert!(!week.text.contains(&far));
-    s.patch(&format!("/contacts/{late}"), &t, r#"{"follow_up_at":null}"#).await;
-    assert!(s.get("/reminders", &t).await.text.contains("# 0 reminders match"));
-    s.get("/reminders?days=-1", &t).await.assert_error(400, "invalid_request");
-    s.get("/reminders?days=abc", &t).await.assert_error(400, "invalid_request");
+    s.patch(&format!("/contacts/{late}"), &t, r#"{"follow_up_at":null}"#)
+        .await;
+    assert!(
+        s.get("/reminders", &t)
+            .await
+            .text
+            .contains("# 0 reminders match")
+    );
+    s.get("/reminders?days=-1", &t)
+        .await
+        .assert_error(400, "invalid_request");
+    s.get("/reminders?days=abc", &t)
+        .await
+        .assert_error(400, "invalid_request");
 }
 
 #[tokio::test]
@@ -234,51 +418,212 @@ async fn bad_record_input_gets_a_4xx_with_a_hint() {
     let deal = create(&s, &t, "deals", json!({"title": "Mine"})).await;
     let deep = (0..10).fold(json!(1), |acc, _| json!({"k": acc}));
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("deals", json!({"title": "x", "amount_cents": 1.5, "currency": "USD"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": "100", "currency": "USD"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": -5, "currency": "USD"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": 10_000_000_000_000_000i64, "currency": "USD"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": 100}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": 100, "currency": "usd"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "amount_cents": 100, "currency": "DOLLARS"}), 400, "invalid_request"),
-        ("deals", json!({"title": "x", "status": "maybe"}), 400, "invalid_request"),
-        ("deals", json!({"amount_cents": 100, "currency": "USD"}), 400, "invalid_request"),
-        ("contacts", json!({"company_id": format!("deal/{deal}")}), 400, "invalid_request"),
-        ("contacts", json!({"company_id": foreign_co}), 404, "not_found"),
-        ("contacts", json!({"company_id": "co_000000000000"}), 404, "not_found"),
-        ("contacts", json!({"custom": "not an object"}), 400, "invalid_request"),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": 1.5, "currency": "USD"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": "100", "currency": "USD"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": -5, "currency": "USD"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": 10_000_000_000_000_000i64, "currency": "USD"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": 100}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": 100, "currency": "usd"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "amount_cents": 100, "currency": "DOLLARS"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"title": "x", "status": "maybe"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "deals",
+            json!({"amount_cents": 100, "currency": "USD"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"company_id": format!("deal/{deal}")}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"company_id": foreign_co}),
+            404,
+            "not_found",
+        ),
+        (
+            "contacts",
+            json!({"company_id": "co_000000000000"}),
+            404,
+            "not_found",
+        ),
+        (
+            "contacts",
+            json!({"custom": "not an object"}),
+            400,
+            "invalid_request",
+        ),
         ("contacts", json!({"custom": deep}), 400, "invalid_request"),
-        ("contacts", json!({"custom": {"big": "x".repeat(70_000)}}), 400, "invalid_request"),
+        (
+            "contacts",
+            json!({"custom": {"big": "x".repeat(70_000)}}),
+            400,
+            "invalid_request",
+        ),
         ("contacts", json!({"tags": [1, 2]}), 400, "invalid_request"),
         ("contacts", json!({"tags": "vip"}), 400, "invalid_request"),
-        ("contacts", json!({"tags": (0..51).map(|i| format!("t{i}")).collect::<Vec<_>>()}), 400, "invalid_request"),
-        ("contacts", json!({"tags": ["x".repeat(101)]}), 400, "invalid_request"),
-        ("contacts", json!({"name": "x".repeat(501)}), 400, "invalid_request"),
-        ("contacts", json!({"name": "two\nlines"}), 400, "invalid_request"),
-        ("contacts", json!({"email": "not-an-email"}), 400, "invalid_request"),
-        ("contacts", json!({"follow_up_at": "tomorrow"}), 400, "invalid_request"),
-        ("contacts", json!({"id": "c_000000000000"}), 400, "unknown_field"),
-        ("contacts", json!({"workspace_id": "w_x"}), 400, "unknown_field"),
-        ("contacts", json!({"created_at": "2020-01-01T00:00:00Z"}), 400, "unknown_field"),
-        ("contacts", json!({"handle": "contact/c_x"}), 400, "unknown_field"),
-        ("companies", json!({"domain": "not a domain"}), 400, "invalid_request"),
+        (
+            "contacts",
+            json!({"tags": (0..51).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"tags": ["x".repeat(101)]}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"name": "x".repeat(501)}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"name": "two\nlines"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"email": "not-an-email"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"follow_up_at": "tomorrow"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "contacts",
+            json!({"id": "c_000000000000"}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "contacts",
+            json!({"workspace_id": "w_x"}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "contacts",
+            json!({"created_at": "2020-01-01T00:00:00Z"}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "contacts",
+            json!({"handle": "contact/c_x"}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "companies",
+            json!({"domain": "not a domain"}),
+            400,
+            "invalid_request",
+        ),
     ];
     for (kind, body, status, code) in cases {
-        let r = s.post(&format!("/{kind}"), Some(&t), &body.to_string()).await;
-        assert_eq!(r.status, status, "{kind} {:.80}: {}", body.to_string(), r.text);
-        assert_eq!(r.error_code(), code, "{kind} {:.80}: {}", body.to_string(), r.text);
+        let r = s
+            .post(&format!("/{kind}"), Some(&t), &body.to_string())
+            .await;
+        assert_eq!(
+            r.status,
+            status,
+            "{kind} {:.80}: {}",
+            body.to_string(),
+            r.text
+        );
+        assert_eq!(
+            r.error_code(),
+            code,
+            "{kind} {:.80}: {}",
+            body.to_string(),
+            r.text
+        );
         assert!(r.text.contains("\nhint: "));
     }
-    let r = s.post("/contacts", Some(&t), r#"{"name":"a","name":"b"}"#).await;
+    let r = s
+        .post("/contacts", Some(&t), r#"{"name":"a","name":"b"}"#)
+        .await;
     r.assert_error(400, "invalid_request");
     let c = create(&s, &t, "contacts", json!({"name": "ok"})).await;
-    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"fax"}"#).await;
+    let r = s
+        .post(
+            &format!("/contacts/{c}/activities"),
+            Some(&t),
+            r#"{"kind":"fax"}"#,
+        )
+        .await;
     r.assert_error(400, "invalid_request");
-    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"body":"no kind"}"#).await;
+    let r = s
+        .post(
+            &format!("/contacts/{c}/activities"),
+            Some(&t),
+            r#"{"body":"no kind"}"#,
+        )
+        .await;
     r.assert_error(400, "invalid_request");
     // Nothing was created by the refused requests.
     let list = s.get("/contacts", &t).await;
-    assert_eq!(list.text.lines().filter(|l| l.starts_with("contact/")).count(), 1, "{}", list.text);
+    assert_eq!(
+        list.text
+            .lines()
+            .filter(|l| l.starts_with("contact/"))
+            .count(),
+        1,
+        "{}",
+        list.text
+    );
 }
 
 #[tokio::test]
@@ -286,11 +631,23 @@ async fn mass_assignment_never_takes_effect_r09() {
     let s = Server::start().await;
     let t = s.login("r09@example.com").await;
     let c = create(&s, &t, "contacts", json!({"name": "Keep"})).await;
-    for body in [json!({"id": "c_000000000000"}), json!({"author": "u_x"}), json!({"updated_at": "2000-01-01T00:00:00Z"})] {
-        let r = s.patch(&format!("/contacts/{c}"), &t, &body.to_string()).await;
+    for body in [
+        json!({"id": "c_000000000000"}),
+        json!({"author": "u_x"}),
+        json!({"updated_at": "2000-01-01T00:00:00Z"}),
+    ] {
+        let r = s
+            .patch(&format!("/contacts/{c}"), &t, &body.to_string())
+            .await;
         r.assert_error(400, "unknown_field");
     }
-    let r = s.post(&format!("/contacts/{c}/activities"), Some(&t), r#"{"kind":"note","author":"u_x"}"#).await;
+    let r = s
+        .post(
+            &format!("/contacts/{c}/activities"),
+            Some(&t),
+            r#"{"kind":"note","author":"u_x"}"#,
+        )
+        .await;
     r.assert_error(400, "unknown_field");
     let got = s.get(&format!("/contacts/{c}"), &t).await;
     assert!(!got.text.contains("2000-01-01"));
@@ -301,15 +658,39 @@ async fn user_text_never_forges_lines_r27() {
     let s = Server::start().await;
     let t = s.login("r27r@example.com").await;
     let evil = "x\ncontact/c_fake00000000 name=evil\r\n# next: abc";
-    create(&s, &t, "contacts", json!({"name": "ok", "custom": {"note": evil, "k k=\"x": 1}, "follow_up_note": evil})).await;
-    let r = s.post("/contacts", Some(&t), &json!({"custom": {"k\nk": 1}}).to_string()).await;
+    create(
+        &s,
+        &t,
+        "contacts",
+        json!({"name": "ok", "custom": {"note": evil, "k k=\"x": 1}, "follow_up_note": evil}),
+    )
+    .await;
+    let r = s
+        .post(
+            "/contacts",
+            Some(&t),
+            &json!({"custom": {"k\nk": 1}}).to_string(),
+        )
+        .await;
     r.assert_error(400, "invalid_request");
-    create(&s, &t, "deals", json!({"title": "contact/c_fake00000000 # next: x"})).await;
+    create(
+        &s,
+        &t,
+        "deals",
+        json!({"title": "contact/c_fake00000000 # next: x"}),
+    )
+    .await;
     for path in ["/contacts", "/deals", "/audit", "/reminders?days=3650"] {
         let r = s.get(path, &t).await;
         for line in r.text.lines() {
-            assert!(!line.starts_with("contact/c_fake"), "{path}: forged record line {line}");
-            assert!(!line.starts_with("# next: abc") && !line.starts_with("# next: x"), "{path}: forged trailer");
+            assert!(
+                !line.starts_with("contact/c_fake"),
+                "{path}: forged record line {line}"
+            );
+            assert!(
+                !line.starts_with("# next: abc") && !line.starts_with("# next: x"),
+                "{path}: forged trailer"
+            );
         }
     }
     let r = s.get("/contacts", &t).await;
@@ -322,12 +703,21 @@ async fn user_text_never_forges_lines_r27() {
 async fn counts_and_empty_trailers() {
     let s = Server::start().await;
     let t = s.login("trail@example.com").await;
-    assert!(s.get("/contacts", &t).await.text.contains("# 0 contacts match\n"));
+    assert!(
+        s.get("/contacts", &t)
+            .await
+            .text
+            .contains("# 0 contacts match\n")
+    );
     for i in 0..3 {
         create(&s, &t, "contacts", json!({"name": format!("n{i}")})).await;
     }
     let r = s.get("/contacts?limit=2", &t).await;
     assert!(r.text.contains("\n# 2 contacts\n# next: "), "{}", r.text);
-    let ids: HashSet<&str> = r.text.lines().filter(|l| l.starts_with("contact/")).collect();
+    let ids: HashSet<&str> = r
+        .text
+        .lines()
+        .filter(|l| l.starts_with("contact/"))
+        .collect();
     assert_eq!(ids.len(), 2);
 }

@@ -77,7 +77,11 @@ impl SmtpServer {
                 if *self.mode.lock().unwrap() == Mode::Refuse {
                     w.write_all(b"550 mailbox unavailable\r\n").await?;
                 } else {
-                    let addr = cmd[8..].trim().trim_start_matches('<').trim_end_matches('>').to_string();
+                    let addr = cmd[8..]
+                        .trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string();
                     rcpt.push(addr);
                     w.write_all(b"250 ok\r\n").await?;
                 }
@@ -94,7 +98,10 @@ impl SmtpServer {
                     }
                     data.push_str(&line);
                 }
-                self.inbox.lock().unwrap().push(Received { rcpt: rcpt.clone(), data });
+                self.inbox.lock().unwrap().push(Received {
+                    rcpt: rcpt.clone(),
+                    data,
+                });
                 if *self.mode.lock().unwrap() == Mode::RefuseAfterData {
                     w.write_all(b"554 rejected\r\n").await?;
                 } else {

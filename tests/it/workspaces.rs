@@ -8,21 +8,40 @@ use crate::harness::{Server, field};
 use crate::records::create;
 
 async fn ws_of(s: &Server, t: &str) -> String {
-    s.get("/whoami?format=json", t).await.json()["data"]["workspace"].as_str().unwrap().trim_start_matches("workspace/").to_string()
+    s.get("/whoami?format=json", t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string()
 }
 
 async fn user_of(s: &Server, t: &str) -> String {
-    s.get("/whoami?format=json", t).await.json()["data"]["id"].as_str().unwrap().to_string()
+    s.get("/whoami?format=json", t).await.json()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A signs in, invites M as a member, M signs in and switches to A's workspace.
 async fn team(s: &Server) -> (String, String, String, String) {
     let a = s.login("admin@example.com").await;
     let ws = ws_of(s, &a).await;
-    let r = s.post(&format!("/workspaces/{ws}/invites"), Some(&a), r#"{"email":"member@example.com","role":"member"}"#).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"member@example.com","role":"member"}"#,
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let m_personal = s.login("member@example.com").await;
-    let r = s.post(&format!("/workspaces/{ws}/tokens?format=json"), Some(&m_personal), r#"{"token_name":"m-in-a"}"#).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&m_personal),
+            r#"{"token_name":"m-in-a"}"#,
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let m = r.json()["data"]["token"].as_str().unwrap().to_string();
     (a, m, m_personal, ws)
@@ -35,8 +54,21 @@ async fn invite_login_member_journey() {
     let invite_mail = &s.smtp().mails_to("member@example.com")[0].data;
     assert!(invite_mail.contains("/auth/request"), "{invite_mail}");
     let members = s.get(&format!("/workspaces/{ws}/members"), &a).await;
-    assert_eq!(members.text.lines().filter(|l| l.starts_with("user/")).count(), 2, "{}", members.text);
-    assert!(!members.text.contains("invite/"), "invite still pending: {}", members.text);
+    assert_eq!(
+        members
+            .text
+            .lines()
+            .filter(|l| l.starts_with("user/"))
+            .count(),
+        2,
+        "{}",
+        members.text
+    );
+    assert!(
+        !members.text.contains("invite/"),
+        "invite still pending: {}",
+        members.text
+    );
     let who = s.get("/whoami?format=json", &m).await.json();
     assert_eq!(who["data"]["role"], "member");
     assert_eq!(who["data"]["workspace"], format!("workspace/{ws}"));
@@ -44,18 +76,56 @@ async fn invite_login_member_journey() {
     let c = create(&s, &m, "contacts", json!({"name": "From M"})).await;
     assert_eq!(s.get(&format!("/contacts/{c}"), &a).await.status, 200);
     let list = s.get("/workspaces", &m).await;
-    assert_eq!(list.text.lines().filter(|l| l.starts_with("workspace/")).count(), 2, "{}", list.text);
+    assert_eq!(
+        list.text
+            .lines()
+            .filter(|l| l.starts_with("workspace/"))
+            .count(),
+        2,
+        "{}",
+        list.text
+    );
     // Re-inviting a pending address updates the role; withdrawing frees the seat.
-    let r = s.post(&format!("/workspaces/{ws}/invites?format=json"), Some(&a), r#"{"email":"later@example.com","role":"member"}"#).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites?format=json"),
+            Some(&a),
+            r#"{"email":"later@example.com","role":"member"}"#,
+        )
+        .await;
     let inv = r.json()["data"]["id"].as_str().unwrap().to_string();
-    let r = s.post(&format!("/workspaces/{ws}/invites"), Some(&a), r#"{"email":"later@example.com","role":"admin"}"#).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"later@example.com","role":"admin"}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(s.get("/whoami", &a).await.text.contains("# members: 3 / 10"));
-    let r = s.delete(&format!("/workspaces/{ws}/invites/{inv}"), &a).await;
+    assert!(
+        s.get("/whoami", &a)
+            .await
+            .text
+            .contains("# members: 3 / 10")
+    );
+    let r = s
+        .delete(&format!("/workspaces/{ws}/invites/{inv}"), &a)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(s.get("/whoami", &a).await.text.contains("# members: 2 / 10"));
+    assert!(
+        s.get("/whoami", &a)
+            .await
+            .text
+            .contains("# members: 2 / 10")
+    );
     // Inviting a member again is a conflict.
-    s.post(&format!("/workspaces/{ws}/invites"), Some(&a), r#"{"email":"member@example.com"}"#).await.assert_error(409, "conflict");
+    s.post(
+        &format!("/workspaces/{ws}/invites"),
+        Some(&a),
+        r#"{"email":"member@example.com"}"#,
+    )
+    .await
+    .assert_error(409, "conflict");
 }
 
 #[tokio::test]
@@ -66,21 +136,54 @@ async fn members_cannot_do_admin_work_and_trigger_no_mail_r07() {
     let m_id = user_of(&s, &m).await;
     let mails_before = s.smtp().all().len();
     let calls = [
-        (Method::POST, format!("/workspaces/{ws}/invites"), Some(r#"{"email":"x@example.com","role":"member"}"#)),
-        (Method::POST, format!("/workspaces/{ws}/members/{m_id}/role"), Some(r#"{"role":"admin"}"#)),
-        (Method::POST, format!("/workspaces/{ws}/members/{a_id}/role"), Some(r#"{"role":"member"}"#)),
-        (Method::DELETE, format!("/workspaces/{ws}/members/{a_id}"), None),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/invites"),
+            Some(r#"{"email":"x@example.com","role":"member"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/members/{m_id}/role"),
+            Some(r#"{"role":"admin"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/members/{a_id}/role"),
+            Some(r#"{"role":"member"}"#),
+        ),
+        (
+            Method::DELETE,
+            format!("/workspaces/{ws}/members/{a_id}"),
+            None,
+        ),
         (Method::DELETE, format!("/workspaces/{ws}"), None),
     ];
     for (method, path, body) in calls {
         let r = s.send(method, &path, Some(&m), body, &[]).await;
         r.assert_error(403, "admin_required");
     }
-    assert_eq!(s.smtp().all().len(), mails_before, "a member triggered a mail");
-    assert_eq!(s.post("/contacts", Some(&m), r#"{"name":"still works"}"#).await.status, 201);
+    assert_eq!(
+        s.smtp().all().len(),
+        mails_before,
+        "a member triggered a mail"
+    );
+    assert_eq!(
+        s.post("/contacts", Some(&m), r#"{"name":"still works"}"#)
+            .await
+            .status,
+        201
+    );
     // The last admin can neither be demoted nor removed.
-    s.post(&format!("/workspaces/{ws}/members/{a_id}/role"), Some(&a), r#"{"role":"member"}"#).await.assert_error(409, "last_admin");
-    s.delete(&format!("/workspaces/{ws}/members/{a_id}"), &a).await.assert_error(409, "last_admin");
+    s.post(
+        &format!("/workspaces/{ws}/members/{a_id}/role"),
+        Some(&a),
+        r#"{"role":"member"}"#,
+    )
+    .await
+    .assert_error(409, "last_admin");
+    s.delete(&format!("/workspaces/{ws}/members/{a_id}"), &a)
+        .await
+        .assert_error(409, "last_admin");
 }
 
 #[tokio::test]
@@ -88,10 +191,16 @@ async fn removal_applies_at_once_r08() {
     let s = Server::start().await;
     let (a, m, m_personal, ws) = team(&s).await;
     let m_id = user_of(&s, &m).await;
-    let r = s.delete(&format!("/workspaces/{ws}/members/{m_id}"), &a).await;
+    let r = s
+        .delete(&format!("/workspaces/{ws}/members/{m_id}"), &a)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    s.get("/contacts", &m).await.assert_error(401, "invalid_token");
-    s.post(&format!("/workspaces/{ws}/tokens"), Some(&m_personal), "{}").await.assert_error(404, "not_found");
+    s.get("/contacts", &m)
+        .await
+        .assert_error(401, "invalid_token");
+    s.post(&format!("/workspaces/{ws}/tokens"), Some(&m_personal), "{}")
+        .await
+        .assert_error(404, "not_found");
     assert_eq!(s.get("/contacts", &m_personal).await.status, 200);
 }
 
@@ -105,7 +214,12 @@ async fn step_up_codes_are_bound_to_user_action_and_target_r21() {
     let (a, m, _, ws) = team(&s).await;
     let m_id = user_of(&s, &m).await;
     // A third member to try the code on.
-    s.post(&format!("/workspaces/{ws}/invites"), Some(&a), r#"{"email":"third@example.com"}"#).await;
+    s.post(
+        &format!("/workspaces/{ws}/invites"),
+        Some(&a),
+        r#"{"email":"third@example.com"}"#,
+    )
+    .await;
     let third = s.login("third@example.com").await;
     let third_id = user_of(&s, &third).await;
     let b = s.login("outsider@example.com").await;
@@ -116,26 +230,89 @@ async fn step_up_codes_are_bound_to_user_action_and_target_r21() {
     let r = s.post(&promote, Some(&a), r#"{"role":"admin"}"#).await;
     r.assert_error(403, "escalation_required");
     let code = step_up_code(&s, "admin@example.com", n).await;
-    assert!(s.smtp().mails_to("member@example.com").iter().all(|m| !m.data.contains(&code)), "code mailed to the target");
+    assert!(
+        s.smtp()
+            .mails_to("member@example.com")
+            .iter()
+            .all(|m| !m.data.contains(&code)),
+        "code mailed to the target"
+    );
     // Not for another member, not for deleting the workspace, not for B.
-    s.post(&format!("/workspaces/{ws}/members/{third_id}/role?code={code}"), Some(&a), r#"{"role":"admin"}"#).await.assert_error(403, "invalid_code");
-    s.send(Method::DELETE, &format!("/workspaces/{ws}"), Some(&a), None, &[("x-escalation-code", &code)]).await.assert_error(403, "invalid_code");
+    s.post(
+        &format!("/workspaces/{ws}/members/{third_id}/role?code={code}"),
+        Some(&a),
+        r#"{"role":"admin"}"#,
+    )
+    .await
+    .assert_error(403, "invalid_code");
+    s.send(
+        Method::DELETE,
+        &format!("/workspaces/{ws}"),
+        Some(&a),
+        None,
+        &[("x-escalation-code", &code)],
+    )
+    .await
+    .assert_error(403, "invalid_code");
     let b_id = user_of(&s, &b).await;
-    let r = s.post(&format!("/workspaces/{b_ws}/members/{b_id}/role?code={code}"), Some(&b), r#"{"role":"admin"}"#).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{b_ws}/members/{b_id}/role?code={code}"),
+            Some(&b),
+            r#"{"role":"admin"}"#,
+        )
+        .await;
     assert_ne!(r.status, 200);
     // The legitimate use works once (header form).
-    let r = s.send(Method::POST, &promote, Some(&a), Some(r#"{"role":"admin"}"#), &[("x-escalation-code", &code)]).await;
+    let r = s
+        .send(
+            Method::POST,
+            &promote,
+            Some(&a),
+            Some(r#"{"role":"admin"}"#),
+            &[("x-escalation-code", &code)],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(field(r.text.lines().next().unwrap(), "role").as_deref(), Some("admin"));
-    s.post(&format!("{promote}?code={code}"), Some(&a), r#"{"role":"admin"}"#).await.assert_error(403, "invalid_code");
+    assert_eq!(
+        field(r.text.lines().next().unwrap(), "role").as_deref(),
+        Some("admin")
+    );
+    s.post(
+        &format!("{promote}?code={code}"),
+        Some(&a),
+        r#"{"role":"admin"}"#,
+    )
+    .await
+    .assert_error(403, "invalid_code");
     // Query form, for the third member.
     let n = s.smtp().mails_to("admin@example.com").len();
     let p3 = format!("/workspaces/{ws}/members/{third_id}/role");
-    s.post(&p3, Some(&a), r#"{"role":"admin"}"#).await.assert_error(403, "escalation_required");
+    s.post(&p3, Some(&a), r#"{"role":"admin"}"#)
+        .await
+        .assert_error(403, "escalation_required");
     let code = step_up_code(&s, "admin@example.com", n).await;
-    assert_eq!(s.post(&format!("{p3}?code={code}"), Some(&a), r#"{"role":"admin"}"#).await.status, 200);
+    assert_eq!(
+        s.post(
+            &format!("{p3}?code={code}"),
+            Some(&a),
+            r#"{"role":"admin"}"#
+        )
+        .await
+        .status,
+        200
+    );
     // Demoting needs no code; ?code= on it is ignored.
-    assert_eq!(s.post(&format!("{p3}?code=000000"), Some(&a), r#"{"role":"member"}"#).await.status, 200);
+    assert_eq!(
+        s.post(
+            &format!("{p3}?code=000000"),
+            Some(&a),
+            r#"{"role":"member"}"#
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -144,17 +321,83 @@ async fn bad_workspace_input_gets_a_4xx_with_a_hint() {
     let (a, m, _, ws) = team(&s).await;
     let m_id = user_of(&s, &m).await;
     let cases: Vec<(Method, String, Option<String>, u16, &str)> = vec![
-        (Method::POST, format!("/workspaces/{ws}/invites"), Some(r#"{"email":"x@example.com","role":"owner"}"#.into()), 400, "invalid_request"),
-        (Method::POST, format!("/workspaces/{ws}/invites"), Some(r#"{"email":"not an email"}"#.into()), 400, "invalid_request"),
-        (Method::POST, format!("/workspaces/{ws}/invites"), Some("{\"email\":\"\u{212a}@example.com\"}".into()), 400, "invalid_request"),
-        (Method::POST, format!("/workspaces/{ws}/members/{m_id}/role"), Some(r#"{"role":"boss"}"#.into()), 400, "invalid_request"),
-        (Method::POST, format!("/workspaces/{ws}/members/u_000000000000/role"), Some(r#"{"role":"member"}"#.into()), 404, "not_found"),
-        (Method::DELETE, format!("/workspaces/{ws}/members/u_000000000000"), None, 404, "not_found"),
-        (Method::GET, "/workspaces/w_000000000000/members".into(), None, 404, "not_found"),
-        (Method::POST, "/workspaces".into(), Some(r#"{"name":""}"#.into()), 400, "invalid_request"),
-        (Method::POST, "/workspaces".into(), Some(format!("{{\"name\":\"{}\"}}", "x".repeat(500))), 400, "invalid_request"),
-        (Method::POST, "/workspaces".into(), Some(r#"{"name":"x","plan":"enterprise"}"#.into()), 400, "unknown_field"),
-        (Method::POST, format!("/workspaces/{ws}/tokens"), Some(r#"{"workspace_id":"w_000000000000"}"#.into()), 400, "unknown_field"),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/invites"),
+            Some(r#"{"email":"x@example.com","role":"owner"}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/invites"),
+            Some(r#"{"email":"not an email"}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/invites"),
+            Some("{\"email\":\"\u{212a}@example.com\"}".into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/members/{m_id}/role"),
+            Some(r#"{"role":"boss"}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/members/u_000000000000/role"),
+            Some(r#"{"role":"member"}"#.into()),
+            404,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            format!("/workspaces/{ws}/members/u_000000000000"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/workspaces/w_000000000000/members".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/workspaces".into(),
+            Some(r#"{"name":""}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/workspaces".into(),
+            Some(format!("{{\"name\":\"{}\"}}", "x".repeat(500))),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/workspaces".into(),
+            Some(r#"{"name":"x","plan":"enterprise"}"#.into()),
+            400,
+            "unknown_field",
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/tokens"),
+            Some(r#"{"workspace_id":"w_000000000000"}"#.into()),
+            400,
+            "unknown_field",
+        ),
     ];
     for (method, path, body, status, code) in cases {
         let r = s.send(method, &path, Some(&a), body.as_deref(), &[]).await;
@@ -162,7 +405,15 @@ async fn bad_workspace_input_gets_a_4xx_with_a_hint() {
         assert_eq!(r.error_code(), code, "{path}: {}", r.text);
     }
     // A wrong step-up code.
-    let r = s.send(Method::DELETE, &format!("/workspaces/{ws}?code=123456"), Some(&a), None, &[]).await;
+    let r = s
+        .send(
+            Method::DELETE,
+            &format!("/workspaces/{ws}?code=123456"),
+            Some(&a),
+            None,
+            &[],
+        )
+        .await;
     r.assert_error(403, "invalid_code");
 }
 
@@ -176,41 +427,114 @@ async fn non_members_cannot_touch_a_workspace_r06() {
     for (method, path, body) in [
         (Method::GET, format!("/workspaces/{ws}/members"), None),
         (Method::POST, format!("/workspaces/{ws}/tokens"), Some("{}")),
-        (Method::POST, format!("/workspaces/{ws}/invites"), Some(r#"{"email":"x@example.com"}"#)),
-        (Method::POST, format!("/workspaces/{ws}/members/{m_id}/role"), Some(r#"{"role":"admin"}"#)),
-        (Method::DELETE, format!("/workspaces/{ws}/members/{m_id}"), None),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/invites"),
+            Some(r#"{"email":"x@example.com"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/workspaces/{ws}/members/{m_id}/role"),
+            Some(r#"{"role":"admin"}"#),
+        ),
+        (
+            Method::DELETE,
+            format!("/workspaces/{ws}/members/{m_id}"),
+            None,
+        ),
         (Method::DELETE, format!("/workspaces/{ws}"), None),
     ] {
         let r = s.send(method, &path, Some(&b), body, &[]).await;
         r.assert_error(404, "not_found");
     }
-    assert_eq!(s.smtp().mails_to("stranger@example.com").len(), mails, "escalation mail to a stranger");
+    assert_eq!(
+        s.smtp().mails_to("stranger@example.com").len(),
+        mails,
+        "escalation mail to a stranger"
+    );
     let members = s.get(&format!("/workspaces/{ws}/members"), &a).await;
-    assert_eq!(members.text.lines().filter(|l| l.starts_with("user/")).count(), 2);
+    assert_eq!(
+        members
+            .text
+            .lines()
+            .filter(|l| l.starts_with("user/"))
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_workspace_leaves_nothing_behind() {
     let s = Server::start().await;
     let (a, m, _, ws) = team(&s).await;
-    let c = create(&s, &a, "contacts", json!({"name": "gone", "email": "gone@x.com"})).await;
+    let c = create(
+        &s,
+        &a,
+        "contacts",
+        json!({"name": "gone", "email": "gone@x.com"}),
+    )
+    .await;
     create(&s, &a, "companies", json!({"name": "gone co"})).await;
-    create(&s, &a, "deals", json!({"title": "gone deal", "contact_id": c})).await;
-    s.post(&format!("/contacts/{c}/activities"), Some(&a), r#"{"kind":"note"}"#).await;
-    s.post(&format!("/workspaces/{ws}/invites"), Some(&a), r#"{"email":"pending@example.com"}"#).await;
+    create(
+        &s,
+        &a,
+        "deals",
+        json!({"title": "gone deal", "contact_id": c}),
+    )
+    .await;
+    s.post(
+        &format!("/contacts/{c}/activities"),
+        Some(&a),
+        r#"{"kind":"note"}"#,
+    )
+    .await;
+    s.post(
+        &format!("/workspaces/{ws}/invites"),
+        Some(&a),
+        r#"{"email":"pending@example.com"}"#,
+    )
+    .await;
     let n = s.smtp().mails_to("admin@example.com").len();
-    s.delete(&format!("/workspaces/{ws}"), &a).await.assert_error(403, "escalation_required");
+    s.delete(&format!("/workspaces/{ws}"), &a)
+        .await
+        .assert_error(403, "escalation_required");
     let code = s.nth_code("admin@example.com", n + 1).await;
     let r = s.delete(&format!("/workspaces/{ws}?code={code}"), &a).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    s.get("/contacts", &a).await.assert_error(401, "invalid_token");
-    s.get("/contacts", &m).await.assert_error(401, "invalid_token");
+    s.get("/contacts", &a)
+        .await
+        .assert_error(401, "invalid_token");
+    s.get("/contacts", &m)
+        .await
+        .assert_error(401, "invalid_token");
     let db = crate::harness::open_db(&s).await;
-    for table in ["contacts", "companies", "deals", "activities", "audit", "invites", "memberships", "tokens", "confirmations", "contacts_fts"] {
-        let n = crate::harness::count(&db, &format!("SELECT COUNT(*) AS n FROM {table} WHERE workspace_id = '{ws}'")).await;
+    for table in [
+        "contacts",
+        "companies",
+        "deals",
+        "activities",
+        "audit",
+        "invites",
+        "memberships",
+        "tokens",
+        "confirmations",
+        "contacts_fts",
+    ] {
+        let n = crate::harness::count(
+            &db,
+            &format!("SELECT COUNT(*) AS n FROM {table} WHERE workspace_id = '{ws}'"),
+        )
+        .await;
         assert_eq!(n, 0, "{table} still has rows of the deleted workspace");
     }
-    assert_eq!(crate::harness::count(&db, &format!("SELECT COUNT(*) AS n FROM workspaces WHERE id = '{ws}'")).await, 0);
+    assert_eq!(
+        crate::harness::count(
+            &db,
+            &format!("SELECT COUNT(*) AS n FROM workspaces WHERE id = '{ws}'")
+        )
+        .await,
+        0
+    );
     // The owner gets a new personal workspace at next sign-in.
     let again = s.login("admin@example.com").await;
     assert_ne!(ws_of(&s, &again).await, ws);
@@ -237,7 +561,13 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
                 _ => json!({"title": format!("p{i}")}),
             };
             tasks.push(tokio::spawn(async move {
-                let r = http.post(url).bearer_auth(t).body(body.to_string()).send().await.unwrap();
+                let r = http
+                    .post(url)
+                    .bearer_auth(t)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
                 (r.status().as_u16(), r.text().await.unwrap())
             }));
         }
@@ -246,7 +576,10 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
             let (status, text) = task.await.unwrap();
             match status {
                 201 => ok += 1,
-                403 => assert!(text.contains("plan_limit_reached") && text.contains("do not retry"), "{text}"),
+                403 => assert!(
+                    text.contains("plan_limit_reached") && text.contains("do not retry"),
+                    "{text}"
+                ),
                 other => panic!("{kind}: {other} {text}"),
             }
         }
@@ -255,24 +588,69 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
         assert_eq!(r.text.lines().filter(|l| !l.starts_with('#')).count(), 10);
     }
     // An upsert that updates is not a create.
-    assert_eq!(s.post("/contacts", Some(&t), r#"{"email":"p0@x.com","name":"fine"}"#).await.status, 200);
+    let existing = s.get("/contacts?limit=1&format=json", &t).await.json()["data"][0]["email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .post(
+            "/contacts",
+            Some(&t),
+            &json!({"email": existing, "name": "fine"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let who = s.get("/whoami", &t).await;
     assert!(who.text.contains("# contacts: 10 / 10"), "{}", who.text);
     // Invites and workspaces in parallel.
     let ws = ws_of(&s, &t).await;
     let mut tasks = Vec::new();
     for i in 0..12 {
-        let (http, url, t) = (s.http.clone(), s.url(&format!("/workspaces/{ws}/invites")), t.clone());
-        tasks.push(tokio::spawn(async move { http.post(url).bearer_auth(t).body(format!(r#"{{"email":"inv{i}@x.com"}}"#)).send().await.unwrap().status().as_u16() }));
+        let (http, url, t) = (
+            s.http.clone(),
+            s.url(&format!("/workspaces/{ws}/invites")),
+            t.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(t)
+                .body(format!(r#"{{"email":"inv{i}@x.com"}}"#))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
-    let created: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
-    assert_eq!(created.iter().filter(|s| **s == 201).count(), 3, "{created:?}");
+    let created: Vec<u16> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        created.iter().filter(|s| **s == 201).count(),
+        3,
+        "{created:?}"
+    );
     let mut tasks = Vec::new();
     for i in 0..12 {
         let (http, url, t) = (s.http.clone(), s.url("/workspaces"), t.clone());
-        tasks.push(tokio::spawn(async move { http.post(url).bearer_auth(t).body(format!(r#"{{"name":"w{i}"}}"#)).send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(t)
+                .body(format!(r#"{{"name":"w{i}"}}"#))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
-    let made: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let made: Vec<u16> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(made.iter().filter(|s| **s == 201).count(), 2, "{made:?}");
     let list: Value = s.get("/workspaces?format=json", &t).await.json();
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
@@ -283,23 +661,51 @@ async fn operators_change_plans_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[plans.pro]\ncontacts = 5000\n").unwrap();
-    let s = Server::builder().env("CRMKIT_CONFIG", cfg.to_str().unwrap()).start().await;
+    let s = Server::builder()
+        .env("CRMKIT_CONFIG", cfg.to_str().unwrap())
+        .start()
+        .await;
     let t = s.login("ops@example.com").await;
     let ws = ws_of(&s, &t).await;
     let db = format!("sqlite://{}?mode=rwc", s.db_path.display());
     let out = std::process::Command::new(crate::harness::bin())
-        .args(["admin", "set-plan", &ws, "pro", "--database-url", &db, "--config", cfg.to_str().unwrap()])
+        .args([
+            "admin",
+            "set-plan",
+            &ws,
+            "pro",
+            "--database-url",
+            &db,
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(s.get("/whoami", &t).await.text.contains("# contacts: 0 / 5000"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        s.get("/whoami", &t)
+            .await
+            .text
+            .contains("# contacts: 0 / 5000")
+    );
     let out = std::process::Command::new(crate::harness::bin())
         .args(["admin", "set-plan", &ws, "platinum", "--database-url", &db])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = std::process::Command::new(crate::harness::bin())
-        .args(["admin", "set-plan", "w_000000000000", "default", "--database-url", &db])
+        .args([
+            "admin",
+            "set-plan",
+            "w_000000000000",
+            "default",
+            "--database-url",
+            &db,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));

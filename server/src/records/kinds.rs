@@ -8,7 +8,10 @@ use crate::wire::query::{self, Schema};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FType {
     /// Free text up to `max` characters, one line unless `multiline`.
-    Text { max: usize, multiline: bool },
+    Text {
+        max: usize,
+        multiline: bool,
+    },
     /// An email address; stored as sent (trimmed) plus a lowercase key column.
     Email,
     /// A web domain, normalised to a lowercase host.
@@ -53,10 +56,19 @@ pub struct KindDef {
 }
 
 const fn text(name: &'static str, max: usize) -> FieldDef {
-    FieldDef { name, ty: FType::Text { max, multiline: false } }
+    FieldDef {
+        name,
+        ty: FType::Text {
+            max,
+            multiline: false,
+        },
+    }
 }
 
-const NOTE: FType = FType::Text { max: 10_000, multiline: true };
+const NOTE: FType = FType::Text {
+    max: 10_000,
+    multiline: true,
+};
 
 pub static CONTACT: KindDef = KindDef {
     kind: Kind::Contact,
@@ -64,15 +76,33 @@ pub static CONTACT: KindDef = KindDef {
     schema: &query::CONTACT,
     fields: &[
         text("name", 500),
-        FieldDef { name: "email", ty: FType::Email },
+        FieldDef {
+            name: "email",
+            ty: FType::Email,
+        },
         text("phone", 100),
         text("title", 500),
-        FieldDef { name: "company_id", ty: FType::Ref(Kind::Company) },
+        FieldDef {
+            name: "company_id",
+            ty: FType::Ref(Kind::Company),
+        },
         text("stage", 100),
-        FieldDef { name: "tags", ty: FType::Tags },
-        FieldDef { name: "custom", ty: FType::Custom },
-        FieldDef { name: "follow_up_at", ty: FType::Time },
-        FieldDef { name: "follow_up_note", ty: NOTE },
+        FieldDef {
+            name: "tags",
+            ty: FType::Tags,
+        },
+        FieldDef {
+            name: "custom",
+            ty: FType::Custom,
+        },
+        FieldDef {
+            name: "follow_up_at",
+            ty: FType::Time,
+        },
+        FieldDef {
+            name: "follow_up_note",
+            ty: NOTE,
+        },
     ],
     required: None,
     upsert_key: Some("email"),
@@ -88,10 +118,19 @@ pub static COMPANY: KindDef = KindDef {
     schema: &query::COMPANY,
     fields: &[
         text("name", 500),
-        FieldDef { name: "domain", ty: FType::Domain },
+        FieldDef {
+            name: "domain",
+            ty: FType::Domain,
+        },
         text("industry", 200),
-        FieldDef { name: "tags", ty: FType::Tags },
-        FieldDef { name: "custom", ty: FType::Custom },
+        FieldDef {
+            name: "tags",
+            ty: FType::Tags,
+        },
+        FieldDef {
+            name: "custom",
+            ty: FType::Custom,
+        },
     ],
     required: None,
     upsert_key: Some("domain"),
@@ -109,16 +148,43 @@ pub static DEAL: KindDef = KindDef {
     schema: &query::DEAL,
     fields: &[
         text("title", 500),
-        FieldDef { name: "amount_cents", ty: FType::Int },
-        FieldDef { name: "currency", ty: FType::Currency },
+        FieldDef {
+            name: "amount_cents",
+            ty: FType::Int,
+        },
+        FieldDef {
+            name: "currency",
+            ty: FType::Currency,
+        },
         text("stage", 100),
-        FieldDef { name: "status", ty: FType::Enum(DEAL_STATUSES) },
-        FieldDef { name: "contact_id", ty: FType::Ref(Kind::Contact) },
-        FieldDef { name: "company_id", ty: FType::Ref(Kind::Company) },
-        FieldDef { name: "tags", ty: FType::Tags },
-        FieldDef { name: "custom", ty: FType::Custom },
-        FieldDef { name: "follow_up_at", ty: FType::Time },
-        FieldDef { name: "follow_up_note", ty: NOTE },
+        FieldDef {
+            name: "status",
+            ty: FType::Enum(DEAL_STATUSES),
+        },
+        FieldDef {
+            name: "contact_id",
+            ty: FType::Ref(Kind::Contact),
+        },
+        FieldDef {
+            name: "company_id",
+            ty: FType::Ref(Kind::Company),
+        },
+        FieldDef {
+            name: "tags",
+            ty: FType::Tags,
+        },
+        FieldDef {
+            name: "custom",
+            ty: FType::Custom,
+        },
+        FieldDef {
+            name: "follow_up_at",
+            ty: FType::Time,
+        },
+        FieldDef {
+            name: "follow_up_note",
+            ty: NOTE,
+        },
     ],
     required: Some("title"),
     upsert_key: None,

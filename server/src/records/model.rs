@@ -102,8 +102,8 @@ pub fn normalize_domain(raw: &str) -> Option<String> {
 /// Decimal places of a currency's minor unit (ISO 4217).
 fn minor_units(currency: &str) -> u32 {
     const ZERO: &[&str] = &[
-        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV",
-        "XAF", "XOF", "XPF",
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+        "VUV", "XAF", "XOF", "XPF",
     ];
     const THREE: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
     if ZERO.contains(&currency) {
@@ -124,7 +124,12 @@ pub fn money(cents: i64, currency: &str) -> String {
     let div = 10i64.pow(units);
     let sign = if cents < 0 { "-" } else { "" };
     let abs = cents.unsigned_abs();
-    format!("{sign}{}.{:0w$} {currency}", abs / div as u64, abs % div as u64, w = units as usize)
+    format!(
+        "{sign}{}.{:0w$} {currency}",
+        abs / div as u64,
+        abs % div as u64,
+        w = units as usize
+    )
 }
 
 /// Checks one body value against its field type.
@@ -135,7 +140,11 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
     }
     let string = |v: &Value| -> Result<String, AppError> {
         v.as_str().map(str::to_string).ok_or_else(|| {
-            bad(name, format!("must be a string, not {}", type_name(v)), format!("send \"{name}\": \"…\" or null"))
+            bad(
+                name,
+                format!("must be a string, not {}", type_name(v)),
+                format!("send \"{name}\": \"…\" or null"),
+            )
         })
     };
     Ok(match f.ty {
@@ -143,17 +152,30 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
             let s = string(v)?;
             let s = s.trim();
             if s.chars().count() > max {
-                return Err(bad(name, format!("is longer than {max} characters"), format!("shorten {name}")));
+                return Err(bad(
+                    name,
+                    format!("is longer than {max} characters"),
+                    format!("shorten {name}"),
+                ));
             }
-            let ctrl = |c: char| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r'));
+            let ctrl =
+                |c: char| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r'));
             if s.chars().any(ctrl) {
                 return Err(bad(
                     name,
                     "contains control characters",
-                    if multiline { "remove control characters other than newlines and tabs" } else { "send one line of text: no newlines or tabs" },
+                    if multiline {
+                        "remove control characters other than newlines and tabs"
+                    } else {
+                        "send one line of text: no newlines or tabs"
+                    },
                 ));
             }
-            if s.is_empty() { Val::Null } else { Val::Text(s.to_string()) }
+            if s.is_empty() {
+                Val::Null
+            } else {
+                Val::Text(s.to_string())
+            }
         }
         FType::Email => {
             let s = string(v)?;
@@ -168,9 +190,15 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
                 && parts[1].contains('.')
                 && !parts[1].starts_with('.')
                 && !parts[1].ends_with('.')
-                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>(),;:\"[]\\".contains(c));
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>(),;:\"[]\\".contains(c));
             if !ok {
-                return Err(bad(name, format!("{:?} is not an email address", truncate(s)), "send a bare address like jane@acme.com"));
+                return Err(bad(
+                    name,
+                    format!("{:?} is not an email address", truncate(s)),
+                    "send a bare address like jane@acme.com",
+                ));
             }
             Val::Text(s.to_string())
         }
@@ -180,83 +208,176 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
                 return Ok(Val::Null);
             }
             let d = normalize_domain(&s).ok_or_else(|| {
-                bad(name, format!("{:?} is not a domain", truncate(&s)), "send a host like acme.com (a URL is fine too)")
+                bad(
+                    name,
+                    format!("{:?} is not a domain", truncate(&s)),
+                    "send a host like acme.com (a URL is fine too)",
+                )
             })?;
             Val::Text(d)
         }
         FType::Int => {
-            let i = v.as_i64().filter(|_| v.is_i64() || v.is_u64()).ok_or_else(|| {
-                bad(name, format!("must be a whole number, not {}", type_name(v)), format!("send {name} as an integer number of cents, e.g. 129900 for 1299.00"))
-            })?;
+            let i = v
+                .as_i64()
+                .filter(|_| v.is_i64() || v.is_u64())
+                .ok_or_else(|| {
+                    bad(
+                        name,
+                        format!("must be a whole number, not {}", type_name(v)),
+                        format!(
+                            "send {name} as an integer number of cents, e.g. 129900 for 1299.00"
+                        ),
+                    )
+                })?;
             if !(0..=MAX_AMOUNT).contains(&i) {
-                return Err(bad(name, format!("must be between 0 and {MAX_AMOUNT}"), format!("send {name} in cents, e.g. 129900")));
+                return Err(bad(
+                    name,
+                    format!("must be between 0 and {MAX_AMOUNT}"),
+                    format!("send {name} in cents, e.g. 129900"),
+                ));
             }
             Val::Int(i)
         }
         FType::Currency => {
             let s = string(v)?;
             if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad(name, format!("{:?} is not an ISO 4217 code", truncate(&s)), "send three uppercase letters, e.g. USD or EUR"));
+                return Err(bad(
+                    name,
+                    format!("{:?} is not an ISO 4217 code", truncate(&s)),
+                    "send three uppercase letters, e.g. USD or EUR",
+                ));
             }
             Val::Text(s)
         }
         FType::Enum(allowed) => {
             let s = string(v)?;
             if !allowed.contains(&s.as_str()) {
-                return Err(bad(name, format!("{:?} is not one of {}", truncate(&s), allowed.join(", ")), format!("send one of: {}", allowed.join(", "))).allowed(allowed));
+                return Err(bad(
+                    name,
+                    format!("{:?} is not one of {}", truncate(&s), allowed.join(", ")),
+                    format!("send one of: {}", allowed.join(", ")),
+                )
+                .allowed(allowed));
             }
             Val::Text(s)
         }
         FType::Ref(kind) => {
             let s = string(v)?;
             let id = parse_ref(kind, &s).map_err(|e| {
-                bad(name, format!("is not a {} reference: {e}", kind.name()), format!("send the id or handle of a {}, e.g. {}/{}_…", kind.name(), kind.name(), kind.prefix()))
+                bad(
+                    name,
+                    format!("is not a {} reference: {e}", kind.name()),
+                    format!(
+                        "send the id or handle of a {}, e.g. {}/{}_…",
+                        kind.name(),
+                        kind.name(),
+                        kind.prefix()
+                    ),
+                )
             })?;
             Val::Text(id)
         }
         FType::Tags => {
             let arr = v.as_array().ok_or_else(|| {
-                bad(name, format!("must be an array of strings, not {}", type_name(v)), "send \"tags\": [\"vip\", \"renewal\"]")
+                bad(
+                    name,
+                    format!("must be an array of strings, not {}", type_name(v)),
+                    "send \"tags\": [\"vip\", \"renewal\"]",
+                )
             })?;
             if arr.len() > MAX_TAGS {
-                return Err(bad(name, format!("has more than {MAX_TAGS} tags"), format!("send at most {MAX_TAGS} tags")));
+                return Err(bad(
+                    name,
+                    format!("has more than {MAX_TAGS} tags"),
+                    format!("send at most {MAX_TAGS} tags"),
+                ));
             }
             let mut tags: Vec<String> = Vec::with_capacity(arr.len());
             for t in arr {
                 let s = t.as_str().ok_or_else(|| {
-                    bad(name, format!("must contain only strings, found {}", type_name(t)), "send \"tags\": [\"vip\", \"renewal\"]")
+                    bad(
+                        name,
+                        format!("must contain only strings, found {}", type_name(t)),
+                        "send \"tags\": [\"vip\", \"renewal\"]",
+                    )
                 })?;
                 let s = s.trim();
                 if s.is_empty() || s.chars().count() > MAX_TAG_LEN {
-                    return Err(bad(name, format!("has an empty tag or one longer than {MAX_TAG_LEN} characters"), "send short non-empty tags"));
+                    return Err(bad(
+                        name,
+                        format!("has an empty tag or one longer than {MAX_TAG_LEN} characters"),
+                        "send short non-empty tags",
+                    ));
                 }
                 if s.contains(',') || s.chars().any(char::is_control) {
-                    return Err(bad(name, format!("tag {:?} contains a comma or control character", truncate(s)), "tags are joined by commas in text output: use - or _ instead"));
+                    return Err(bad(
+                        name,
+                        format!(
+                            "tag {:?} contains a comma or control character",
+                            truncate(s)
+                        ),
+                        "tags are joined by commas in text output: use - or _ instead",
+                    ));
                 }
                 if !tags.iter().any(|x| x == s) {
                     tags.push(s.to_string());
                 }
             }
-            if tags.is_empty() { Val::Null } else { Val::Tags(tags) }
+            if tags.is_empty() {
+                Val::Null
+            } else {
+                Val::Tags(tags)
+            }
         }
         FType::Custom => {
             let m = v.as_object().ok_or_else(|| {
-                bad(name, format!("must be a JSON object, not {}", type_name(v)), "send \"custom\": {\"key\": value}; a null value removes that key")
+                bad(
+                    name,
+                    format!("must be a JSON object, not {}", type_name(v)),
+                    "send \"custom\": {\"key\": value}; a null value removes that key",
+                )
             })?;
             if depth(v) > MAX_CUSTOM_DEPTH {
-                return Err(bad(name, format!("is nested deeper than {MAX_CUSTOM_DEPTH} levels"), "flatten the custom object"));
+                return Err(bad(
+                    name,
+                    format!("is nested deeper than {MAX_CUSTOM_DEPTH} levels"),
+                    "flatten the custom object",
+                ));
             }
-            if serde_json::to_string(v).map(|s| s.len()).unwrap_or(usize::MAX) > MAX_CUSTOM_BYTES {
-                return Err(bad(name, "is larger than 64 KiB", "store large data elsewhere and keep a link in custom"));
+            if serde_json::to_string(v)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX)
+                > MAX_CUSTOM_BYTES
+            {
+                return Err(bad(
+                    name,
+                    "is larger than 64 KiB",
+                    "store large data elsewhere and keep a link in custom",
+                ));
             }
-            if let Some(k) = m.keys().find(|k| k.is_empty() || k.chars().count() > 100 || k.chars().any(char::is_control)) {
-                return Err(bad(name, format!("key {:?} is empty, over 100 characters or has control characters", truncate(k)), "use short printable keys"));
+            if let Some(k) = m.keys().find(|k| {
+                k.is_empty() || k.chars().count() > 100 || k.chars().any(char::is_control)
+            }) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "key {:?} is empty, over 100 characters or has control characters",
+                        truncate(k)
+                    ),
+                    "use short printable keys",
+                ));
             }
             Val::Json(m.clone())
         }
         FType::Time => {
             let s = string(v)?;
-            let t = crate::wire::time_fmt::parse(&s).map_err(|e| bad(name, e, format!("send {name} as RFC3339, e.g. 2026-06-10T09:00:00Z, or null to clear")))?;
+            let t = crate::wire::time_fmt::parse(&s).map_err(|e| {
+                bad(
+                    name,
+                    e,
+                    format!("send {name} as RFC3339, e.g. 2026-06-10T09:00:00Z, or null to clear"),
+                )
+            })?;
             Val::Time(Ts::new(t))
         }
     })
@@ -279,7 +400,10 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// Parses a body into (field, value) changes in the kind's field order.
-pub fn parse_changes(def: &KindDef, body: &Map<String, Value>) -> Result<Vec<(&'static FieldDef, Val)>, AppError> {
+pub fn parse_changes(
+    def: &KindDef,
+    body: &Map<String, Value>,
+) -> Result<Vec<(&'static FieldDef, Val)>, AppError> {
     let mut out = Vec::new();
     for f in def.fields {
         if let Some(v) = body.get(f.name) {
@@ -291,7 +415,10 @@ pub fn parse_changes(def: &KindDef, body: &Map<String, Value>) -> Result<Vec<(&'
 
 /// Applies changes to a copy of `before` (or to an empty record): `custom`
 /// merges key by key (null removes a key), everything else replaces.
-pub fn apply(before: Option<&Record>, changes: &[(&'static FieldDef, Val)]) -> BTreeMap<&'static str, Val> {
+pub fn apply(
+    before: Option<&Record>,
+    changes: &[(&'static FieldDef, Val)],
+) -> BTreeMap<&'static str, Val> {
     let mut fields = before.map(|r| r.fields.clone()).unwrap_or_default();
     for (f, v) in changes {
         match (f.ty, v) {
@@ -325,17 +452,26 @@ pub fn apply(before: Option<&Record>, changes: &[(&'static FieldDef, Val)]) -> B
 }
 
 /// Fills fields that may never be empty with their defaults.
-pub fn with_defaults(def: &KindDef, mut fields: BTreeMap<&'static str, Val>) -> BTreeMap<&'static str, Val> {
+pub fn with_defaults(
+    def: &KindDef,
+    mut fields: BTreeMap<&'static str, Val>,
+) -> BTreeMap<&'static str, Val> {
     for (name, value) in def.defaults {
         if let Some(f) = def.field(name) {
-            fields.entry(f.name).or_insert_with(|| Val::Text(value.to_string()));
+            fields
+                .entry(f.name)
+                .or_insert_with(|| Val::Text(value.to_string()));
         }
     }
     fields
 }
 
 /// Field-level differences as `{"field": [before, after]}`.
-pub fn diff(def: &KindDef, before: Option<&BTreeMap<&'static str, Val>>, after: &BTreeMap<&'static str, Val>) -> Map<String, Value> {
+pub fn diff(
+    def: &KindDef,
+    before: Option<&BTreeMap<&'static str, Val>>,
+    after: &BTreeMap<&'static str, Val>,
+) -> Map<String, Value> {
     let mut out = Map::new();
     for f in def.fields {
         let b = before.and_then(|m| m.get(f.name)).unwrap_or(&Val::Null);
@@ -393,7 +529,8 @@ pub fn line(def: &KindDef, r: &Record) -> String {
             }
         }
     }
-    l.field("created_at", &r.created_at.render()).field("updated_at", &r.updated_at.render());
+    l.field("created_at", &r.created_at.render())
+        .field("updated_at", &r.updated_at.render());
     l.finish()
 }
 
@@ -425,7 +562,10 @@ mod tests {
 
     #[test]
     fn domains_normalise_to_a_lowercase_host() {
-        assert_eq!(normalize_domain("https://www.Acme.com/about?x=1").as_deref(), Some("acme.com"));
+        assert_eq!(
+            normalize_domain("https://www.Acme.com/about?x=1").as_deref(),
+            Some("acme.com")
+        );
         assert_eq!(normalize_domain("ACME.io.").as_deref(), Some("acme.io"));
         assert_eq!(normalize_domain("not a domain"), None);
         assert_eq!(normalize_domain("localhost"), None);
@@ -444,12 +584,20 @@ mod tests {
         let f = &super::super::CONTACT.fields[7];
         let before = Record {
             id: "c_x".into(),
-            fields: [("custom", Val::Json(json!({"a": 1, "b": 2}).as_object().unwrap().clone()))].into_iter().collect(),
+            fields: [(
+                "custom",
+                Val::Json(json!({"a": 1, "b": 2}).as_object().unwrap().clone()),
+            )]
+            .into_iter()
+            .collect(),
             created_at: Ts::now(),
             updated_at: Ts::now(),
         };
         let patch = parse_value(f, &json!({"b": null, "c": 3})).unwrap();
         let after = apply(Some(&before), &[(f, patch)]);
-        assert_eq!(after["custom"], Val::Json(json!({"a": 1, "c": 3}).as_object().unwrap().clone()));
+        assert_eq!(
+            after["custom"],
+            Val::Json(json!({"a": 1, "c": 3}).as_object().unwrap().clone())
+        );
     }
 }

@@ -21,7 +21,10 @@ pub struct Sql {
 
 impl Sql {
     pub fn new(text: &str) -> Sql {
-        Sql { text: text.to_string(), vals: Vec::new() }
+        Sql {
+            text: text.to_string(),
+            vals: Vec::new(),
+        }
     }
     pub fn push(&mut self, s: &str) -> &mut Self {
         self.text.push_str(s);
@@ -48,7 +51,10 @@ pub fn tags_to_db(tags: &[String]) -> String {
 }
 
 fn tags_from_db(s: &str) -> Vec<String> {
-    s.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The bound value of a field, with a typed NULL (PostgreSQL checks types).
@@ -59,7 +65,9 @@ pub fn db_value(f: &FieldDef, v: &Val) -> Value {
         (FType::Time, Val::Time(t)) => (*t).into(),
         (FType::Time, _) => Option::<Ts>::None.into(),
         (FType::Tags, Val::Tags(t)) => Value::String(Some(tags_to_db(t))),
-        (FType::Custom, Val::Json(m)) => Value::Json(Some(Box::new(serde_json::Value::Object(m.clone())))),
+        (FType::Custom, Val::Json(m)) => {
+            Value::Json(Some(Box::new(serde_json::Value::Object(m.clone()))))
+        }
         (FType::Custom, _) => Value::Json(None),
         (_, Val::Text(s)) => Value::String(Some(s.clone())),
         _ => Value::String(None),
@@ -89,7 +97,9 @@ pub fn from_row(def: &KindDef, row: &QueryResult) -> AppResult<Record> {
         let v = match f.ty {
             FType::Int => row.try_get::<Option<i64>>("", f.name)?.map(Val::Int),
             FType::Time => row.try_get::<Option<Ts>>("", f.name)?.map(Val::Time),
-            FType::Tags => row.try_get::<Option<String>>("", f.name)?.map(|s| Val::Tags(tags_from_db(&s))),
+            FType::Tags => row
+                .try_get::<Option<String>>("", f.name)?
+                .map(|s| Val::Tags(tags_from_db(&s))),
             FType::Custom => match row.try_get::<Option<serde_json::Value>>("", f.name)? {
                 Some(serde_json::Value::Object(m)) if !m.is_empty() => Some(Val::Json(m)),
                 _ => None,
@@ -115,28 +125,67 @@ pub fn columns(def: &KindDef) -> String {
     cols.join(", ")
 }
 
-pub async fn get<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, for_update: bool) -> AppResult<Option<Record>> {
+pub async fn get<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    id: &str,
+    for_update: bool,
+) -> AppResult<Option<Record>> {
     let backend = db.get_database_backend();
-    let lock = if for_update && backend == DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {} FROM {} WHERE workspace_id = ? AND id = ?{lock}", columns(def), def.plural);
-    let row = db.query_one_raw(stmt(backend, &sql, vec![ws.into(), id.into()])).await?;
+    let lock = if for_update && backend == DatabaseBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {} FROM {} WHERE workspace_id = ? AND id = ?{lock}",
+        columns(def),
+        def.plural
+    );
+    let row = db
+        .query_one_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
+        .await?;
     row.map(|r| from_row(def, &r)).transpose()
 }
 
 /// The record holding an upsert key value, if any.
-pub async fn find_by_key<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, key: &str, for_update: bool) -> AppResult<Option<Record>> {
-    let Some(col) = unique_column(def) else { return Ok(None) };
+pub async fn find_by_key<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    key: &str,
+    for_update: bool,
+) -> AppResult<Option<Record>> {
+    let Some(col) = unique_column(def) else {
+        return Ok(None);
+    };
     let backend = db.get_database_backend();
-    let lock = if for_update && backend == DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {} FROM {} WHERE workspace_id = ? AND {col} = ?{lock}", columns(def), def.plural);
-    let row = db.query_one_raw(stmt(backend, &sql, vec![ws.into(), key.into()])).await?;
+    let lock = if for_update && backend == DatabaseBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {} FROM {} WHERE workspace_id = ? AND {col} = ?{lock}",
+        columns(def),
+        def.plural
+    );
+    let row = db
+        .query_one_raw(stmt(backend, &sql, vec![ws.into(), key.into()]))
+        .await?;
     row.map(|r| from_row(def, &r)).transpose()
 }
 
 /// Inserts a new record. With an upsert key, a taken key inserts nothing and
 /// returns false (`INSERT … ON CONFLICT DO NOTHING`), so racing creates of one
 /// email make exactly one row.
-pub async fn insert<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, r: &Record) -> AppResult<bool> {
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    r: &Record,
+) -> AppResult<bool> {
     let mut cols = vec!["workspace_id", "id"];
     let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
     for f in def.fields {
@@ -154,8 +203,14 @@ pub async fn insert<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, r: &Rec
         Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
         None => String::new(),
     };
-    let sql = format!("INSERT INTO {} ({}) VALUES ({marks}){conflict}", def.plural, cols.join(", "));
-    let res = db.execute_raw(stmt(db.get_database_backend(), &sql, vals)).await?;
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({marks}){conflict}",
+        def.plural,
+        cols.join(", ")
+    );
+    let res = db
+        .execute_raw(stmt(db.get_database_backend(), &sql, vals))
+        .await?;
     let inserted = res.rows_affected() == 1;
     if inserted {
         search_sync(db, def, ws, &r.id, Some(&r.fields)).await?;
@@ -164,7 +219,14 @@ pub async fn insert<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, r: &Rec
 }
 
 /// Writes every field of `fields` (the whole new state) to the record.
-pub async fn update<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, fields: &BTreeMap<&'static str, Val>, at: Ts) -> AppResult<()> {
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    id: &str,
+    fields: &BTreeMap<&'static str, Val>,
+    at: Ts,
+) -> AppResult<()> {
     let mut sets = Vec::new();
     let mut vals: Vec<Value> = Vec::new();
     for f in def.fields {
@@ -178,15 +240,30 @@ pub async fn update<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &st
     sets.push("updated_at = ?".into());
     vals.push(at.into());
     vals.extend([ws.into(), id.into()]);
-    let sql = format!("UPDATE {} SET {} WHERE workspace_id = ? AND id = ?", def.plural, sets.join(", "));
-    db.execute_raw(stmt(db.get_database_backend(), &sql, vals)).await?;
+    let sql = format!(
+        "UPDATE {} SET {} WHERE workspace_id = ? AND id = ?",
+        def.plural,
+        sets.join(", ")
+    );
+    db.execute_raw(stmt(db.get_database_backend(), &sql, vals))
+        .await?;
     search_sync(db, def, ws, id, Some(fields)).await
 }
 
-pub async fn delete<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str) -> AppResult<bool> {
+pub async fn delete<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    id: &str,
+) -> AppResult<bool> {
     let backend = db.get_database_backend();
-    let sql = format!("DELETE FROM {} WHERE workspace_id = ? AND id = ?", def.plural);
-    let res = db.execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()])).await?;
+    let sql = format!(
+        "DELETE FROM {} WHERE workspace_id = ? AND id = ?",
+        def.plural
+    );
+    let res = db
+        .execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
+        .await?;
     if res.rows_affected() == 1 {
         search_sync(db, def, ws, id, None).await?;
     }
@@ -203,21 +280,42 @@ pub async fn exists<C: ConnectionTrait>(db: &C, kind: Kind, ws: &str, id: &str) 
         _ => return Ok(false),
     };
     let sql = format!("SELECT 1 AS one FROM {table} WHERE workspace_id = ? AND id = ?");
-    Ok(db.query_one_raw(stmt(db.get_database_backend(), &sql, vec![ws.into(), id.into()])).await?.is_some())
+    Ok(db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            &sql,
+            vec![ws.into(), id.into()],
+        ))
+        .await?
+        .is_some())
 }
 
 /// Counts one more record against the plan cap, atomically: a conditional
 /// UPDATE that matches no row when the cap is reached. Inside the creating
 /// transaction, so a rolled-back create gives its slot back.
-pub async fn take_slot<C: ConnectionTrait>(db: &C, counter: &str, ws: &str, cap: i64) -> AppResult<bool> {
-    let sql = format!("UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {counter} < ?");
-    let res = db.execute_raw(stmt(db.get_database_backend(), &sql, vec![ws.into(), cap.into()])).await?;
+pub async fn take_slot<C: ConnectionTrait>(
+    db: &C,
+    counter: &str,
+    ws: &str,
+    cap: i64,
+) -> AppResult<bool> {
+    let sql =
+        format!("UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {counter} < ?");
+    let res = db
+        .execute_raw(stmt(
+            db.get_database_backend(),
+            &sql,
+            vec![ws.into(), cap.into()],
+        ))
+        .await?;
     Ok(res.rows_affected() == 1)
 }
 
 pub async fn free_slot<C: ConnectionTrait>(db: &C, counter: &str, ws: &str) -> AppResult<()> {
-    let sql = format!("UPDATE workspaces SET {counter} = {counter} - 1 WHERE id = ? AND {counter} > 0");
-    db.execute_raw(stmt(db.get_database_backend(), &sql, vec![ws.into()])).await?;
+    let sql =
+        format!("UPDATE workspaces SET {counter} = {counter} - 1 WHERE id = ? AND {counter} > 0");
+    db.execute_raw(stmt(db.get_database_backend(), &sql, vec![ws.into()]))
+        .await?;
     Ok(())
 }
 
@@ -257,18 +355,37 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
 
 /// Keeps the SQLite FTS5 index in step with the row, in the same transaction.
 /// PostgreSQL needs nothing: its trigram index is on an expression of the row.
-async fn search_sync<C: ConnectionTrait>(db: &C, def: &KindDef, ws: &str, id: &str, fields: Option<&BTreeMap<&'static str, Val>>) -> AppResult<()> {
+async fn search_sync<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    id: &str,
+    fields: Option<&BTreeMap<&'static str, Val>>,
+) -> AppResult<()> {
     let backend = db.get_database_backend();
     if backend != DatabaseBackend::Sqlite {
         return Ok(());
     }
     let rowid = search_rowid(id);
-    db.execute_raw(stmt(backend, &format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural), vec![rowid.into()])).await?;
+    db.execute_raw(stmt(
+        backend,
+        &format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural),
+        vec![rowid.into()],
+    ))
+    .await?;
     if let Some(fields) = fields {
         db.execute_raw(stmt(
             backend,
-            &format!("INSERT INTO {}_fts (rowid, workspace_id, id, body) VALUES (?, ?, ?, ?)", def.plural),
-            vec![rowid.into(), ws.into(), id.into(), search_text(def, fields).into()],
+            &format!(
+                "INSERT INTO {}_fts (rowid, workspace_id, id, body) VALUES (?, ?, ?, ?)",
+                def.plural
+            ),
+            vec![
+                rowid.into(),
+                ws.into(),
+                id.into(),
+                search_text(def, fields).into(),
+            ],
         ))
         .await?;
     }

@@ -28,10 +28,25 @@ use crate::wire::query::parse_limit;
 
 pub const ACTIVITY_KINDS: &[&str] = &["call", "email", "meeting", "note", "task"];
 
-static KIND_FIELD: FieldDef = FieldDef { name: "kind", ty: FType::Enum(ACTIVITY_KINDS) };
-static BODY_FIELD: FieldDef = FieldDef { name: "body", ty: FType::Text { max: 10_000, multiline: true } };
-static OCCURRED_FIELD: FieldDef = FieldDef { name: "occurred_at", ty: FType::Time };
-static DEAL_FIELD: FieldDef = FieldDef { name: "deal_id", ty: FType::Ref(Kind::Deal) };
+static KIND_FIELD: FieldDef = FieldDef {
+    name: "kind",
+    ty: FType::Enum(ACTIVITY_KINDS),
+};
+static BODY_FIELD: FieldDef = FieldDef {
+    name: "body",
+    ty: FType::Text {
+        max: 10_000,
+        multiline: true,
+    },
+};
+static OCCURRED_FIELD: FieldDef = FieldDef {
+    name: "occurred_at",
+    ty: FType::Time,
+};
+static DEAL_FIELD: FieldDef = FieldDef {
+    name: "deal_id",
+    ty: FType::Ref(Kind::Deal),
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -71,8 +86,20 @@ impl Activity {
         let mut l = LineBuilder::new(&handle(Kind::Activity, &self.id));
         l.field("kind", &self.kind)
             .field("occurred_at", &self.occurred_at.render())
-            .opt("contact", self.contact_id.as_ref().map(|c| handle(Kind::Contact, c)).as_deref())
-            .opt("deal", self.deal_id.as_ref().map(|d| handle(Kind::Deal, d)).as_deref())
+            .opt(
+                "contact",
+                self.contact_id
+                    .as_ref()
+                    .map(|c| handle(Kind::Contact, c))
+                    .as_deref(),
+            )
+            .opt(
+                "deal",
+                self.deal_id
+                    .as_ref()
+                    .map(|d| handle(Kind::Deal, d))
+                    .as_deref(),
+            )
             .field("author", &handle(Kind::User, &self.author_id))
             .field("agent", &self.author_token)
             .opt("body", self.body.as_deref())
@@ -90,20 +117,40 @@ impl Activity {
     }
 }
 
-const COLS: &str = "id, kind, body, occurred_at, contact_id, deal_id, author_id, author_token, created_at";
+const COLS: &str =
+    "id, kind, body, occurred_at, contact_id, deal_id, author_id, author_token, created_at";
 
-async fn log(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, RawBody(raw): RawBody) -> AppResult<Response> {
+async fn log(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    RawBody(raw): RawBody,
+) -> AppResult<Response> {
     let contact_id = path_id(Kind::Contact, &ids)?;
     let map = parse_object(&raw, &["kind", "body", "occurred_at", "deal_id"])?;
     let kind = match map.get("kind") {
         Some(v) if !v.is_null() => model::parse_value(&KIND_FIELD, v)?,
         _ => {
-            return Err(AppError::invalid("kind is required", format!("send \"kind\": one of {}", ACTIVITY_KINDS.join(", "))).allowed(ACTIVITY_KINDS));
+            return Err(AppError::invalid(
+                "kind is required",
+                format!("send \"kind\": one of {}", ACTIVITY_KINDS.join(", ")),
+            )
+            .allowed(ACTIVITY_KINDS));
         }
     };
-    let body = map.get("body").map(|v| model::parse_value(&BODY_FIELD, v)).transpose()?;
-    let occurred = map.get("occurred_at").map(|v| model::parse_value(&OCCURRED_FIELD, v)).transpose()?;
-    let deal = map.get("deal_id").map(|v| model::parse_value(&DEAL_FIELD, v)).transpose()?;
+    let body = map
+        .get("body")
+        .map(|v| model::parse_value(&BODY_FIELD, v))
+        .transpose()?;
+    let occurred = map
+        .get("occurred_at")
+        .map(|v| model::parse_value(&OCCURRED_FIELD, v))
+        .transpose()?;
+    let deal = map
+        .get("deal_id")
+        .map(|v| model::parse_value(&DEAL_FIELD, v))
+        .transpose()?;
     let text = |v: Option<Val>| match v {
         Some(Val::Text(s)) => Some(s),
         _ => None,
@@ -131,7 +178,10 @@ async fn log(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(id
     if let Some(d) = &a.deal_id
         && !store::exists(&tx, Kind::Deal, ws, d).await?
     {
-        return Err(AppError::not_found(format!("deal_id: no deal {d:?} in this workspace"), "use an id from GET /deals"));
+        return Err(AppError::not_found(
+            format!("deal_id: no deal {d:?} in this workspace"),
+            "use an id from GET /deals",
+        ));
     }
     tx.execute_raw(stmt(
         tx.get_database_backend(),
@@ -153,7 +203,13 @@ async fn log(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(id
     ))
 }
 
-async fn list_for_contact(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, q: QueryPairs) -> AppResult<Response> {
+async fn list_for_contact(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    q: QueryPairs,
+) -> AppResult<Response> {
     let contact_id = path_id(Kind::Contact, &ids)?;
     if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
         return Err(not_found(Kind::Contact, &contact_id));
@@ -162,13 +218,21 @@ async fn list_for_contact(State(state): State<AppState>, caller: Caller, fmt: Fm
     list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
 }
 
-async fn list_all(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryPairs) -> AppResult<Response> {
+async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    q: QueryPairs,
+) -> AppResult<Response> {
     q.only(&["contact", "deal", "limit", "cursor"])?;
     let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
         match q.get(key) {
             None | Some("") => Ok(None),
             Some(v) => parse_ref(kind, v).map(Some).map_err(|e| {
-                AppError::invalid(format!("{key}: {e}"), format!("send {key}= a {} id or handle", kind.name()))
+                AppError::invalid(
+                    format!("{key}: {e}"),
+                    format!("send {key}= a {} id or handle", kind.name()),
+                )
             }),
         }
     };
@@ -180,14 +244,26 @@ async fn list_all(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: Qu
 fn limit_of(q: &QueryPairs) -> AppResult<u32> {
     match q.get("limit") {
         None => Ok(50),
-        Some(v) => parse_limit(v).map_err(|e| AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)),
+        Some(v) => parse_limit(v)
+            .map_err(|e| AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)),
     }
 }
 
-async fn list_activities(state: &AppState, caller: &Caller, fmt: Fmt, contact: Option<String>, deal: Option<String>, q: &QueryPairs) -> AppResult<Response> {
+async fn list_activities(
+    state: &AppState,
+    caller: &Caller,
+    fmt: Fmt,
+    contact: Option<String>,
+    deal: Option<String>,
+    q: &QueryPairs,
+) -> AppResult<Response> {
     let limit = limit_of(q)?;
     let ws = caller.workspace_id.as_str();
-    let scope = format!("activities|{}|{}", contact.as_deref().unwrap_or(""), deal.as_deref().unwrap_or(""));
+    let scope = format!(
+        "activities|{}|{}",
+        contact.as_deref().unwrap_or(""),
+        deal.as_deref().unwrap_or("")
+    );
     let mut sql = format!("SELECT {COLS} FROM activities WHERE workspace_id = ?");
     let mut vals: Vec<sea_orm::Value> = vec![ws.into()];
     if let Some(c) = &contact {
@@ -203,13 +279,35 @@ async fn list_activities(state: &AppState, caller: &Caller, fmt: Fmt, contact: O
         sql.push_str(" AND (occurred_at < ? OR (occurred_at = ? AND id < ?))");
         vals.extend([at.into(), at.into(), id.into()]);
     }
-    sql.push_str(&format!(" ORDER BY occurred_at DESC, id DESC LIMIT {}", limit + 1));
-    let rows = state.db.query_all_raw(stmt(state.db.get_database_backend(), &sql, vals)).await?;
-    let mut items = rows.iter().map(Activity::from_row).collect::<AppResult<Vec<_>>>()?;
+    sql.push_str(&format!(
+        " ORDER BY occurred_at DESC, id DESC LIMIT {}",
+        limit + 1
+    ));
+    let rows = state
+        .db
+        .query_all_raw(stmt(state.db.get_database_backend(), &sql, vals))
+        .await?;
+    let mut items = rows
+        .iter()
+        .map(Activity::from_row)
+        .collect::<AppResult<Vec<_>>>()?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
-    let next = if more { items.last().map(|a| make_time_cursor(&state.cursor_key, ws, &scope, a.occurred_at, &a.id)) } else { None };
-    Ok(list_reply(fmt, "activities", &items, next, Activity::line, Activity::to_json))
+    let next = if more {
+        items
+            .last()
+            .map(|a| make_time_cursor(&state.cursor_key, ws, &scope, a.occurred_at, &a.id))
+    } else {
+        None
+    };
+    Ok(list_reply(
+        fmt,
+        "activities",
+        &items,
+        next,
+        Activity::line,
+        Activity::to_json,
+    ))
 }
 
 struct Due {
@@ -218,13 +316,28 @@ struct Due {
     at: Ts,
 }
 
-async fn reminders(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryPairs) -> AppResult<Response> {
+async fn reminders(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    q: QueryPairs,
+) -> AppResult<Response> {
     q.only(&["days", "limit"])?;
     let days: i64 = match q.get("days") {
         None => 0,
-        Some(v) => v.parse().ok().filter(|d| (0..=3650).contains(d)).ok_or_else(|| {
-            AppError::invalid(format!("days={:?} is not a whole number of days from 0 to 3650", v.chars().take(20).collect::<String>()), "send days=7 to look a week ahead; leave it out for what is due now")
-        })?,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|d| (0..=3650).contains(d))
+            .ok_or_else(|| {
+                AppError::invalid(
+                    format!(
+                        "days={:?} is not a whole number of days from 0 to 3650",
+                        v.chars().take(20).collect::<String>()
+                    ),
+                    "send days=7 to look a week ahead; leave it out for what is due now",
+                )
+            })?,
     };
     let limit = limit_of(&q)?;
     let now = Ts::now();
@@ -233,9 +346,18 @@ async fn reminders(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: Q
     for def in [&CONTACT, &DEAL] {
         let sql = format!(
             "SELECT {} FROM {} WHERE workspace_id = ? AND follow_up_at IS NOT NULL AND follow_up_at <= ? ORDER BY follow_up_at ASC, id ASC LIMIT {}",
-            store::columns(def), def.plural, limit
+            store::columns(def),
+            def.plural,
+            limit
         );
-        let rows = state.db.query_all_raw(stmt(state.db.get_database_backend(), &sql, vec![caller.workspace_id.clone().into(), until.into()])).await?;
+        let rows = state
+            .db
+            .query_all_raw(stmt(
+                state.db.get_database_backend(),
+                &sql,
+                vec![caller.workspace_id.clone().into(), until.into()],
+            ))
+            .await?;
         for r in &rows {
             let record = store::from_row(def, r)?;
             if let Val::Time(at) = record.get("follow_up_at").clone() {

@@ -99,11 +99,23 @@ impl Entry {
     }
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryPairs) -> AppResult<Response> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    q: QueryPairs,
+) -> AppResult<Response> {
     q.only(&["limit", "cursor"])?;
     let limit = match q.get("limit") {
         None => 50,
-        Some(v) => parse_limit(v).map_err(|e| crate::error::AppError::new(e.code, axum::http::StatusCode::BAD_REQUEST, e.message, e.hint))?,
+        Some(v) => parse_limit(v).map_err(|e| {
+            crate::error::AppError::new(
+                e.code,
+                axum::http::StatusCode::BAD_REQUEST,
+                e.message,
+                e.hint,
+            )
+        })?,
     };
     let ws = caller.workspace_id.as_str();
     let mut sql = "SELECT id, at, user_id, token_name, action, target, changes FROM audit WHERE workspace_id = ?".to_string();
@@ -114,10 +126,29 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt, q: QueryP
         vals.extend([at.into(), at.into(), id.into()]);
     }
     sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT {}", limit + 1));
-    let rows = state.db.query_all_raw(stmt(state.db.get_database_backend(), &sql, vals)).await?;
-    let mut items = rows.iter().map(Entry::from_row).collect::<AppResult<Vec<_>>>()?;
+    let rows = state
+        .db
+        .query_all_raw(stmt(state.db.get_database_backend(), &sql, vals))
+        .await?;
+    let mut items = rows
+        .iter()
+        .map(Entry::from_row)
+        .collect::<AppResult<Vec<_>>>()?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
-    let next = if more { items.last().map(|e| make_time_cursor(&state.cursor_key, ws, "audit", e.at, &e.id)) } else { None };
-    Ok(list_reply(fmt, "audit entries", &items, next, Entry::line, Entry::to_json))
+    let next = if more {
+        items
+            .last()
+            .map(|e| make_time_cursor(&state.cursor_key, ws, "audit", e.at, &e.id))
+    } else {
+        None
+    };
+    Ok(list_reply(
+        fmt,
+        "audit entries",
+        &items,
+        next,
+        Entry::line,
+        Entry::to_json,
+    ))
 }

@@ -42,7 +42,10 @@ impl BodyFields for RequestBody {
 
 fn required<T>(v: Option<T>, field: &str, example: &str) -> AppResult<T> {
     v.ok_or_else(|| {
-        AppError::invalid(format!("{field} is required"), format!("send {{\"{field}\": {example}}}"))
+        AppError::invalid(
+            format!("{field} is required"),
+            format!("send {{\"{field}\": {example}}}"),
+        )
     })
 }
 
@@ -52,10 +55,27 @@ async fn request_code(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<RequestBody>,
 ) -> AppResult<Response> {
-    let email = validate::email("email", &required(body.email, "email", "\"jane@example.com\"")?)?;
+    let email = validate::email(
+        "email",
+        &required(body.email, "email", "\"jane@example.com\"")?,
+    )?;
     let s = &state.settings;
-    ratelimit::hit(&state.db, &format!("auth-ip:{ip}"), s.auth_per_ip, s.rate_window, "sign-in requests from this address").await?;
-    ratelimit::hit(&state.db, &format!("auth-email:{email}"), s.auth_per_email, s.rate_window, "codes requested for this email address").await?;
+    ratelimit::hit(
+        &state.db,
+        &format!("auth-ip:{ip}"),
+        s.auth_per_ip,
+        s.rate_window,
+        "sign-in requests from this address",
+    )
+    .await?;
+    ratelimit::hit(
+        &state.db,
+        &format!("auth-email:{email}"),
+        s.auth_per_email,
+        s.rate_window,
+        "codes requested for this email address",
+    )
+    .await?;
     if rand::random_range(0..50u32) == 0 {
         ratelimit::sweep(&state.db, s.rate_window).await?;
     }
@@ -70,7 +90,11 @@ async fn request_code(
         "INSERT INTO login_codes (email, code_hash, attempts, expires_at) VALUES (?, ?, 0, ?) \
          ON CONFLICT (email) DO UPDATE SET code_hash = excluded.code_hash, attempts = 0, \
          expires_at = excluded.expires_at",
-        vec![email.clone().into(), code_hash.clone().into(), Ts::now().plus(CODE_TTL).into()],
+        vec![
+            email.clone().into(),
+            code_hash.clone().into(),
+            Ts::now().plus(CODE_TTL).into(),
+        ],
     ))
     .await?;
 
@@ -140,7 +164,10 @@ async fn verify_code(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<VerifyBody>,
 ) -> AppResult<Response> {
-    let email = validate::email("email", &required(body.email, "email", "\"jane@example.com\"")?)?;
+    let email = validate::email(
+        "email",
+        &required(body.email, "email", "\"jane@example.com\"")?,
+    )?;
     let code = required(body.code, "code", "\"123456\"")?;
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(AppError::invalid(
@@ -153,7 +180,14 @@ async fn verify_code(
         None => "default".to_string(),
     };
     let s = &state.settings;
-    ratelimit::hit(&state.db, &format!("auth-ip:{ip}"), s.auth_per_ip, s.rate_window, "sign-in attempts from this address").await?;
+    ratelimit::hit(
+        &state.db,
+        &format!("auth-ip:{ip}"),
+        s.auth_per_ip,
+        s.rate_window,
+        "sign-in attempts from this address",
+    )
+    .await?;
 
     let db = &state.db;
     let backend = db.get_database_backend();
@@ -167,7 +201,9 @@ async fn verify_code(
             vec![email.clone().into(), now.into(), CODE_TRIES.into()],
         ))
         .await?;
-    let Some(row) = row else { return Err(invalid_code(StatusCode::UNAUTHORIZED)) };
+    let Some(row) = row else {
+        return Err(invalid_code(StatusCode::UNAUTHORIZED));
+    };
     let stored: String = row.try_get("", "code_hash")?;
     let offered = secrets::code_hash(&email, &code);
     if !secrets::ct_eq(&stored, &offered) {
@@ -294,7 +330,11 @@ async fn find_or_create_user(tx: &DatabaseTransaction, email: &str) -> AppResult
     ))
     .await?;
     let row = tx
-        .query_one_raw(stmt(backend, "SELECT id FROM users WHERE email = ?", vec![email.into()]))
+        .query_one_raw(stmt(
+            backend,
+            "SELECT id FROM users WHERE email = ?",
+            vec![email.into()],
+        ))
         .await?
         .ok_or_else(|| AppError::internal("user vanished after insert"))?;
     Ok(row.try_get("", "id")?)

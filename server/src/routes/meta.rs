@@ -35,8 +35,10 @@ async fn help(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/markdown"));
     if wants_md {
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/markdown; charset=utf-8"),
+        );
     }
     res
 }
@@ -48,14 +50,21 @@ async fn healthz(fmt: Fmt) -> Response {
 async fn readyz(State(state): State<AppState>, fmt: Fmt) -> AppResult<Response> {
     let ping = tokio::time::timeout(std::time::Duration::from_secs(3), state.db.ping()).await;
     match ping {
-        Ok(Ok(())) => Ok(fmt.reply(StatusCode::OK, || "ready\n".into(), || json!({"status": "ready"}))),
+        Ok(Ok(())) => Ok(fmt.reply(
+            StatusCode::OK,
+            || "ready\n".into(),
+            || json!({"status": "ready"}),
+        )),
         Ok(Err(e)) => Err(AppError::unavailable(e)),
         Err(_) => Err(AppError::unavailable("database ping timed out")),
     }
 }
 
 /// Plan usage of the caller's workspace (and the caller's workspace count).
-pub async fn usage(state: &AppState, caller: &Caller) -> AppResult<(String, String, Vec<(&'static str, i64, i64)>)> {
+pub async fn usage(
+    state: &AppState,
+    caller: &Caller,
+) -> AppResult<(String, String, Vec<(&'static str, i64, i64)>)> {
     let db = &state.db;
     let backend = db.get_database_backend();
     let ws = db
@@ -76,8 +85,16 @@ pub async fn usage(state: &AppState, caller: &Caller) -> AppResult<(String, Stri
     let members: i32 = ws.try_get("", "members_count")?;
     let workspaces: i32 = ws.try_get("", "workspaces_count")?;
     let rows = vec![
-        ("contacts", ws.try_get::<i64>("", "contacts_count")?, plan.contacts),
-        ("companies", ws.try_get::<i64>("", "companies_count")?, plan.companies),
+        (
+            "contacts",
+            ws.try_get::<i64>("", "contacts_count")?,
+            plan.contacts,
+        ),
+        (
+            "companies",
+            ws.try_get::<i64>("", "companies_count")?,
+            plan.companies,
+        ),
         ("deals", ws.try_get::<i64>("", "deals_count")?, plan.deals),
         ("members", i64::from(members), plan.members),
         ("workspaces", i64::from(workspaces), user_caps.workspaces),
@@ -122,7 +139,11 @@ async fn whoami(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppR
     ))
 }
 
-async fn list_tokens(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppResult<Response> {
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+) -> AppResult<Response> {
     let db = &state.db;
     let rows = db
         .query_all_raw(stmt(
@@ -152,7 +173,13 @@ async fn list_tokens(State(state): State<AppState>, caller: Caller, fmt: Fmt) ->
             let mut out = String::new();
             for t in &tokens {
                 let mut line = LineBuilder::new(t["handle"].as_str().unwrap_or(""));
-                for key in ["name", "workspace", "created_at", "last_used_at", "expires_at"] {
+                for key in [
+                    "name",
+                    "workspace",
+                    "created_at",
+                    "last_used_at",
+                    "expires_at",
+                ] {
                     line.field(key, t[key].as_str().unwrap_or(""));
                 }
                 if t["current"] == true {
@@ -176,8 +203,15 @@ async fn revoke_token(
     PathIds(ids): PathIds,
 ) -> AppResult<Response> {
     let raw = ids.first().map(String::as_str).unwrap_or("");
-    let not_found = || AppError::not_found("no such token of yours", "GET /tokens lists your tokens and their ids");
-    let id = parse_ref(Kind::Token, raw).map_err(|e| AppError::invalid(e.to_string(), "send a token id like t_… from GET /tokens"))?;
+    let not_found = || {
+        AppError::not_found(
+            "no such token of yours",
+            "GET /tokens lists your tokens and their ids",
+        )
+    };
+    let id = parse_ref(Kind::Token, raw).map_err(|e| {
+        AppError::invalid(e.to_string(), "send a token id like t_… from GET /tokens")
+    })?;
     let db = &state.db;
     let tx = write_tx(db).await?;
     let backend = tx.get_database_backend();

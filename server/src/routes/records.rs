@@ -34,7 +34,8 @@ pub fn router() -> Router<AppState> {
         r = r
             .route(
                 &format!("/{}", d.plural),
-                get(move |s, c, f, q| list(d, s, c, f, q)).post(move |s, c, f, b| create(d, s, c, f, b)),
+                get(move |s, c, f, q| list(d, s, c, f, q))
+                    .post(move |s, c, f, b| create(d, s, c, f, b)),
             )
             .route(
                 &format!("/{}/{{id}}", d.plural),
@@ -52,7 +53,13 @@ pub fn path_id(kind: Kind, ids: &[String]) -> AppResult<String> {
     parse_ref(kind, raw).map_err(|e| match e {
         crate::wire::handle::RefError::WrongKind { .. } => AppError::invalid(
             e.to_string(),
-            format!("use a {} id like {}_… or its handle {}/{}_…", kind.name(), kind.prefix(), kind.name(), kind.prefix()),
+            format!(
+                "use a {} id like {}_… or its handle {}/{}_…",
+                kind.name(),
+                kind.prefix(),
+                kind.name(),
+                kind.prefix()
+            ),
         ),
         _ => not_found(kind, raw),
     })
@@ -62,7 +69,10 @@ pub fn not_found(kind: Kind, raw: &str) -> AppError {
     let shown: String = raw.chars().take(60).collect();
     AppError::not_found(
         format!("no {} {shown:?} in this workspace", kind.name()),
-        format!("check the id; GET /{} lists what exists (search= finds by name)", plural(kind)),
+        format!(
+            "check the id; GET /{} lists what exists (search= finds by name)",
+            plural(kind)
+        ),
     )
 }
 
@@ -76,7 +86,14 @@ fn plural(kind: Kind) -> &'static str {
     }
 }
 
-pub fn record_reply(fmt: Fmt, def: &KindDef, r: &Record, status: StatusCode, result: &str, notes: &[String]) -> Response {
+pub fn record_reply(
+    fmt: Fmt,
+    def: &KindDef,
+    r: &Record,
+    status: StatusCode,
+    result: &str,
+    notes: &[String],
+) -> Response {
     fmt.reply(
         status,
         || {
@@ -94,8 +111,18 @@ pub fn record_reply(fmt: Fmt, def: &KindDef, r: &Record, status: StatusCode, res
     )
 }
 
-async fn list(def: &'static KindDef, State(state): State<AppState>, caller: Caller, fmt: Fmt, QueryPairs(pairs): QueryPairs) -> AppResult<Response> {
-    let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "format").collect();
+async fn list(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    QueryPairs(pairs): QueryPairs,
+) -> AppResult<Response> {
+    // `format` picks the output; a stray step-up `code` is ignored, as everywhere.
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| k != "format" && k != "code")
+        .collect();
     let q = parse_list_query(def.schema, &pairs).map_err(|e| {
         AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint).allowed(&e.allowed)
     })?;
@@ -105,13 +132,38 @@ async fn list(def: &'static KindDef, State(state): State<AppState>, caller: Call
     };
     let limit = u64::from(q.limit);
     let db = &state.db;
-    let sql = list_sql(def, &caller.workspace_id, &q, after.as_ref(), limit + 1, db.get_database_backend());
-    let rows = db.query_all_raw(sql.stmt(db.get_database_backend())).await?;
-    let mut records = rows.iter().map(|r| store::from_row(def, r)).collect::<AppResult<Vec<_>>>()?;
+    let sql = list_sql(
+        def,
+        &caller.workspace_id,
+        &q,
+        after.as_ref(),
+        limit + 1,
+        db.get_database_backend(),
+    );
+    let rows = db
+        .query_all_raw(sql.stmt(db.get_database_backend()))
+        .await?;
+    let mut records = rows
+        .iter()
+        .map(|r| store::from_row(def, r))
+        .collect::<AppResult<Vec<_>>>()?;
     let more = records.len() as u64 > limit;
     records.truncate(limit as usize);
-    let next = if more { records.last().map(|last| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last)) } else { None };
-    Ok(list_reply(fmt, def.plural, &records, next, |r| model::line(def, r), |r| model::to_json(def, r)))
+    let next = if more {
+        records
+            .last()
+            .map(|last| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last))
+    } else {
+        None
+    };
+    Ok(list_reply(
+        fmt,
+        def.plural,
+        &records,
+        next,
+        |r| model::line(def, r),
+        |r| model::to_json(def, r),
+    ))
 }
 
 /// Lines, then `# N things` and `# next: CURSOR`; JSON `{"data","next_cursor"}`.
@@ -147,22 +199,42 @@ pub fn list_reply<T>(
     )
 }
 
-async fn fetch(def: &'static KindDef, State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+async fn fetch(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
     let id = path_id(def.kind, &ids)?;
-    let r = store::get(&state.db, def, &caller.workspace_id, &id, false).await?.ok_or_else(|| not_found(def.kind, &id))?;
-    Ok(fmt.reply(StatusCode::OK, || format!("{}\n", model::line(def, &r)), || json!({"data": model::to_json(def, &r)})))
+    let r = store::get(&state.db, def, &caller.workspace_id, &id, false)
+        .await?
+        .ok_or_else(|| not_found(def.kind, &id))?;
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || format!("{}\n", model::line(def, &r)),
+        || json!({"data": model::to_json(def, &r)}),
+    ))
 }
 
 /// Every referenced record must exist in the caller's workspace; another
 /// workspace's id is answered exactly like an id that never existed.
-async fn check_refs(tx: &DatabaseTransaction, ws: &str, changes: &[(&'static crate::records::kinds::FieldDef, Val)]) -> AppResult<()> {
+async fn check_refs(
+    tx: &DatabaseTransaction,
+    ws: &str,
+    changes: &[(&'static crate::records::kinds::FieldDef, Val)],
+) -> AppResult<()> {
     for (f, v) in changes {
         if let (FType::Ref(kind), Val::Text(id)) = (f.ty, v)
             && !store::exists(tx, kind, ws, id).await?
         {
             return Err(AppError::not_found(
                 format!("{}: no {} {id:?} in this workspace", f.name, kind.name()),
-                format!("create the {} first or use an id from GET /{}", kind.name(), plural(kind)),
+                format!(
+                    "create the {} first or use an id from GET /{}",
+                    kind.name(),
+                    plural(kind)
+                ),
             ));
         }
     }
@@ -173,7 +245,10 @@ fn check_whole(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> AppResult
     if let Some(req) = def.required
         && !fields.contains_key(req)
     {
-        return Err(AppError::invalid(format!("{req} is required"), format!("send \"{req}\": \"…\"")));
+        return Err(AppError::invalid(
+            format!("{req} is required"),
+            format!("send \"{req}\": \"…\""),
+        ));
     }
     if fields.contains_key("amount_cents") && !fields.contains_key("currency") {
         return Err(AppError::invalid(
@@ -186,17 +261,31 @@ fn check_whole(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> AppResult
 
 async fn plan_name(tx: &DatabaseTransaction, ws: &str) -> AppResult<String> {
     let row = tx
-        .query_one_raw(stmt(tx.get_database_backend(), "SELECT plan FROM workspaces WHERE id = ?", vec![ws.into()]))
+        .query_one_raw(stmt(
+            tx.get_database_backend(),
+            "SELECT plan FROM workspaces WHERE id = ?",
+            vec![ws.into()],
+        ))
         .await?
         .ok_or_else(AppError::invalid_token)?;
     Ok(row.try_get("", "plan")?)
 }
 
 fn changes_json(d: serde_json::Map<String, Value>) -> Option<Value> {
-    if d.is_empty() { None } else { Some(Value::Object(d)) }
+    if d.is_empty() {
+        None
+    } else {
+        Some(Value::Object(d))
+    }
 }
 
-async fn create(def: &'static KindDef, State(state): State<AppState>, caller: Caller, fmt: Fmt, RawBody(body): RawBody) -> AppResult<Response> {
+async fn create(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
     let map = parse_object(&body, &def.body_fields())?;
     let changes = model::parse_changes(def, &map)?;
     let now = Ts::now();
@@ -205,7 +294,12 @@ async fn create(def: &'static KindDef, State(state): State<AppState>, caller: Ca
     let ws = caller.workspace_id.as_str();
     let tx = write_tx(&state.db).await?;
     check_refs(&tx, ws, &changes).await?;
-    let fresh = Record { id: secrets::new_id(def.kind), fields, created_at: now, updated_at: now };
+    let fresh = Record {
+        id: secrets::new_id(def.kind),
+        fields,
+        created_at: now,
+        updated_at: now,
+    };
 
     if store::insert(&tx, def, ws, &fresh).await? {
         let plan = plan_name(&tx, ws).await?;
@@ -214,9 +308,25 @@ async fn create(def: &'static KindDef, State(state): State<AppState>, caller: Ca
             return Err(store::plan_limit(def.plural, cap, cap, &plan));
         }
         let diff = model::diff(def, None, &fresh.fields);
-        audit::record(&tx, ws, &caller.user_id, &caller.token_name, &format!("{}.create", def.kind.name()), &handle(def.kind, &fresh.id), changes_json(diff)).await?;
+        audit::record(
+            &tx,
+            ws,
+            &caller.user_id,
+            &caller.token_name,
+            &format!("{}.create", def.kind.name()),
+            &handle(def.kind, &fresh.id),
+            changes_json(diff),
+        )
+        .await?;
         tx.commit().await?;
-        return Ok(record_reply(fmt, def, &fresh, StatusCode::CREATED, "created", &[]));
+        return Ok(record_reply(
+            fmt,
+            def,
+            &fresh,
+            StatusCode::CREATED,
+            "created",
+            &[],
+        ));
     }
 
     // The upsert key is taken: merge what was sent into that record.
@@ -231,21 +341,54 @@ async fn create(def: &'static KindDef, State(state): State<AppState>, caller: Ca
         before
     } else {
         store::update(&tx, def, ws, &before.id, &after_fields, now).await?;
-        audit::record(&tx, ws, &caller.user_id, &caller.token_name, &format!("{}.upsert", def.kind.name()), &handle(def.kind, &before.id), changes_json(diff)).await?;
-        Record { fields: after_fields, updated_at: now, ..before }
+        audit::record(
+            &tx,
+            ws,
+            &caller.user_id,
+            &caller.token_name,
+            &format!("{}.upsert", def.kind.name()),
+            &handle(def.kind, &before.id),
+            changes_json(diff),
+        )
+        .await?;
+        Record {
+            fields: after_fields,
+            updated_at: now,
+            ..before
+        }
     };
     tx.commit().await?;
-    let note = format!("matched the existing {} by {}", def.kind.name(), def.upsert_key.unwrap_or("key"));
-    Ok(record_reply(fmt, def, &updated, StatusCode::OK, "updated", &[note]))
+    let note = format!(
+        "matched the existing {} by {}",
+        def.kind.name(),
+        def.upsert_key.unwrap_or("key")
+    );
+    Ok(record_reply(
+        fmt,
+        def,
+        &updated,
+        StatusCode::OK,
+        "updated",
+        &[note],
+    ))
 }
 
-async fn patch(def: &'static KindDef, State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, RawBody(body): RawBody) -> AppResult<Response> {
+async fn patch(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
     let id = path_id(def.kind, &ids)?;
     let map = parse_object(&body, &def.body_fields())?;
     let changes = model::parse_changes(def, &map)?;
     let ws = caller.workspace_id.as_str();
     let tx = write_tx(&state.db).await?;
-    let before = store::get(&tx, def, ws, &id, true).await?.ok_or_else(|| not_found(def.kind, &id))?;
+    let before = store::get(&tx, def, ws, &id, true)
+        .await?
+        .ok_or_else(|| not_found(def.kind, &id))?;
     check_refs(&tx, ws, &changes).await?;
     let after_fields = model::with_defaults(def, model::apply(Some(&before), &changes));
     check_whole(def, &after_fields)?;
@@ -258,8 +401,15 @@ async fn patch(def: &'static KindDef, State(state): State<AppState>, caller: Cal
         return Err(AppError::new(
             "conflict",
             StatusCode::CONFLICT,
-            format!("{} {} already has this {field}", def.kind.name(), handle(def.kind, &other.id)),
-            format!("update {} instead, or choose another {field}", handle(def.kind, &other.id)),
+            format!(
+                "{} {} already has this {field}",
+                def.kind.name(),
+                handle(def.kind, &other.id)
+            ),
+            format!(
+                "update {} instead, or choose another {field}",
+                handle(def.kind, &other.id)
+            ),
         )
         .with("existing", handle(def.kind, &other.id)));
     }
@@ -268,15 +418,43 @@ async fn patch(def: &'static KindDef, State(state): State<AppState>, caller: Cal
     let r = if diff.is_empty() {
         before
     } else {
-        store::update(&tx, def, ws, &id, &after_fields, now).await.map_err(|e| {
-            if e.code == "internal" && e.internal.as_deref().is_some_and(|m| m.contains("UNIQUE") || m.contains("unique")) {
-                AppError::new("conflict", StatusCode::CONFLICT, format!("another {} took this {} meanwhile", def.kind.name(), def.upsert_key.unwrap_or("key")), "fetch the other record and retry")
-            } else {
-                e
-            }
-        })?;
-        audit::record(&tx, ws, &caller.user_id, &caller.token_name, &format!("{}.update", def.kind.name()), &handle(def.kind, &id), changes_json(diff)).await?;
-        Record { fields: after_fields, updated_at: now, ..before }
+        store::update(&tx, def, ws, &id, &after_fields, now)
+            .await
+            .map_err(|e| {
+                if e.code == "internal"
+                    && e.internal
+                        .as_deref()
+                        .is_some_and(|m| m.contains("UNIQUE") || m.contains("unique"))
+                {
+                    AppError::new(
+                        "conflict",
+                        StatusCode::CONFLICT,
+                        format!(
+                            "another {} took this {} meanwhile",
+                            def.kind.name(),
+                            def.upsert_key.unwrap_or("key")
+                        ),
+                        "fetch the other record and retry",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        audit::record(
+            &tx,
+            ws,
+            &caller.user_id,
+            &caller.token_name,
+            &format!("{}.update", def.kind.name()),
+            &handle(def.kind, &id),
+            changes_json(diff),
+        )
+        .await?;
+        Record {
+            fields: after_fields,
+            updated_at: now,
+            ..before
+        }
     };
     tx.commit().await?;
     Ok(record_reply(fmt, def, &r, StatusCode::OK, "updated", &[]))
@@ -285,14 +463,25 @@ async fn patch(def: &'static KindDef, State(state): State<AppState>, caller: Cal
 /// What else points at a record, as (table, column, noun).
 fn links(kind: Kind) -> &'static [(&'static str, &'static str, &'static str)] {
     match kind {
-        Kind::Contact => &[("deals", "contact_id", "deals"), ("activities", "contact_id", "activities")],
-        Kind::Company => &[("contacts", "company_id", "contacts"), ("deals", "company_id", "deals")],
+        Kind::Contact => &[
+            ("deals", "contact_id", "deals"),
+            ("activities", "contact_id", "activities"),
+        ],
+        Kind::Company => &[
+            ("contacts", "company_id", "contacts"),
+            ("deals", "company_id", "deals"),
+        ],
         Kind::Deal => &[("activities", "deal_id", "activities")],
         _ => &[],
     }
 }
 
-async fn link_counts<C: ConnectionTrait>(db: &C, kind: Kind, ws: &str, id: &str) -> AppResult<Vec<(i64, &'static str)>> {
+async fn link_counts<C: ConnectionTrait>(
+    db: &C,
+    kind: Kind,
+    ws: &str,
+    id: &str,
+) -> AppResult<Vec<(i64, &'static str)>> {
     let mut out = Vec::new();
     for (table, col, noun) in links(kind) {
         let row = db
@@ -309,27 +498,61 @@ async fn link_counts<C: ConnectionTrait>(db: &C, kind: Kind, ws: &str, id: &str)
 }
 
 fn describe_links(counts: &[(i64, &str)]) -> String {
-    let linked: Vec<String> = counts.iter().filter(|(n, _)| *n > 0).map(|(n, noun)| format!("{n} {noun}")).collect();
-    if linked.is_empty() { "nothing links to it".into() } else { format!("{} link to it; their link will be cleared", linked.join(" and ")) }
+    let linked: Vec<String> = counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, noun)| format!("{n} {noun}"))
+        .collect();
+    if linked.is_empty() {
+        "nothing links to it".into()
+    } else {
+        format!(
+            "{} link to it; their link will be cleared",
+            linked.join(" and ")
+        )
+    }
 }
 
 pub const CONFIRM_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
-async fn remove(def: &'static KindDef, State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, QueryPairs(q): QueryPairs) -> AppResult<Response> {
+async fn remove(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    QueryPairs(q): QueryPairs,
+) -> AppResult<Response> {
     let id = path_id(def.kind, &ids)?;
     q.iter().try_for_each(|(k, _)| {
-        if k == "confirm" || k == "format" { Ok(()) } else {
-            Err(AppError::new("unknown_field", StatusCode::BAD_REQUEST, format!("unknown query parameter {:?}", k.chars().take(60).collect::<String>()), "DELETE takes only ?confirm=TOKEN").allowed(&["confirm"]))
+        if k == "confirm" || k == "format" || k == "code" {
+            Ok(())
+        } else {
+            Err(AppError::new(
+                "unknown_field",
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown query parameter {:?}",
+                    k.chars().take(60).collect::<String>()
+                ),
+                "DELETE takes only ?confirm=TOKEN",
+            )
+            .allowed(&["confirm"]))
         }
     })?;
     let target = handle(def.kind, &id);
     let ws = caller.workspace_id.as_str();
     let db = &state.db;
     let backend = db.get_database_backend();
-    let confirm = q.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.clone());
+    let confirm = q
+        .iter()
+        .find(|(k, _)| k == "confirm")
+        .map(|(_, v)| v.clone());
 
     let tx = write_tx(db).await?;
-    let record = store::get(&tx, def, ws, &id, true).await?.ok_or_else(|| not_found(def.kind, &id))?;
+    let record = store::get(&tx, def, ws, &id, true)
+        .await?
+        .ok_or_else(|| not_found(def.kind, &id))?;
     let consumed = match &confirm {
         Some(token) if !token.is_empty() && token.len() <= 200 => {
             let res = tx
@@ -347,7 +570,12 @@ async fn remove(def: &'static KindDef, State(state): State<AppState>, caller: Ca
     if !consumed {
         let counts = link_counts(&tx, def.kind, ws, &id).await?;
         let token = secrets::new_secret("cf_");
-        tx.execute_raw(stmt(backend, "DELETE FROM confirmations WHERE expires_at <= ?", vec![Ts::now().into()])).await?;
+        tx.execute_raw(stmt(
+            backend,
+            "DELETE FROM confirmations WHERE expires_at <= ?",
+            vec![Ts::now().into()],
+        ))
+        .await?;
         tx.execute_raw(stmt(
             backend,
             "INSERT INTO confirmations (token_hash, workspace_id, user_id, target, expires_at) VALUES (?, ?, ?, ?, ?)",
@@ -355,13 +583,27 @@ async fn remove(def: &'static KindDef, State(state): State<AppState>, caller: Ca
         ))
         .await?;
         tx.commit().await?;
-        let label = record.text("name").or(record.text("title")).map(|n| format!(" ({n})")).unwrap_or_default();
-        let prefix = if confirm.is_some() { "that confirm token is not valid for this record (used, expired, or issued for another record or user); " } else { "" };
+        let label = record
+            .text("name")
+            .or(record.text("title"))
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let prefix = if confirm.is_some() {
+            "that confirm token is not valid for this record (used, expired, or issued for another record or user); "
+        } else {
+            ""
+        };
         return Err(AppError::new(
             "confirmation_required",
             StatusCode::CONFLICT,
-            format!("{prefix}deleting {target}{label} cannot be undone; {}", describe_links(&counts)),
-            format!("if the user wants this, repeat within 10 minutes: DELETE /{}/{id}?confirm={token}", def.plural),
+            format!(
+                "{prefix}deleting {target}{label} cannot be undone; {}",
+                describe_links(&counts)
+            ),
+            format!(
+                "if the user wants this, repeat within 10 minutes: DELETE /{}/{id}?confirm={token}",
+                def.plural
+            ),
         )
         .with("confirm", token)
         .with("target", target));
@@ -371,7 +613,11 @@ async fn remove(def: &'static KindDef, State(state): State<AppState>, caller: Ca
     let mut cleared = Vec::new();
     for (table, col, noun) in links(def.kind) {
         let res = tx
-            .execute_raw(stmt(backend, &format!("UPDATE {table} SET {col} = NULL WHERE workspace_id = ? AND {col} = ?"), vec![ws.into(), id.clone().into()]))
+            .execute_raw(stmt(
+                backend,
+                &format!("UPDATE {table} SET {col} = NULL WHERE workspace_id = ? AND {col} = ?"),
+                vec![ws.into(), id.clone().into()],
+            ))
             .await?;
         if res.rows_affected() > 0 {
             cleared.push(format!("{} {noun}", res.rows_affected()));
@@ -379,9 +625,22 @@ async fn remove(def: &'static KindDef, State(state): State<AppState>, caller: Ca
     }
     store::free_slot(&tx, def.counter, ws).await?;
     let diff = model::diff(def, Some(&record.fields), &BTreeMap::new());
-    audit::record(&tx, ws, &caller.user_id, &caller.token_name, &format!("{}.delete", def.kind.name()), &target, changes_json(diff)).await?;
+    audit::record(
+        &tx,
+        ws,
+        &caller.user_id,
+        &caller.token_name,
+        &format!("{}.delete", def.kind.name()),
+        &target,
+        changes_json(diff),
+    )
+    .await?;
     tx.commit().await?;
-    let note = if cleared.is_empty() { String::new() } else { format!("cleared the link on {}", cleared.join(" and ")) };
+    let note = if cleared.is_empty() {
+        String::new()
+    } else {
+        format!("cleared the link on {}", cleared.join(" and "))
+    };
     Ok(fmt.reply(
         StatusCode::OK,
         || {

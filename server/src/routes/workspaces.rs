@@ -45,7 +45,10 @@ pub fn router() -> Router<AppState> {
 
 fn ws_not_found(raw: &str) -> AppError {
     let shown: String = raw.chars().take(60).collect();
-    AppError::not_found(format!("no workspace {shown:?} of yours"), "GET /workspaces lists the workspaces you belong to")
+    AppError::not_found(
+        format!("no workspace {shown:?} of yours"),
+        "GET /workspaces lists the workspaces you belong to",
+    )
 }
 
 /// The workspace id from the path, and the caller's role in it (404 when the
@@ -73,9 +76,19 @@ async fn require_admin(state: &AppState, caller: &Caller, raw: &str) -> AppResul
 }
 
 fn role_of(raw: Option<String>) -> AppResult<String> {
-    let r = raw.ok_or_else(|| AppError::invalid("role is required", "send \"role\": \"admin\" or \"member\"").allowed(ROLES))?;
+    let r = raw.ok_or_else(|| {
+        AppError::invalid("role is required", "send \"role\": \"admin\" or \"member\"")
+            .allowed(ROLES)
+    })?;
     if !ROLES.contains(&r.as_str()) {
-        return Err(AppError::invalid(format!("role {:?} is not admin or member", r.chars().take(40).collect::<String>()), "send \"role\": \"admin\" or \"member\"").allowed(ROLES));
+        return Err(AppError::invalid(
+            format!(
+                "role {:?} is not admin or member",
+                r.chars().take(40).collect::<String>()
+            ),
+            "send \"role\": \"admin\" or \"member\"",
+        )
+        .allowed(ROLES));
     }
     Ok(r)
 }
@@ -113,7 +126,9 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
         }
         l.finish()
     };
-    Ok(list_reply(fmt, "workspaces", &items, None, line, |v| v.clone()))
+    Ok(list_reply(fmt, "workspaces", &items, None, line, |v| {
+        v.clone()
+    }))
 }
 
 #[derive(Deserialize)]
@@ -124,12 +139,27 @@ impl BodyFields for NameBody {
     const FIELDS: &'static [&'static str] = &["name"];
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, fmt: Fmt, JsonBody(body): JsonBody<NameBody>) -> AppResult<Response> {
-    let name = validate::label("name", &body.name.ok_or_else(|| AppError::invalid("name is required", "send {\"name\": \"Sales team\"}"))?, 100)?;
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    JsonBody(body): JsonBody<NameBody>,
+) -> AppResult<Response> {
+    let name = validate::label(
+        "name",
+        &body.name.ok_or_else(|| {
+            AppError::invalid("name is required", "send {\"name\": \"Sales team\"}")
+        })?,
+        100,
+    )?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let plan_row = tx
-        .query_one_raw(stmt(backend, "SELECT plan FROM users WHERE id = ?", vec![caller.user_id.clone().into()]))
+        .query_one_raw(stmt(
+            backend,
+            "SELECT plan FROM users WHERE id = ?",
+            vec![caller.user_id.clone().into()],
+        ))
         .await?
         .ok_or_else(AppError::invalid_token)?;
     let plan: String = plan_row.try_get("", "plan")?;
@@ -159,7 +189,16 @@ async fn create(State(state): State<AppState>, caller: Caller, fmt: Fmt, JsonBod
         vec![id.clone().into(), caller.user_id.clone().into(), now.into()],
     ))
     .await?;
-    audit::record(&tx, &id, &caller.user_id, &caller.token_name, "workspace.create", &handle(Kind::Workspace, &id), Some(json!({"name": [null, name]}))).await?;
+    audit::record(
+        &tx,
+        &id,
+        &caller.user_id,
+        &caller.token_name,
+        "workspace.create",
+        &handle(Kind::Workspace, &id),
+        Some(json!({"name": [null, name]})),
+    )
+    .await?;
     tx.commit().await?;
     let h = handle(Kind::Workspace, &id);
     Ok(fmt.reply(
@@ -182,7 +221,13 @@ impl BodyFields for TokenBody {
 }
 
 /// Mints a token scoped to another workspace the caller belongs to.
-async fn switch(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, RawBody(body): RawBody) -> AppResult<Response> {
+async fn switch(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
     let (ws, _) = membership(&state, &caller, &ids[0]).await?;
     let body: TokenBody = if body.iter().all(u8::is_ascii_whitespace) {
         TokenBody { token_name: None }
@@ -195,12 +240,26 @@ async fn switch(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds
     };
     let tx = write_tx(&state.db).await?;
     let minted = mint_token(&tx, &state, &caller.user_id, &ws, &name).await?;
-    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "token.create", &handle(Kind::Token, &minted.id), Some(json!({"name": [null, name]}))).await?;
+    audit::record(
+        &tx,
+        &ws,
+        &caller.user_id,
+        &caller.token_name,
+        "token.create",
+        &handle(Kind::Token, &minted.id),
+        Some(json!({"name": [null, name]})),
+    )
+    .await?;
     tx.commit().await?;
     Ok(token_reply(fmt, &minted, &caller.email))
 }
 
-async fn members(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+async fn members(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
     let (ws, _) = membership(&state, &caller, &ids[0]).await?;
     let backend = state.db.get_database_backend();
     let mut items = Vec::new();
@@ -240,7 +299,14 @@ async fn members(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathId
         }
         l.finish()
     };
-    Ok(list_reply(fmt, "members and invites", &items, None, line, |v| v.clone()))
+    Ok(list_reply(
+        fmt,
+        "members and invites",
+        &items,
+        None,
+        line,
+        |v| v.clone(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -254,15 +320,33 @@ impl BodyFields for InviteBody {
 
 async fn ws_plan(tx: &DatabaseTransaction, ws: &str) -> AppResult<(String, String)> {
     let row = tx
-        .query_one_raw(stmt(tx.get_database_backend(), "SELECT name, plan FROM workspaces WHERE id = ?", vec![ws.into()]))
+        .query_one_raw(stmt(
+            tx.get_database_backend(),
+            "SELECT name, plan FROM workspaces WHERE id = ?",
+            vec![ws.into()],
+        ))
         .await?
         .ok_or_else(|| ws_not_found(ws))?;
     Ok((row.try_get("", "name")?, row.try_get("", "plan")?))
 }
 
-async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, JsonBody(body): JsonBody<InviteBody>) -> AppResult<Response> {
+async fn invite(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    JsonBody(body): JsonBody<InviteBody>,
+) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
-    let email = validate::email("email", &body.email.ok_or_else(|| AppError::invalid("email is required", "send {\"email\":\"jane@example.com\",\"role\":\"member\"}"))?)?;
+    let email = validate::email(
+        "email",
+        &body.email.ok_or_else(|| {
+            AppError::invalid(
+                "email is required",
+                "send {\"email\":\"jane@example.com\",\"role\":\"member\"}",
+            )
+        })?,
+    )?;
     let role = role_of(Some(body.role.unwrap_or_else(|| "member".into())))?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
@@ -278,7 +362,11 @@ async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds
         return Err(AppError::new(
             "conflict",
             StatusCode::CONFLICT,
-            format!("{} is already a member ({})", validate::mask_email(&email), handle(Kind::User, &uid)),
+            format!(
+                "{} is already a member ({})",
+                validate::mask_email(&email),
+                handle(Kind::User, &uid)
+            ),
             "change their role with POST /workspaces/{id}/members/{userId}/role instead",
         )
         .with("existing", handle(Kind::User, &uid)));
@@ -317,7 +405,16 @@ async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds
             (id, "created")
         }
     };
-    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "invite.create", &handle(Kind::Invite, &invite_id), Some(json!({"email": [null, email], "role": [null, role]}))).await?;
+    audit::record(
+        &tx,
+        &ws,
+        &caller.user_id,
+        &caller.token_name,
+        "invite.create",
+        &handle(Kind::Invite, &invite_id),
+        Some(json!({"email": [null, email], "role": [null, role]})),
+    )
+    .await?;
     let base = &state.settings.base_url;
     let mail = Mail {
         to: email.clone(),
@@ -328,15 +425,25 @@ async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds
         ),
         html: format!(
             "<p>{} invited you to the crmkit workspace <b>{}</b> as {role}.</p><p>To join, sign in with this address: <code>POST {}/auth/request</code>, then <code>POST {}/auth/verify</code> with the emailed code. The manual: {}/help</p>",
-            html_escape(&caller.email), html_escape(&ws_name), html_escape(base), html_escape(base), html_escape(base)
+            html_escape(&caller.email),
+            html_escape(&ws_name),
+            html_escape(base),
+            html_escape(base),
+            html_escape(base)
         ),
-        local_line: format!("to={email} invite to workspace {ws} as {role}: sign in at {base}/auth/request"),
+        local_line: format!(
+            "to={email} invite to workspace {ws} as {role}: sign in at {base}/auth/request"
+        ),
     };
     // Mail first, then commit: a failed send leaves no half-made invite.
     state.mailer.send(mail).await?;
     tx.commit().await?;
     let h = handle(Kind::Invite, &invite_id);
-    let status = if result == "created" { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if result == "created" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(fmt.reply(
         status,
         || {
@@ -348,33 +455,73 @@ async fn invite(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds
     ))
 }
 
-async fn withdraw(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+async fn withdraw(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
     let raw = ids.get(1).map(String::as_str).unwrap_or("");
-    let nf = || AppError::not_found("no such pending invite in this workspace", "GET /workspaces/{id}/members lists pending invites");
+    let nf = || {
+        AppError::not_found(
+            "no such pending invite in this workspace",
+            "GET /workspaces/{id}/members lists pending invites",
+        )
+    };
     let id = parse_ref(Kind::Invite, raw).map_err(|_| nf())?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let row = tx
-        .query_one_raw(stmt(backend, "DELETE FROM invites WHERE workspace_id = ? AND id = ? RETURNING email", vec![ws.clone().into(), id.clone().into()]))
+        .query_one_raw(stmt(
+            backend,
+            "DELETE FROM invites WHERE workspace_id = ? AND id = ? RETURNING email",
+            vec![ws.clone().into(), id.clone().into()],
+        ))
         .await?
         .ok_or_else(nf)?;
     let email: String = row.try_get("", "email")?;
     tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ? AND members_count > 0", vec![ws.clone().into()])).await?;
-    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "invite.withdraw", &handle(Kind::Invite, &id), Some(json!({"email": [email, null]}))).await?;
+    audit::record(
+        &tx,
+        &ws,
+        &caller.user_id,
+        &caller.token_name,
+        "invite.withdraw",
+        &handle(Kind::Invite, &id),
+        Some(json!({"email": [email, null]})),
+    )
+    .await?;
     tx.commit().await?;
     let h = handle(Kind::Invite, &id);
-    Ok(fmt.reply(StatusCode::OK, || format!("{}\n", comment(&format!("withdrew {h}"))), || json!({"data": {"handle": h, "id": id}, "result": "deleted"})))
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || format!("{}\n", comment(&format!("withdrew {h}"))),
+        || json!({"data": {"handle": h, "id": id}, "result": "deleted"}),
+    ))
 }
 
 /// The member's current role, or 404 when the user is not a member.
 async fn member_role(tx: &DatabaseTransaction, ws: &str, raw: &str) -> AppResult<(String, String)> {
-    let nf = || AppError::not_found("no such member in this workspace", "GET /workspaces/{id}/members lists members and their user ids");
+    let nf = || {
+        AppError::not_found(
+            "no such member in this workspace",
+            "GET /workspaces/{id}/members lists members and their user ids",
+        )
+    };
     let uid = parse_ref(Kind::User, raw).map_err(|_| nf())?;
     let backend = tx.get_database_backend();
-    let lock = if backend == sea_orm::DatabaseBackend::Postgres { " FOR UPDATE" } else { "" };
+    let lock = if backend == sea_orm::DatabaseBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
     let row = tx
-        .query_one_raw(stmt(backend, &format!("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?{lock}"), vec![ws.into(), uid.clone().into()]))
+        .query_one_raw(stmt(
+            backend,
+            &format!("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?{lock}"),
+            vec![ws.into(), uid.clone().into()],
+        ))
         .await?
         .ok_or_else(nf)?;
     Ok((uid, row.try_get("", "role")?))
@@ -385,12 +532,20 @@ async fn member_role(tx: &DatabaseTransaction, ws: &str, raw: &str) -> AppResult
 async fn other_admins(tx: &DatabaseTransaction, ws: &str, uid: &str) -> AppResult<i64> {
     let backend = tx.get_database_backend();
     if backend == sea_orm::DatabaseBackend::Postgres {
-        tx.execute_raw(stmt(backend, "SELECT id FROM workspaces WHERE id = ? FOR UPDATE", vec![ws.into()])).await?;
+        tx.execute_raw(stmt(
+            backend,
+            "SELECT id FROM workspaces WHERE id = ? FOR UPDATE",
+            vec![ws.into()],
+        ))
+        .await?;
     }
     let row = tx
         .query_one_raw(stmt(backend, "SELECT COUNT(*) AS n FROM memberships WHERE workspace_id = ? AND role = 'admin' AND user_id <> ?", vec![ws.into(), uid.into()]))
         .await?;
-    Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 fn last_admin() -> AppError {
@@ -410,7 +565,14 @@ impl BodyFields for RoleBody {
     const FIELDS: &'static [&'static str] = &["role"];
 }
 
-async fn set_role(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, OfferedCode(code): OfferedCode, JsonBody(body): JsonBody<RoleBody>) -> AppResult<Response> {
+async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    OfferedCode(code): OfferedCode,
+    JsonBody(body): JsonBody<RoleBody>,
+) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
     let role = role_of(body.role)?;
     let raw_user = ids.get(1).map(String::as_str).unwrap_or("");
@@ -421,9 +583,24 @@ async fn set_role(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathI
         tx.rollback().await?;
     }
     let uid = parse_ref(Kind::User, raw_user).unwrap_or_default();
-    let target = format!("{}/{}", handle(Kind::Workspace, &ws), handle(Kind::User, &uid));
+    let target = format!(
+        "{}/{}",
+        handle(Kind::Workspace, &ws),
+        handle(Kind::User, &uid)
+    );
     if role == "admin" {
-        stepup::require(&state, &caller, "promote", &target, &format!("make {} an admin of workspace {ws}", handle(Kind::User, &uid)), code).await?;
+        stepup::require(
+            &state,
+            &caller,
+            "promote",
+            &target,
+            &format!(
+                "make {} an admin of workspace {ws}",
+                handle(Kind::User, &uid)
+            ),
+            code,
+        )
+        .await?;
     }
     let tx = write_tx(&state.db).await?;
     let (uid, old) = member_role(&tx, &ws, raw_user).await?;
@@ -431,8 +608,22 @@ async fn set_role(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathI
         return Err(last_admin());
     }
     if old != role {
-        tx.execute_raw(stmt(tx.get_database_backend(), "UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?", vec![role.clone().into(), ws.clone().into(), uid.clone().into()])).await?;
-        audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "member.role", &handle(Kind::User, &uid), Some(json!({"role": [old, role]}))).await?;
+        tx.execute_raw(stmt(
+            tx.get_database_backend(),
+            "UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?",
+            vec![role.clone().into(), ws.clone().into(), uid.clone().into()],
+        ))
+        .await?;
+        audit::record(
+            &tx,
+            &ws,
+            &caller.user_id,
+            &caller.token_name,
+            "member.role",
+            &handle(Kind::User, &uid),
+            Some(json!({"role": [old, role]})),
+        )
+        .await?;
     }
     tx.commit().await?;
     let h = handle(Kind::User, &uid);
@@ -447,7 +638,12 @@ async fn set_role(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathI
     ))
 }
 
-async fn remove_member(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds) -> AppResult<Response> {
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
@@ -455,45 +651,119 @@ async fn remove_member(State(state): State<AppState>, caller: Caller, fmt: Fmt, 
     if role == "admin" && other_admins(&tx, &ws, &uid).await? == 0 {
         return Err(last_admin());
     }
-    tx.execute_raw(stmt(backend, "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", vec![ws.clone().into(), uid.clone().into()])).await?;
+    tx.execute_raw(stmt(
+        backend,
+        "DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?",
+        vec![ws.clone().into(), uid.clone().into()],
+    ))
+    .await?;
     // Their tokens for this workspace die with the membership.
-    let killed = tx.execute_raw(stmt(backend, "DELETE FROM tokens WHERE workspace_id = ? AND user_id = ?", vec![ws.clone().into(), uid.clone().into()])).await?;
+    let killed = tx
+        .execute_raw(stmt(
+            backend,
+            "DELETE FROM tokens WHERE workspace_id = ? AND user_id = ?",
+            vec![ws.clone().into(), uid.clone().into()],
+        ))
+        .await?;
     tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ? AND members_count > 0", vec![ws.clone().into()])).await?;
-    audit::record(&tx, &ws, &caller.user_id, &caller.token_name, "member.remove", &handle(Kind::User, &uid), Some(json!({"role": [role, null]}))).await?;
+    audit::record(
+        &tx,
+        &ws,
+        &caller.user_id,
+        &caller.token_name,
+        "member.remove",
+        &handle(Kind::User, &uid),
+        Some(json!({"role": [role, null]})),
+    )
+    .await?;
     tx.commit().await?;
     let h = handle(Kind::User, &uid);
     let n = killed.rows_affected();
     Ok(fmt.reply(
         StatusCode::OK,
-        || format!("{}\n{}\n", comment(&format!("removed {h}")), comment(&format!("{n} of their tokens for this workspace revoked"))),
+        || {
+            format!(
+                "{}\n{}\n",
+                comment(&format!("removed {h}")),
+                comment(&format!("{n} of their tokens for this workspace revoked"))
+            )
+        },
         || json!({"data": {"handle": h, "id": uid, "tokens_revoked": n}, "result": "deleted"}),
     ))
 }
 
 /// Tables holding a workspace's data, all keyed by `workspace_id`.
-const OWNED: &[&str] = &["activities", "deals", "contacts", "companies", "audit", "invites", "confirmations", "tokens", "memberships"];
+const OWNED: &[&str] = &[
+    "activities",
+    "deals",
+    "contacts",
+    "companies",
+    "audit",
+    "invites",
+    "confirmations",
+    "tokens",
+    "memberships",
+];
 
-async fn delete_workspace(State(state): State<AppState>, caller: Caller, fmt: Fmt, PathIds(ids): PathIds, OfferedCode(code): OfferedCode) -> AppResult<Response> {
+async fn delete_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    OfferedCode(code): OfferedCode,
+) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
     let target = handle(Kind::Workspace, &ws);
-    stepup::require(&state, &caller, "delete-workspace", &target, &format!("delete workspace {ws} and all its data"), code).await?;
+    stepup::require(
+        &state,
+        &caller,
+        "delete-workspace",
+        &target,
+        &format!("delete workspace {ws} and all its data"),
+        code,
+    )
+    .await?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let owner = tx
-        .query_one_raw(stmt(backend, "SELECT created_by FROM workspaces WHERE id = ?", vec![ws.clone().into()]))
+        .query_one_raw(stmt(
+            backend,
+            "SELECT created_by FROM workspaces WHERE id = ?",
+            vec![ws.clone().into()],
+        ))
         .await?
         .ok_or_else(|| ws_not_found(&ws))?;
     let created_by: String = owner.try_get("", "created_by")?;
     for table in OWNED {
-        tx.execute_raw(stmt(backend, &format!("DELETE FROM {table} WHERE workspace_id = ?"), vec![ws.clone().into()])).await?;
+        tx.execute_raw(stmt(
+            backend,
+            &format!("DELETE FROM {table} WHERE workspace_id = ?"),
+            vec![ws.clone().into()],
+        ))
+        .await?;
     }
     if backend == sea_orm::DatabaseBackend::Sqlite {
         for t in ["contacts", "companies", "deals"] {
-            tx.execute_raw(stmt(backend, &format!("DELETE FROM {t}_fts WHERE workspace_id = ?"), vec![ws.clone().into()])).await?;
+            tx.execute_raw(stmt(
+                backend,
+                &format!("DELETE FROM {t}_fts WHERE workspace_id = ?"),
+                vec![ws.clone().into()],
+            ))
+            .await?;
         }
     }
-    tx.execute_raw(stmt(backend, "DELETE FROM escalations WHERE target LIKE ?", vec![format!("{target}%").into()])).await?;
-    tx.execute_raw(stmt(backend, "DELETE FROM workspaces WHERE id = ?", vec![ws.clone().into()])).await?;
+    tx.execute_raw(stmt(
+        backend,
+        "DELETE FROM escalations WHERE target LIKE ?",
+        vec![format!("{target}%").into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(
+        backend,
+        "DELETE FROM workspaces WHERE id = ?",
+        vec![ws.clone().into()],
+    ))
+    .await?;
     tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count - 1 WHERE id = ? AND workspaces_count > 0", vec![created_by.into()])).await?;
     tx.commit().await?;
     tracing::info!(workspace = %target, "workspace deleted");
@@ -508,7 +778,11 @@ async fn delete_workspace(State(state): State<AppState>, caller: Caller, fmt: Fm
 pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<()> {
     let backend = tx.get_database_backend();
     let invites = tx
-        .query_all_raw(stmt(backend, "SELECT workspace_id, id, role FROM invites WHERE email = ?", vec![email.into()]))
+        .query_all_raw(stmt(
+            backend,
+            "SELECT workspace_id, id, role FROM invites WHERE email = ?",
+            vec![email.into()],
+        ))
         .await?;
     for inv in invites {
         let ws: String = inv.try_get("", "workspace_id")?;
@@ -521,12 +795,31 @@ pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str
                 vec![ws.clone().into(), user_id.into(), role.clone().into(), Ts::now().into()],
             ))
             .await?;
-        tx.execute_raw(stmt(backend, "DELETE FROM invites WHERE workspace_id = ? AND id = ?", vec![ws.clone().into(), id.into()])).await?;
+        tx.execute_raw(stmt(
+            backend,
+            "DELETE FROM invites WHERE workspace_id = ? AND id = ?",
+            vec![ws.clone().into(), id.into()],
+        ))
+        .await?;
         if joined.rows_affected() == 0 {
             // Already a member: the invite's seat is freed.
-            tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ?", vec![ws.clone().into()])).await?;
+            tx.execute_raw(stmt(
+                backend,
+                "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ?",
+                vec![ws.clone().into()],
+            ))
+            .await?;
         } else {
-            audit::record(tx, &ws, user_id, "-", "member.join", &handle(Kind::User, user_id), Some(json!({"role": [null, role]}))).await?;
+            audit::record(
+                tx,
+                &ws,
+                user_id,
+                "-",
+                "member.join",
+                &handle(Kind::User, user_id),
+                Some(json!({"role": [null, role]})),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -535,9 +828,20 @@ pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str
 /// The user's personal workspace, created on first sign-in (and again after
 /// the user deleted it). It counts in the user's workspaces but is made even
 /// at the cap: nobody is ever left without a workspace.
-pub async fn ensure_personal(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<String> {
+pub async fn ensure_personal(
+    tx: &DatabaseTransaction,
+    user_id: &str,
+    email: &str,
+) -> AppResult<String> {
     let backend = tx.get_database_backend();
-    if let Some(row) = tx.query_one_raw(stmt(backend, "SELECT id FROM workspaces WHERE personal_of = ?", vec![user_id.into()])).await? {
+    if let Some(row) = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT id FROM workspaces WHERE personal_of = ?",
+            vec![user_id.into()],
+        ))
+        .await?
+    {
         return Ok(row.try_get("", "id")?);
     }
     let id = secrets::new_id(Kind::Workspace);
@@ -552,7 +856,21 @@ pub async fn ensure_personal(tx: &DatabaseTransaction, user_id: &str, email: &st
     ))
     .await?;
     tx.execute_raw(stmt(backend, "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)", vec![id.clone().into(), user_id.into(), now.into()])).await?;
-    tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ?", vec![user_id.into()])).await?;
-    audit::record(tx, &id, user_id, "-", "workspace.create", &handle(Kind::Workspace, &id), Some(json!({"name": [null, name]}))).await?;
+    tx.execute_raw(stmt(
+        backend,
+        "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ?",
+        vec![user_id.into()],
+    ))
+    .await?;
+    audit::record(
+        tx,
+        &id,
+        user_id,
+        "-",
+        "workspace.create",
+        &handle(Kind::Workspace, &id),
+        Some(json!({"name": [null, name]})),
+    )
+    .await?;
     Ok(id)
 }

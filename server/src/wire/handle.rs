@@ -1,4 +1,4 @@
-//! Record ids and handles: the eight record kinds, their id prefixes, how an id
+//! Record ids and handles: the record kinds, their id prefixes, how an id
 //! is spelled (`c_7k2m9q4x1d3f`), how a handle is spelled (`contact/c_7k2m9q4x1d3f`),
 //! and the one parser that every path segment and body field referring to a
 //! record goes through, so "bare id or whole handle" is accepted the same way

@@ -1479,7 +1479,7 @@ mod tests {
                 let ty = target.ty();
                 let operand = match op {
                     Op::IsNull | Op::NotNull => Just(Operand::None).boxed(),
-                    Op::In => proptest::collection::vec(arb_scalar(ty), 1..=MAX_IN_ITEMS)
+                    Op::In => proptest::collection::vec(arb_scalar(ty), 1..=30)
                         .prop_map(Operand::Many)
                         .boxed(),
                     // Single text operands may hold commas and edge spaces.
