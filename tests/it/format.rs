@@ -93,15 +93,15 @@ async fn bodies_over_one_mebibyte_are_refused_r23() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..160).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = s
-        .http
-        .post(s.url("/auth/request"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    assert!(r.text().await.unwrap().contains("hint: "));
+    // The server answers 413 as soon as the cap is passed and stops reading; a
+    // client still sending may see the connection close before the answer.
+    match s.http.post(s.url("/auth/request")).body(body).send().await {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            assert!(r.text().await.unwrap().contains("hint: "));
+        }
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
     assert_eq!(
         s.send(Method::GET, "/healthz", None, None, &[])
             .await

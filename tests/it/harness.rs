@@ -45,10 +45,75 @@ impl Resp {
     }
 }
 
+/// Which database the servers of this test binary use: `it` runs the suite on
+/// SQLite, `it_pg` runs the same files on PostgreSQL.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server that test databases are created on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CRMKIT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, uniquely named database on the test PostgreSQL server.
+pub async fn create_pg_database() -> (String, String) {
+    use sea_orm::ConnectionTrait;
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "crmkit_t{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        rand_suffix()
+    );
+    let admin = postgres_admin_url();
+    let db = sea_orm::Database::connect(&admin)
+        .await
+        .expect("connect to CRMKIT_TEST_POSTGRES_URL");
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    db.close().await.ok();
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin);
+    (name.clone(), format!("{base}/{name}"))
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+/// Drops a test database (from Drop, so on a thread with its own runtime).
+pub fn drop_pg_database(name: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sea_orm::ConnectionTrait;
+            if let Ok(db) = sea_orm::Database::connect(&postgres_admin_url()).await {
+                let _ = db
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+                db.close().await.ok();
+            }
+        });
+    })
+    .join();
+}
+
 pub struct Builder {
     env: Vec<(String, String)>,
     smtp: Option<Mode>,
-    db_path: Option<std::path::PathBuf>,
 }
 
 pub struct Server {
@@ -56,7 +121,10 @@ pub struct Server {
     pub base: String,
     pub log: Arc<Mutex<String>>,
     pub smtp: Option<SmtpServer>,
-    pub db_path: std::path::PathBuf,
+    /// The server's database URL (SQLite file or PostgreSQL database).
+    pub db_url: String,
+    /// The PostgreSQL database to drop at the end, if any.
+    pg_name: Option<String>,
     pub dir: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
@@ -77,10 +145,19 @@ impl Builder {
     }
     pub async fn start(self) -> Server {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let db_path = self
-            .db_path
-            .clone()
-            .unwrap_or_else(|| dir.path().join("crmkit.db"));
+        let (db_url, pg_name) = match crate::BACKEND {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("crmkit.db").display()
+                ),
+                None,
+            ),
+            Backend::Postgres => {
+                let (name, url) = create_pg_database().await;
+                (url, Some(name))
+            }
+        };
         let smtp = match self.smtp {
             Some(mode) => Some(SmtpServer::start(mode).await),
             None => None,
@@ -92,7 +169,7 @@ impl Builder {
                 format!("smtp://127.0.0.1:{}", s.port),
             ));
         }
-        Server::spawn(dir, db_path, smtp, env).await
+        Server::spawn(dir, db_url, pg_name, smtp, env).await
     }
 }
 
@@ -105,7 +182,6 @@ impl Server {
         Builder {
             env: Vec::new(),
             smtp: Some(Mode::Accept),
-            db_path: None,
         }
     }
 
@@ -115,7 +191,8 @@ impl Server {
 
     async fn spawn(
         dir: Arc<tempfile::TempDir>,
-        db_path: std::path::PathBuf,
+        db_url: String,
+        pg_name: Option<String>,
         smtp: Option<SmtpServer>,
         env: Vec<(String, String)>,
     ) -> Server {
@@ -124,7 +201,7 @@ impl Server {
             .arg("--bind")
             .arg("127.0.0.1:0")
             .arg("--database-url")
-            .arg(format!("sqlite://{}?mode=rwc", db_path.display()))
+            .arg(&db_url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -169,7 +246,8 @@ impl Server {
             base,
             log,
             smtp,
-            db_path,
+            db_url,
+            pg_name,
             dir,
             http: reqwest::Client::builder().build().unwrap(),
             env,
@@ -197,7 +275,8 @@ impl Server {
         }
         Server::spawn(
             self.dir.clone(),
-            self.db_path.clone(),
+            self.db_url.clone(),
+            self.pg_name.take(),
             self.smtp.clone(),
             env,
         )
@@ -348,6 +427,9 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(name) = self.pg_name.take() {
+            drop_pg_database(name);
+        }
     }
 }
 
@@ -360,7 +442,7 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 /// Opens the server's SQLite file directly (for checks no endpoint shows).
 pub async fn open_db(s: &Server) -> sea_orm::DatabaseConnection {
-    sea_orm::Database::connect(format!("sqlite://{}?mode=rw", s.db_path.display()))
+    sea_orm::Database::connect(s.db_url.replace("mode=rwc", "mode=rw"))
         .await
         .unwrap()
 }
@@ -369,11 +451,25 @@ pub async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     use sea_orm::ConnectionTrait;
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Sqlite,
+            db.get_database_backend(),
             sql.to_string(),
         ))
         .await
         .unwrap()
         .unwrap();
     row.try_get("", "n").unwrap()
+}
+
+/// An outside part (libfaketime, PostgreSQL, …) a test needs. When it is
+/// missing the test prints one line and passes, unless `CRMKIT_TEST_STRICT=1`
+/// (as in CI), where a missing part fails the test.
+pub fn require(part: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CRMKIT_TEST_STRICT").is_ok_and(|v| v == "1") {
+        panic!("{part} is required (CRMKIT_TEST_STRICT=1) but missing");
+    }
+    eprintln!("SKIPPED: {part} is not installed here; this test needs it");
+    false
 }
