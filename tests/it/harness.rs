@@ -473,3 +473,22 @@ pub fn require(part: &str, available: bool) -> bool {
     eprintln!("SKIPPED: {part} is not installed here; this test needs it");
     false
 }
+
+impl Server {
+    /// Another `crmkit serve` process on the same database and SMTP listener,
+    /// with the same settings (plus `extra_env`): a second stateless node.
+    pub async fn another(&self, extra_env: &[(&str, &str)]) -> Server {
+        let mut env = self.env.clone();
+        for (k, v) in extra_env {
+            env.push((k.to_string(), v.to_string()));
+        }
+        Server::spawn(
+            self.dir.clone(),
+            self.db_url.clone(),
+            None,
+            self.smtp.clone(),
+            env,
+        )
+        .await
+    }
+}
