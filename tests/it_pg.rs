@@ -13,6 +13,9 @@ mod format;
 #[path = "it/harness.rs"]
 mod harness;
 #[cfg(crmkit_test_pg)]
+#[path = "it/mcp.rs"]
+mod mcp;
+#[cfg(crmkit_test_pg)]
 #[path = "it/ops.rs"]
 mod ops;
 #[cfg(crmkit_test_pg)]

@@ -14,6 +14,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_init;
 pub mod m20261128_000002_search;
+mod m20261128_000003_oauth;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_init::Migration),
             Box::new(m20261128_000002_search::Migration),
+            Box::new(m20261128_000003_oauth::Migration),
         ]
     }
 }

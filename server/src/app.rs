@@ -43,9 +43,19 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API as one router (tests and the MCP connector call it in-process).
+/// The whole HTTP API as one router: the CRM API, OAuth and the MCP connector,
+/// whose `request` tool calls the CRM API router in-process.
 pub fn app(state: AppState) -> Router {
-    routes::router()
+    let api = finish(routes::router(), state.clone());
+    let full = routes::router()
+        .merge(crate::mcp::oauth::router())
+        .merge(crate::mcp::router(state.clone(), api));
+    finish(full, state)
+}
+
+/// Fallbacks, the negotiation middleware and panic catching around `routes`.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(negotiate::no_route)
         .method_not_allowed_fallback(negotiate::wrong_method)
         .layer(middleware::from_fn(negotiate::middleware))

@@ -23,6 +23,8 @@ mod extract;
 #[cfg(feature = "service")]
 mod mail;
 #[cfg(feature = "service")]
+mod mcp;
+#[cfg(feature = "service")]
 mod negotiate;
 #[cfg(feature = "service")]
 mod query;

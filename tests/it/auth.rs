@@ -734,6 +734,18 @@ async fn login_codes_expire_after_ten_minutes_r12() {
         .await
         .assert_error(403, "escalation_required");
     let step_up = s.nth_code("r12@example.com", n + 1).await;
+    // An OAuth authorization code.
+    let redirect = "https://claude.ai/api/mcp/auth_callback";
+    let client = crate::mcp::register(&s, redirect, "Claude").await;
+    let location = crate::mcp::sign_in(&s, &client, redirect, "r12@example.com").await;
+    let oauth_code = location
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
     let s = s
         .restart(
             false,
@@ -754,6 +766,20 @@ async fn login_codes_expire_after_ten_minutes_r12() {
         .await
         .assert_error(403, "invalid_code");
     assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
+    let (status, body, _) = crate::mcp::token_request(
+        &s,
+        &format!(
+            "grant_type=authorization_code&code={oauth_code}&client_id={client}&redirect_uri={}&code_verifier={}",
+            redirect.replace(':', "%3A").replace('/', "%2F"),
+            crate::mcp::VERIFIER
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
     // Control: fresh codes under the shifted clock work.
     s.login("r12@example.com").await;
 }

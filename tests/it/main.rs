@@ -5,6 +5,7 @@
 mod auth;
 mod format;
 mod harness;
+mod mcp;
 mod ops;
 mod query;
 mod records;

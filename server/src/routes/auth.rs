@@ -59,6 +59,82 @@ async fn request_code(
         "email",
         &required(body.email, "email", "\"jane@example.com\"")?,
     )?;
+    send_login_code(&state, &email, &ip).await?;
+    let masked = validate::mask_email(&email);
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            format!(
+                "{}\n{}\n",
+                comment(&format!("code sent to {masked} if it can receive mail; it expires in 10 minutes")),
+                comment("next: POST /auth/verify {\"email\":…,\"code\":\"123456\",\"token_name\":\"my-agent\"}")
+            )
+        },
+        || json!({"data": {"sent_to": masked, "expires_in": 600}, "result": "sent"}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    email: Option<String>,
+    code: Option<String>,
+    token_name: Option<String>,
+}
+impl BodyFields for VerifyBody {
+    const FIELDS: &'static [&'static str] = &["email", "code", "token_name"];
+}
+
+pub fn invalid_code(status: StatusCode) -> AppError {
+    AppError::new(
+        "invalid_code",
+        status,
+        "the code is wrong, used, expired or has had too many tries",
+        "do not guess; request a fresh code (POST /auth/request) and use the newest one",
+    )
+}
+
+async fn verify_code(
+    State(state): State<AppState>,
+    fmt: Fmt,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<VerifyBody>,
+) -> AppResult<Response> {
+    let email = validate::email(
+        "email",
+        &required(body.email, "email", "\"jane@example.com\"")?,
+    )?;
+    let code = required(body.code, "code", "\"123456\"")?;
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::invalid(
+            "code must be exactly 6 digits",
+            "send the 6-digit code from the email as a string, e.g. \"042917\"",
+        ));
+    }
+    let token_name = match body.token_name {
+        Some(n) => validate::label("token_name", &n, 100)?,
+        None => "default".to_string(),
+    };
+    let (tx, user_id, workspace_id) = redeem_login_code(&state, &email, &code, &ip).await?;
+    let minted = mint_token(&tx, &state, &user_id, &workspace_id, &token_name).await?;
+    audit::record(
+        &tx,
+        &workspace_id,
+        &user_id,
+        &token_name,
+        "token.create",
+        &handle(Kind::Token, &minted.id),
+        Some(json!({"name": [null, token_name]})),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(user = %handle(Kind::User, &user_id), "signed in");
+    Ok(token_reply(fmt, &minted, &email))
+}
+
+/// Rate-limits, stores and mails a fresh login code for `email` (shared by
+/// `/auth/request` and the OAuth sign-in page).
+pub async fn send_login_code(state: &AppState, email: &str, ip: &str) -> AppResult<()> {
+    let email = email.to_string();
     let s = &state.settings;
     ratelimit::hit(
         &state.db,
@@ -125,60 +201,19 @@ async fn request_code(
         .await?;
         return Err(e);
     }
-    let masked = validate::mask_email(&email);
-    Ok(fmt.reply(
-        StatusCode::OK,
-        || {
-            format!(
-                "{}\n{}\n",
-                comment(&format!("code sent to {masked} if it can receive mail; it expires in 10 minutes")),
-                comment("next: POST /auth/verify {\"email\":…,\"code\":\"123456\",\"token_name\":\"my-agent\"}")
-            )
-        },
-        || json!({"data": {"sent_to": masked, "expires_in": 600}, "result": "sent"}),
-    ))
+    Ok(())
 }
 
-#[derive(Deserialize)]
-struct VerifyBody {
-    email: Option<String>,
-    code: Option<String>,
-    token_name: Option<String>,
-}
-impl BodyFields for VerifyBody {
-    const FIELDS: &'static [&'static str] = &["email", "code", "token_name"];
-}
-
-pub fn invalid_code(status: StatusCode) -> AppError {
-    AppError::new(
-        "invalid_code",
-        status,
-        "the code is wrong, used, expired or has had too many tries",
-        "do not guess; request a fresh code (POST /auth/request) and use the newest one",
-    )
-}
-
-async fn verify_code(
-    State(state): State<AppState>,
-    fmt: Fmt,
-    ClientIp(ip): ClientIp,
-    JsonBody(body): JsonBody<VerifyBody>,
-) -> AppResult<Response> {
-    let email = validate::email(
-        "email",
-        &required(body.email, "email", "\"jane@example.com\"")?,
-    )?;
-    let code = required(body.code, "code", "\"123456\"")?;
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AppError::invalid(
-            "code must be exactly 6 digits",
-            "send the 6-digit code from the email as a string, e.g. \"042917\"",
-        ));
-    }
-    let token_name = match body.token_name {
-        Some(n) => validate::label("token_name", &n, 100)?,
-        None => "default".to_string(),
-    };
+/// Checks a login code (atomically: tries counted first, single use) and, in
+/// the returned open transaction, signs the user in: creates the account on
+/// first use, accepts pending invites, ensures the personal workspace.
+pub async fn redeem_login_code(
+    state: &AppState,
+    email: &str,
+    code: &str,
+    ip: &str,
+) -> AppResult<(DatabaseTransaction, String, String)> {
+    let email = email.to_string();
     let s = &state.settings;
     ratelimit::hit(
         &state.db,
@@ -205,7 +240,7 @@ async fn verify_code(
         return Err(invalid_code(StatusCode::UNAUTHORIZED));
     };
     let stored: String = row.try_get("", "code_hash")?;
-    let offered = secrets::code_hash(&email, &code);
+    let offered = secrets::code_hash(&email, code);
     if !secrets::ct_eq(&stored, &offered) {
         return Err(invalid_code(StatusCode::UNAUTHORIZED));
     }
@@ -225,20 +260,7 @@ async fn verify_code(
     let user_id = find_or_create_user(&tx, &email).await?;
     crate::routes::workspaces::accept_invites(&tx, &user_id, &email).await?;
     let workspace_id = crate::routes::workspaces::ensure_personal(&tx, &user_id, &email).await?;
-    let minted = mint_token(&tx, &state, &user_id, &workspace_id, &token_name).await?;
-    audit::record(
-        &tx,
-        &workspace_id,
-        &user_id,
-        &token_name,
-        "token.create",
-        &handle(Kind::Token, &minted.id),
-        Some(json!({"name": [null, token_name]})),
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(user = %handle(Kind::User, &user_id), "signed in");
-    Ok(token_reply(fmt, &minted, &email))
+    Ok((tx, user_id, workspace_id))
 }
 
 pub struct Minted {

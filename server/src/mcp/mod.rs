@@ -1,0 +1,258 @@
+//! The MCP connector: `POST /mcp`, a stateless Streamable HTTP MCP server (rmcp)
+//! with one tool, `request`, that performs an HTTP API call in-process, as the
+//! caller, through the same router the HTTP API uses.
+//!
+//! The bearer check runs before rmcp sees the request: without a valid token
+//! the answer is 401 with `WWW-Authenticate` pointing at the protected-resource
+//! metadata, which is how chat clients discover the OAuth flow (`oauth.rs`).
+
+pub mod oauth;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use tower::ServiceExt;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::error::AppError;
+
+/// Paths the tool may not reach: sign-in, OAuth, the connector itself.
+const FORBIDDEN: &[&str] = &["/auth", "/oauth", "/mcp", "/.well-known"];
+
+#[derive(Deserialize, schemars::JsonSchema)]
+pub struct RequestArgs {
+    /// GET, POST, PATCH or DELETE
+    pub method: String,
+    /// Path with query string, e.g. `/contacts?stage=lead&limit=20` or `/contacts/c_7k2m9q4x1d3f`
+    pub path: String,
+    /// JSON body for POST and PATCH
+    pub body: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The MCP server: the API router it forwards to, and its one tool.
+#[derive(Clone)]
+pub struct Connector {
+    api: Router,
+}
+
+const TOOL_DESCRIPTION: &str = "Call the crmkit CRM HTTP API as the signed-in user and get its plain-text answer. \
+Records are one line each: `contact/c_… name=\"Jane Doe\" email=… stage=lead`; lists end with `# N contacts` and `# next: CURSOR`. \
+Endpoints: GET/POST /contacts, /companies, /deals (POST upserts contacts by email, companies by domain); GET/PATCH/DELETE /{kind}/{id}; \
+GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body}; GET /activities, /reminders?days=N, /audit, /whoami, /tokens, /workspaces. \
+Filters: field=[op:]value with ops eq ne gt gte lt lte like in is:null not:null, plus custom.KEY, tags=vip, search=TEXT, sort=-field, limit<=200, cursor=. \
+Delete is two-step: the first DELETE answers confirmation_required with a confirm token; repeat with ?confirm=TOKEN only if the user agrees. \
+Promoting to admin and deleting a workspace answer escalation_required and email the user a code: ask them for it and repeat with ?code=CODE. \
+Errors carry a hint saying what to do next. GET /help returns the whole manual.";
+
+#[tool_router]
+impl Connector {
+    pub fn new(api: Router) -> Self {
+        Connector { api }
+    }
+
+    #[tool(
+        name = "request",
+        description = TOOL_DESCRIPTION,
+        annotations(title = "crmkit API request", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn request(
+        &self,
+        Parameters(args): Parameters<RequestArgs>,
+        Extension(parts): Extension<axum::http::request::Parts>,
+    ) -> Result<CallToolResult, McpError> {
+        let refuse = |msg: String| Ok(CallToolResult::error(vec![ContentBlock::text(msg)]));
+        let method = match args.method.to_ascii_uppercase().as_str() {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            "PATCH" => Method::PATCH,
+            "DELETE" => Method::DELETE,
+            other => {
+                return refuse(format!(
+                    "error: invalid_request\nmessage: method {other:?} is not allowed\nhint: use GET, POST, PATCH or DELETE\n"
+                ));
+            }
+        };
+        let path = args.path.trim();
+        let path_only = path.split(['?', '#']).next().unwrap_or("");
+        let reachable = path.starts_with('/')
+            && !path.starts_with("//")
+            && !path.contains('\\')
+            && !path.contains("://")
+            && !FORBIDDEN
+                .iter()
+                .any(|p| path_only == *p || path_only.starts_with(&format!("{p}/")));
+        if !reachable {
+            return refuse(format!(
+                "error: invalid_request\nmessage: path {:?} is not an API path this tool can call\nhint: send a path of the CRM API starting with /, e.g. /contacts?search=acme (not /auth, /oauth, /mcp or a full URL); GET /help lists them\n",
+                path.chars().take(100).collect::<String>()
+            ));
+        }
+        let mut builder = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ACCEPT, "text/plain");
+        if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let body = match &args.body {
+            Some(b) => Body::from(serde_json::to_vec(b).unwrap_or_default()),
+            None => Body::empty(),
+        };
+        let req = match builder.body(body) {
+            Ok(r) => r,
+            Err(_) => return refuse("error: invalid_request\nmessage: the path is not a valid URL path\nhint: percent-encode special characters in the path\n".into()),
+        };
+        let res = self
+            .api
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 16 * 1024 * 1024)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(if status.is_client_error() || status.is_server_error() {
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        } else {
+            CallToolResult::success(vec![ContentBlock::text(text)])
+        })
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Connector {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        info.server_info = Implementation::new("crmkit", env!("CARGO_PKG_VERSION"));
+        info.instructions = Some(
+            "crmkit is a CRM. Use the `request` tool to call its HTTP API; start with GET /whoami or GET /help.".into(),
+        );
+        info
+    }
+}
+
+/// Hosts rmcp accepts in `Host:` (it defaults to loopback only).
+fn allowed_hosts(base_url: &str) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Some(rest) = base_url.split("://").nth(1) {
+        let authority = rest.split('/').next().unwrap_or("");
+        hosts.push(authority.to_string());
+        if let Some((host, _)) = authority.rsplit_once(':') {
+            hosts.push(host.to_string());
+        }
+    }
+    hosts
+}
+
+/// `/mcp`: CORS preflight, then the bearer check, then rmcp.
+pub fn router(state: AppState, api: Router) -> Router<AppState> {
+    // Stateless: no session lives in this process, so any node can answer.
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.allowed_hosts = allowed_hosts(&state.settings.base_url);
+    config.max_request_body_bytes = state.settings.body_limit;
+    let connector = Connector::new(api);
+    let service = StreamableHttpService::new(
+        move || Ok(connector.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+fn cors(res: &mut Response) {
+    let h = res.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, content-type, accept, mcp-protocol-version, mcp-session-id, last-event-id"),
+    );
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("www-authenticate, mcp-session-id, mcp-protocol-version"),
+    );
+}
+
+/// Answers preflights, and 401 with the OAuth discovery pointer when the
+/// bearer token is missing or bad.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        cors(&mut res);
+        return res;
+    }
+    let (parts, body) = req.into_parts();
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource",
+        state.settings.base_url
+    );
+    let result = match auth::bearer(&parts) {
+        Ok(token) => auth::authenticate(&state, &token)
+            .await
+            .map_err(|e| (e, true)),
+        Err(e) => Err((e, parts.headers.contains_key(header::AUTHORIZATION))),
+    };
+    let mut res = match result {
+        Ok(_) if parts.method == Method::POST => {
+            // JSON-RPC garbage gets a JSON-RPC parse error, not a transport message.
+            match crate::extract::body_bytes(
+                Request::from_parts(parts.clone(), body),
+                state.settings.body_limit,
+            )
+            .await
+            {
+                Ok(bytes) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() => {
+                    next.run(Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                }
+                Ok(_) => {
+                    let v = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error: the body is not JSON"}});
+                    crate::negotiate::json_response(StatusCode::BAD_REQUEST, &v)
+                }
+                Err(e) => e.into_response(),
+            }
+        }
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err((mut e, sent)) => {
+            if e.status == StatusCode::UNAUTHORIZED {
+                let challenge = if sent {
+                    format!("Bearer resource_metadata=\"{metadata}\", error=\"invalid_token\"")
+                } else {
+                    format!("Bearer resource_metadata=\"{metadata}\"")
+                };
+                e.headers.push(("www-authenticate", challenge));
+                e.hint = format!("connect through OAuth: see {metadata}");
+            }
+            let e: AppError = e;
+            e.into_response()
+        }
+    };
+    cors(&mut res);
+    res
+}
