@@ -4,6 +4,7 @@
 
 mod auth;
 mod format;
+#[allow(dead_code)] // some helpers serve only the PostgreSQL half
 mod harness;
 mod mcp;
 mod ops;

@@ -129,7 +129,7 @@ fn query_param(url: &str, key: &str) -> Option<String> {
     let q = url.split_once('?')?.1;
     q.split('&')
         .find_map(|p| p.strip_prefix(&format!("{key}=")))
-        .map(|v| percent_decode(v))
+        .map(percent_decode)
 }
 
 fn percent_decode(s: &str) -> String {
