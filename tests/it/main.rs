@@ -7,6 +7,7 @@ mod format;
 #[allow(dead_code)] // some helpers serve only the PostgreSQL half
 mod harness;
 mod mcp;
+mod mcp_sdk;
 mod ops;
 mod query;
 mod records;
