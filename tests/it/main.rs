@@ -3,6 +3,7 @@
 //! to it over real HTTP.
 
 mod auth;
+mod browser;
 mod format;
 #[allow(dead_code)] // some helpers serve only the PostgreSQL half
 mod harness;
