@@ -32,6 +32,16 @@ enum Command {
         #[command(flatten)]
         db: crmkit_server::config::ServeArgs,
     },
+    /// Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)
+    #[cfg(feature = "server")]
+    MigrateData {
+        /// Source database URL
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Target database URL (must be empty)
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Operator commands that act on the database directly
     #[cfg(feature = "server")]
     #[command(subcommand)]
@@ -86,6 +96,26 @@ fn main() -> ExitCode {
                     for name in &pending {
                         println!("{} {name}", if dry_run { "would apply" } else { "applied" });
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.exit_code(), &e),
+            }
+        }
+        #[cfg(feature = "server")]
+        Command::MigrateData { from, to } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            match rt.block_on(crmkit_server::migrate_data(&from, &to)) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    println!("# copied and verified");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e.exit_code(), &e),

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Database pool size [default: 8 for SQLite, 10 for PostgreSQL]
     #[arg(long, env = "CRMKIT_DB_MAX_CONNECTIONS", value_name = "N")]
     pub db_max_connections: Option<String>,
+    /// How long start-up keeps retrying an unreachable database [default: 30s]
+    #[arg(long, env = "CRMKIT_DB_STARTUP_WAIT", value_name = "DURATION")]
+    pub db_startup_wait: Option<String>,
     /// Log filter, e.g. info or crmkit=debug [default: info]
     #[arg(long, env = "CRMKIT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -98,6 +101,7 @@ struct FileConfig {
     mail_from: Option<String>,
     token_idle_ttl: Option<String>,
     db_max_connections: Option<u32>,
+    db_startup_wait: Option<String>,
     log: Option<String>,
     trust_proxy: Option<bool>,
     #[serde(default)]
@@ -175,6 +179,7 @@ pub struct Settings {
     pub mail_from: String,
     pub token_idle_ttl: Duration,
     pub db_max_connections: Option<u32>,
+    pub db_startup_wait: Duration,
     pub log: String,
     pub trust_proxy: bool,
     pub plans: BTreeMap<String, Plan>,
@@ -205,8 +210,10 @@ pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some((cred, host)) = rest.rsplit_once('@')
     {
-        let user = cred.split(':').next().unwrap_or("");
-        return format!("{scheme}://{user}:***@{host}");
+        return match cred.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{cred}@{host}"),
+        };
     }
     url.to_string()
 }
@@ -300,7 +307,25 @@ fn check_smtp_url(s: &str) -> Result<String, ConfigError> {
 }
 
 fn check_database_url(s: &str) -> Result<String, ConfigError> {
-    if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        use std::str::FromStr;
+        sea_orm::sqlx::postgres::PgConnectOptions::from_str(s)
+            .map_err(|e| ConfigError(format!("invalid database_url {}: {e}", redact_url(s))))?;
+        let rest = s.split_once("://").map(|(_, r)| r).unwrap_or("");
+        let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+        let authority = host.split(['/', '?']).next().unwrap_or("");
+        let port_ok = match authority.rsplit_once(':') {
+            Some((_, p)) if !authority.ends_with(']') => p.parse::<u16>().is_ok(),
+            _ => true,
+        };
+        if authority.is_empty() || !port_ok {
+            return Err(ConfigError(format!(
+                "invalid database_url {}: expected postgres://user:password@host:5432/database",
+                redact_url(s)
+            )));
+        }
+        Ok(s.to_string())
+    } else if s.starts_with("sqlite:") {
         Ok(s.to_string())
     } else {
         Err(ConfigError(
@@ -385,6 +410,10 @@ impl Settings {
             ),
             None => file.db_max_connections,
         };
+        let db_startup_wait = match pick(&args.db_startup_wait, &file.db_startup_wait) {
+            Some(s) => parse_duration(&s).map_err(|e| bad("db_startup_wait", e))?,
+            None => Duration::from_secs(30),
+        };
         let log = pick(&args.log, &file.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| bad("log", e))?;
         let trust_proxy = match &args.trust_proxy {
@@ -447,6 +476,7 @@ impl Settings {
             mail_from,
             token_idle_ttl,
             db_max_connections,
+            db_startup_wait,
             log,
             trust_proxy,
             plans,

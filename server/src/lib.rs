@@ -41,9 +41,13 @@ mod serve;
 #[cfg(feature = "service")]
 mod stepup;
 #[cfg(feature = "service")]
+mod transfer;
+#[cfg(feature = "service")]
 mod validate;
 
 #[cfg(feature = "service")]
 pub use app::{AppState, app};
 #[cfg(feature = "service")]
 pub use serve::{ServeError, migrate, run, serve_on, set_plan};
+#[cfg(feature = "service")]
+pub use transfer::migrate_data;

@@ -59,12 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let settings = Settings::resolve(&args).map_err(ServeError::Config)?;
     init_logging(&settings.log);
     let mailer = Mailer::new(&settings).map_err(ServeError::Config)?;
-    let conn = db::connect(&settings).await.map_err(|e| {
-        ServeError::Runtime(format!(
-            "cannot open the database {}: {e}",
-            redact_url(&settings.database_url)
-        ))
-    })?;
+    let conn = connect_with_retry(&settings).await?;
     db::migrate(&conn)
         .await
         .map_err(|e| ServeError::Runtime(format!("migration failed: {e}")))?;
@@ -103,6 +98,52 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     conn.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the database, retrying with backoff while it is unreachable (a
+/// database that starts after the server is normal in a deployment), up to
+/// `db_startup_wait`.
+async fn connect_with_retry(
+    settings: &Settings,
+) -> Result<sea_orm::DatabaseConnection, ServeError> {
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let left = settings
+            .db_startup_wait
+            .saturating_sub(started.elapsed())
+            .max(std::time::Duration::from_millis(500));
+        let attempt =
+            match tokio::time::timeout(left.min(std::time::Duration::from_secs(2)), async {
+                let conn = db::connect(settings).await?;
+                conn.ping().await.map(|_| conn)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(sea_orm::DbErr::Custom(
+                    "connection attempt timed out".into(),
+                )),
+            };
+        match attempt {
+            Ok(conn) => return Ok(conn),
+            Err(e) if started.elapsed() + delay < settings.db_startup_wait => {
+                tracing::warn!(
+                    "database not reachable yet ({e}); retrying in {} ms",
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(ServeError::Runtime(format!(
+                    "cannot reach the database {} after {:?}: {e}",
+                    redact_url(&settings.database_url),
+                    settings.db_startup_wait
+                )));
+            }
+        }
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves (test seam).

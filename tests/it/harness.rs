@@ -114,6 +114,8 @@ pub fn drop_pg_database(name: String) {
 pub struct Builder {
     env: Vec<(String, String)>,
     smtp: Option<Mode>,
+    backend: Option<Backend>,
+    database: Option<String>,
 }
 
 pub struct Server {
@@ -135,6 +137,16 @@ impl Builder {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Runs this server on another backend than the binary's.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = Some(b);
+        self
+    }
+    /// Runs this server on an existing database (not dropped afterwards).
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_string());
+        self
+    }
     pub fn local_mail(mut self) -> Self {
         self.smtp = None;
         self
@@ -145,18 +157,24 @@ impl Builder {
     }
     pub async fn start(self) -> Server {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let (db_url, pg_name) = match crate::BACKEND {
-            Backend::Sqlite => (
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("crmkit.db").display()
+        let (db_url, pg_name) = match (
+            self.database.clone(),
+            self.backend.unwrap_or(crate::BACKEND),
+        ) {
+            (Some(url), _) => (url, None),
+            (None, b) => match b {
+                Backend::Sqlite => (
+                    format!(
+                        "sqlite://{}?mode=rwc",
+                        dir.path().join("crmkit.db").display()
+                    ),
+                    None,
                 ),
-                None,
-            ),
-            Backend::Postgres => {
-                let (name, url) = create_pg_database().await;
-                (url, Some(name))
-            }
+                Backend::Postgres => {
+                    let (name, url) = create_pg_database().await;
+                    (url, Some(name))
+                }
+            },
         };
         let smtp = match self.smtp {
             Some(mode) => Some(SmtpServer::start(mode).await),
@@ -182,6 +200,8 @@ impl Server {
         Builder {
             env: Vec::new(),
             smtp: Some(Mode::Accept),
+            backend: None,
+            database: None,
         }
     }
 

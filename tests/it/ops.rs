@@ -141,3 +141,34 @@ fn version_and_help_work_without_a_server() {
         "{help}"
     );
 }
+
+#[test]
+fn a_malformed_postgres_url_is_a_start_up_error() {
+    for url in [
+        "postgres://user@host:notaport/db",
+        "postgres://",
+        "postgres://:5432/db",
+    ] {
+        let (code, err) = serve_with(&["--database-url", url], &[]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert!(err.contains("database_url"), "{err}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_retried_then_reported() {
+    let started = std::time::Instant::now();
+    let (code, err) = serve_with(
+        &[
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/none",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[("CRMKIT_DB_STARTUP_WAIT", "5s")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the database"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(err.contains("retrying"), "no retries: {err}");
+}

@@ -230,3 +230,126 @@ async fn readiness_fails_while_the_database_is_away_and_recovers() {
     assert!(back, "readyz did not recover without a restart");
     assert_eq!(s.get("/whoami", &t).await.status, 200);
 }
+
+fn migrate_data(from: &str, to: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["migrate-data", "--from", from, "--to", to])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn a_workspace_moves_from_sqlite_to_postgresql_and_back() {
+    use crate::harness::Backend;
+    let mut old = Server::builder().backend(Backend::Sqlite).start().await;
+    let t = old.login("mover@example.com").await;
+    let co = create(
+        &old,
+        &t,
+        "companies",
+        json!({"name": "Acme", "domain": "acme.com"}),
+    )
+    .await;
+    let c = create(&old, &t, "contacts", json!({"name": "Jane Mover", "email": "jane@acme.com", "company_id": co, "tags": ["vip"], "custom": {"tier": "gold"}})).await;
+    create(
+        &old,
+        &t,
+        "deals",
+        json!({"title": "Big", "amount_cents": 100, "currency": "USD", "contact_id": c}),
+    )
+    .await;
+    old.post(
+        &format!("/contacts/{c}/activities"),
+        Some(&t),
+        r#"{"kind":"call","body":"hello"}"#,
+    )
+    .await;
+    let sqlite_url = old.db_url.clone();
+    assert!(old.stop(false).unwrap().success());
+
+    let (pg_name, pg_url) = create_pg_database().await;
+    let (code, out, err) = migrate_data(&sqlite_url, &pg_url);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("contacts: 1 rows") && out.contains("# copied and verified"),
+        "{out}"
+    );
+    // Into a target that is no longer empty: refused.
+    let (code, _, err) = migrate_data(&sqlite_url, &pg_url);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+
+    let pg = Server::builder().database(&pg_url).start().await;
+    assert_eq!(
+        pg.get("/whoami", &t).await.status,
+        200,
+        "tokens travel with the data"
+    );
+    let found = pg
+        .get("/contacts?search=mover&tags=vip&custom.tier=gold", &t)
+        .await;
+    assert!(
+        found.text.contains(&format!("contact/{c} ")),
+        "{}",
+        found.text
+    );
+    assert!(
+        pg.get("/audit", &t)
+            .await
+            .text
+            .contains("action=contact.create")
+    );
+    assert!(
+        pg.get(&format!("/activities?contact={c}"), &t)
+            .await
+            .text
+            .contains("body=hello")
+    );
+    drop(pg);
+
+    // And back into a new SQLite file: the search index is rebuilt.
+    let back = format!(
+        "sqlite://{}?mode=rwc",
+        old.dir.path().join("back.db").display()
+    );
+    let (code, _, err) = migrate_data(&pg_url, &back);
+    assert_eq!(code, 0, "{err}");
+    let again = Server::builder().database(&back).start().await;
+    let found = again.get("/contacts?search=mover", &t).await;
+    assert!(
+        found.text.contains(&format!("contact/{c} ")),
+        "{}",
+        found.text
+    );
+    drop(again);
+    drop_pg_database(pg_name);
+}
+
+#[tokio::test]
+async fn a_failed_migration_leaves_the_schema_as_it_was() {
+    let (name, url) = create_pg_database().await;
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    // A table in the way makes the first migration fail half-way.
+    db.execute_unprepared("CREATE TABLE audit (x int)")
+        .await
+        .unwrap();
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = crate::harness::count(&db, "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('users', 'contacts', 'seaql_migrations')").await;
+    assert_eq!(n, 0, "tables of the failed migration were left behind");
+    db.close().await.ok();
+    drop_pg_database(name);
+}

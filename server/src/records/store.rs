@@ -355,7 +355,7 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
 
 /// Keeps the SQLite FTS5 index in step with the row, in the same transaction.
 /// PostgreSQL needs nothing: its trigram index is on an expression of the row.
-async fn search_sync<C: ConnectionTrait>(
+pub async fn search_sync<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
     ws: &str,
