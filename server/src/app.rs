@@ -21,6 +21,8 @@ pub struct AppState {
     pub manual: Arc<str>,
     /// Signs list cursors; shared by every process through the database.
     pub cursor_key: Arc<[u8]>,
+    /// Recent token lookups (see `auth`).
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 const MANUAL: &str = include_str!("../manual.txt");
@@ -39,6 +41,7 @@ impl AppState {
             mailer,
             manual: manual.into(),
             cursor_key: cursor_key.into(),
+            tokens: Arc::default(),
         }
     }
 }

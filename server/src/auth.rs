@@ -1,12 +1,20 @@
 //! Who is calling: the bearer-token extractor with its sliding idle expiry.
 //!
 //! A token is looked up by the SHA-256 of its secret together with the caller's
-//! membership of the token's workspace, so a removed member's token stops
-//! working on the very next call. Each use pushes the idle expiry forward, but
-//! the write happens at most once per `renew_every` per token.
+//! membership of the token's workspace. Each use pushes the idle expiry
+//! forward, but the write happens at most once per `renew_every` per token.
+//!
+//! Lookups are cached in-process for [`CACHE_TTL`] so a busy agent does not pay
+//! a database round trip per request. Every mutation of tokens or memberships
+//! in this process empties the cache after it commits (revocation, removal and
+//! role changes apply at once here); other processes sharing a PostgreSQL
+//! database see such changes within `CACHE_TTL`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
@@ -37,6 +45,61 @@ fn expired() -> AppError {
         "the bearer token expired after being idle too long",
         "sign in again with POST /auth/request then POST /auth/verify; tokens stay alive while they are used",
     )
+}
+
+/// How long a cached token lookup is trusted (the staleness bound across processes).
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 10_000;
+
+struct Cached {
+    caller: Caller,
+    last_used_at: Ts,
+    expires_at: Ts,
+    at: Instant,
+}
+
+/// In-process cache of token lookups, keyed by token hash.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, Cached>>,
+    /// Bumped by every invalidation, so a lookup that raced one is not cached.
+    generation: AtomicU64,
+}
+
+impl TokenCache {
+    /// Forgets everything: call after committing any change to tokens or memberships.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut m) = self.entries.lock() {
+            m.clear();
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<(Caller, Ts, Ts)> {
+        let m = self.entries.lock().ok()?;
+        let c = m.get(hash)?;
+        (c.at.elapsed() < CACHE_TTL).then(|| (c.caller.clone(), c.last_used_at, c.expires_at))
+    }
+
+    fn put(&self, hash: String, generation: u64, caller: Caller, last_used_at: Ts, expires_at: Ts) {
+        if let Ok(mut m) = self.entries.lock() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(
+                hash,
+                Cached {
+                    caller,
+                    last_used_at,
+                    expires_at,
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
 }
 
 /// Pulls the token out of the `Authorization` header(s).
@@ -106,6 +169,22 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppError> {
+    let hash = secrets::hash(token);
+    let now = Ts::now();
+    let ttl = state.settings.token_idle_ttl;
+    if let Some((caller, last_used_at, expires_at)) = state.tokens.get(&hash)
+        && expires_at > now
+    {
+        if now.get() - last_used_at.get() >= renew_every(ttl) {
+            renew(state, &caller.token_id, now).await?;
+            let generation = state.tokens.generation.load(Ordering::SeqCst);
+            state
+                .tokens
+                .put(hash, generation, caller.clone(), now, now.plus(ttl));
+        }
+        return Ok(caller);
+    }
+    let generation = state.tokens.generation.load(Ordering::SeqCst);
     let db = &state.db;
     let backend = db.get_database_backend();
     let row = db
@@ -116,7 +195,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppEr
              FROM tokens t JOIN users u ON u.id = t.user_id \
              LEFT JOIN memberships m ON m.workspace_id = t.workspace_id AND m.user_id = t.user_id \
              WHERE t.hash = ?",
-            vec![secrets::hash(token).into()],
+            vec![hash.clone().into()],
         ))
         .await?
         .ok_or_else(AppError::invalid_token)?;
@@ -126,8 +205,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppEr
         return Err(AppError::invalid_token());
     };
     let expires_at: Ts = row.try_get("", "expires_at")?;
-    let last_used_at: Ts = row.try_get("", "last_used_at")?;
-    let now = Ts::now();
+    let mut last_used_at: Ts = row.try_get("", "last_used_at")?;
     if expires_at <= now {
         return Err(expired());
     }
@@ -139,22 +217,34 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppEr
         email: row.try_get("", "email")?,
         role,
     };
-    let ttl = state.settings.token_idle_ttl;
+    let mut expires_at = expires_at;
     if now.get() - last_used_at.get() >= renew_every(ttl) {
-        // Conditional on not having expired meanwhile, so a race never revives a dead token.
-        db.execute_raw(stmt(
-            backend,
-            "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
-            vec![
-                now.into(),
-                now.plus(ttl).into(),
-                caller.token_id.clone().into(),
-                now.into(),
-            ],
-        ))
-        .await?;
+        renew(state, &caller.token_id, now).await?;
+        last_used_at = now;
+        expires_at = now.plus(ttl);
     }
+    state
+        .tokens
+        .put(hash, generation, caller.clone(), last_used_at, expires_at);
     Ok(caller)
+}
+
+/// Slides a token's idle expiry. Conditional on it not having expired
+/// meanwhile, so a race never revives a dead token.
+async fn renew(state: &AppState, token_id: &str, now: Ts) -> Result<(), AppError> {
+    let db = &state.db;
+    db.execute_raw(stmt(
+        db.get_database_backend(),
+        "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
+        vec![
+            now.into(),
+            now.plus(state.settings.token_idle_ttl).into(),
+            token_id.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// The client's address for rate limits: the socket peer, or the last

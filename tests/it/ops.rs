@@ -172,3 +172,44 @@ fn an_unreachable_database_is_retried_then_reported() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     assert!(err.contains("retrying"), "no retries: {err}");
 }
+
+/// Sustained parallel writes must not grow SQLite's WAL without bound (a read
+/// held open across writes would block every checkpoint).
+#[tokio::test]
+async fn the_sqlite_wal_stays_small_under_sustained_writes() {
+    if crate::BACKEND != crate::harness::Backend::Sqlite {
+        return;
+    }
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "100000")
+        .start()
+        .await;
+    let t = s.login("wal@example.com").await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (http, url, t) = (s.http.clone(), s.url("/contacts"), t.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..250 {
+                let body = format!(r#"{{"name":"Wal {w}-{i}","email":"w{w}-{i}@example.com","tags":["a","b"],"custom":{{"k":{i}}}}}"#);
+                let r = http.post(&url).bearer_auth(&t).body(body).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+                // Reads in between, as agents do.
+                let _ = http.get(format!("{}?limit=5&search=wal", url)).bearer_auth(&t).send().await.unwrap().text().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let wal = s.dir.path().join("crmkit.db-wal");
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size < 16 * 1024 * 1024,
+        "WAL grew to {size} bytes after 2000 creates"
+    );
+    let db = crate::harness::open_db(&s).await;
+    assert_eq!(
+        crate::harness::count(&db, "SELECT COUNT(*) AS n FROM contacts").await,
+        2000
+    );
+}

@@ -955,6 +955,7 @@ async fn exchange_code(
             ))
             .await?;
             tx.commit().await?;
+            state.tokens.forget_all();
         }
         return Ok(grant_error(
             "the authorization code is invalid, expired or already used",
@@ -966,6 +967,7 @@ async fn exchange_code(
     if c_client != client_id || c_redirect != redirect_uri || !pkce_ok(verifier, &challenge) {
         // The code stays used: a wrong attempt burns it.
         tx.commit().await?;
+        state.tokens.forget_all();
         return Ok(grant_error(
             "client_id, redirect_uri or code_verifier does not match the authorization request",
         ));
@@ -981,6 +983,7 @@ async fn exchange_code(
         .await?;
     if still_member.is_none() {
         tx.commit().await?;
+        state.tokens.forget_all();
         return Ok(grant_error(
             "the user is no longer a member of that workspace",
         ));
@@ -993,6 +996,7 @@ async fn exchange_code(
     ))
     .await?;
     tx.commit().await?;
+    state.tokens.forget_all();
     Ok(json_reply(StatusCode::OK, body))
 }
 
@@ -1023,6 +1027,7 @@ async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppR
         .await?;
     if r_client != client_id || alive.is_none() {
         tx.commit().await?;
+        state.tokens.forget_all();
         return Ok(grant_error(
             "the refresh token does not belong to this client or was revoked",
         ));
@@ -1045,12 +1050,14 @@ async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppR
         .await?;
     if still_member.is_none() {
         tx.commit().await?;
+        state.tokens.forget_all();
         return Ok(grant_error(
             "the user is no longer a member of that workspace",
         ));
     }
     let (_, body) = issue(state, &tx, client_id, &user_id, &ws).await?;
     tx.commit().await?;
+    state.tokens.forget_all();
     Ok(json_reply(StatusCode::OK, body))
 }
 
@@ -1113,6 +1120,7 @@ async fn revoke(
         Ok(())
     }
     .await;
+    state.tokens.forget_all();
     match res {
         Ok(()) => with_cors(StatusCode::OK.into_response()),
         Err(e) => with_cors(AppError::from(e).into_response()),

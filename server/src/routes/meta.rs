@@ -236,6 +236,7 @@ async fn revoke_token(
     )
     .await?;
     tx.commit().await?;
+    state.tokens.forget_all();
     let own = id == caller.token_id;
     Ok(fmt.reply(
         StatusCode::OK,

@@ -626,6 +626,7 @@ async fn set_role(
         .await?;
     }
     tx.commit().await?;
+    state.tokens.forget_all();
     let h = handle(Kind::User, &uid);
     Ok(fmt.reply(
         StatusCode::OK,
@@ -677,6 +678,7 @@ async fn remove_member(
     )
     .await?;
     tx.commit().await?;
+    state.tokens.forget_all();
     let h = handle(Kind::User, &uid);
     let n = killed.rows_affected();
     Ok(fmt.reply(
@@ -766,6 +768,7 @@ async fn delete_workspace(
     .await?;
     tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count - 1 WHERE id = ? AND workspaces_count > 0", vec![created_by.into()])).await?;
     tx.commit().await?;
+    state.tokens.forget_all();
     tracing::info!(workspace = %target, "workspace deleted");
     Ok(fmt.reply(
         StatusCode::OK,
