@@ -31,17 +31,132 @@ async fn sigterm_exits_zero_and_data_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn kill_9_loses_no_acknowledged_sign_in_r30() {
-    let s = Server::start().await;
-    let mut tokens = Vec::new();
-    for i in 0..5 {
-        tokens.push(s.login(&format!("r30-{i}@example.com")).await);
+async fn kill_9_loses_no_acknowledged_write_r30() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "100000")
+        .start()
+        .await;
+    let t = s.login("r30@example.com").await;
+    // 500 acknowledged creates, then a burst still in flight at the kill.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..5 {
+        let (http, url, t, acked) = (
+            s.http.clone(),
+            s.url("/contacts?format=json"),
+            t.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .body(format!(r#"{{"name":"d{w}-{i}"}}"#))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let v: serde_json::Value = r.json().await.unwrap();
+                acked
+                    .lock()
+                    .unwrap()
+                    .push(v["data"]["id"].as_str().unwrap().to_string());
+            }
+        }));
     }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut burst = Vec::new();
+    for w in 0..4 {
+        let (http, url, t, acked) = (
+            s.http.clone(),
+            s.url("/contacts?format=json"),
+            t.clone(),
+            acked.clone(),
+        );
+        burst.push(tokio::spawn(async move {
+            for i in 0..1000 {
+                let Ok(r) = http
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .body(format!(r#"{{"name":"b{w}-{i}"}}"#))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if r.status() != 201 {
+                    return;
+                }
+                let Ok(v) = r.json::<serde_json::Value>().await else {
+                    return;
+                };
+                acked
+                    .lock()
+                    .unwrap()
+                    .push(v["data"]["id"].as_str().unwrap().to_string());
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let s = s.restart(true, &[]).await;
-    for t in &tokens {
-        assert_eq!(s.get("/whoami", t).await.status, 200);
+    for b in burst {
+        let _ = b.await;
     }
-    assert_eq!(s.login("r30-new@example.com").await.len(), 46);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 500);
+    // Walking every page finds each acknowledged id exactly once.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/contacts?limit=200&cursor={c}"),
+            None => "/contacts?limit=200".to_string(),
+        };
+        let r = s.get(&path, &t).await;
+        assert_eq!(r.status, 200, "old token or listing failed: {}", r.text);
+        for line in r.text.lines().filter(|l| l.starts_with("contact/")) {
+            let id = line
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("contact/")
+                .to_string();
+            assert!(seen.insert(id), "a row came twice");
+        }
+        cursor = r
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("# next: "))
+            .map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    for id in &acked {
+        assert!(seen.contains(id), "acknowledged {id} was lost");
+    }
+    assert_eq!(
+        s.post("/contacts", Some(&t), r#"{"name":"after"}"#)
+            .await
+            .status,
+        201
+    );
+    if crate::BACKEND == crate::harness::Backend::Sqlite {
+        use sea_orm::ConnectionTrait;
+        let db = crate::harness::open_db(&s).await;
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "PRAGMA integrity_check".to_string(),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<String>("", "integrity_check").unwrap(), "ok");
+    }
 }
 
 fn serve_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
