@@ -782,3 +782,50 @@ async fn the_sign_in_page_survives_bad_input() {
             .contains("error=access_denied")
     );
 }
+
+#[tokio::test]
+async fn both_protocol_generations_are_served() {
+    let s = Server::start().await;
+    let t = s.login("gen@example.com").await;
+    // The stateless 2026-07-28 revision: server/discover, then a call with per-request metadata.
+    let r = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("crmkit"), "{text}");
+    // The handshake era.
+    for version in ["2025-03-26", "2025-06-18", "2025-11-25"] {
+        let r = s
+            .http
+            .post(s.url("/mcp"))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains(&format!("\"protocolVersion\":\"{version}\"")),
+            "{version}: {text}"
+        );
+    }
+}

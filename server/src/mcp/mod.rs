@@ -191,7 +191,7 @@ fn cors(res: &mut Response) {
     );
     h.insert(
         "access-control-allow-headers",
-        HeaderValue::from_static("authorization, content-type, accept, mcp-protocol-version, mcp-session-id, last-event-id"),
+        HeaderValue::from_static("authorization, content-type, accept, mcp-protocol-version, mcp-method, mcp-name, mcp-session-id, last-event-id"),
     );
     h.insert(
         "access-control-expose-headers",
