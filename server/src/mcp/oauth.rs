@@ -859,8 +859,18 @@ async fn issue(
     client_id: &str,
     user_id: &str,
     ws: &str,
-) -> AppResult<(String, Value)> {
+) -> AppResult<Option<(String, Value)>> {
     let backend = tx.get_database_backend();
+    let member = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT 1 AS one FROM memberships WHERE workspace_id = ? AND user_id = ?",
+            vec![ws.into(), user_id.into()],
+        ))
+        .await?;
+    if member.is_none() {
+        return Ok(None);
+    }
     let name_row = tx
         .query_one_raw(stmt(
             backend,
@@ -903,7 +913,7 @@ async fn issue(
         "refresh_token": refresh,
         "scope": "crm",
     });
-    Ok((minted.id, body))
+    Ok(Some((minted.id, body)))
 }
 
 async fn exchange_code(
@@ -974,21 +984,13 @@ async fn exchange_code(
     }
     let user_id: String = row.try_get("", "user_id")?;
     let ws: String = row.try_get("", "workspace_id")?;
-    let still_member = tx
-        .query_one_raw(stmt(
-            backend,
-            "SELECT 1 AS one FROM memberships WHERE workspace_id = ? AND user_id = ?",
-            vec![ws.clone().into(), user_id.clone().into()],
-        ))
-        .await?;
-    if still_member.is_none() {
+    let Some((token_id, body)) = issue(state, &tx, client_id, &user_id, &ws).await? else {
         tx.commit().await?;
         state.tokens.forget_all();
         return Ok(grant_error(
             "the user is no longer a member of that workspace",
         ));
-    }
-    let (token_id, body) = issue(state, &tx, client_id, &user_id, &ws).await?;
+    };
     tx.execute_raw(stmt(
         backend,
         "UPDATE oauth_codes SET token_id = ? WHERE code_hash = ?",
@@ -1041,21 +1043,13 @@ async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppR
         vec![access.into()],
     ))
     .await?;
-    let still_member = tx
-        .query_one_raw(stmt(
-            backend,
-            "SELECT 1 AS one FROM memberships WHERE workspace_id = ? AND user_id = ?",
-            vec![ws.clone().into(), user_id.clone().into()],
-        ))
-        .await?;
-    if still_member.is_none() {
+    let Some((_, body)) = issue(state, &tx, client_id, &user_id, &ws).await? else {
         tx.commit().await?;
         state.tokens.forget_all();
         return Ok(grant_error(
             "the user is no longer a member of that workspace",
         ));
-    }
-    let (_, body) = issue(state, &tx, client_id, &user_id, &ws).await?;
+    };
     tx.commit().await?;
     state.tokens.forget_all();
     Ok(json_reply(StatusCode::OK, body))

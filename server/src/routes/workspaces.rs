@@ -174,21 +174,7 @@ async fn create(
     if took.rows_affected() != 1 {
         return Err(plan_limit("workspaces", cap, cap, &plan));
     }
-    let id = secrets::new_id(Kind::Workspace);
-    let now = Ts::now();
-    tx.execute_raw(stmt(
-        backend,
-        "INSERT INTO workspaces (id, name, plan, personal_of, created_by, contacts_count, companies_count, deals_count, members_count, created_at) \
-         VALUES (?, ?, 'default', NULL, ?, 0, 0, 0, 1, ?)",
-        vec![id.clone().into(), name.clone().into(), caller.user_id.clone().into(), now.into()],
-    ))
-    .await?;
-    tx.execute_raw(stmt(
-        backend,
-        "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)",
-        vec![id.clone().into(), caller.user_id.clone().into(), now.into()],
-    ))
-    .await?;
+    let id = insert_workspace(&tx, &name, None, &caller.user_id).await?;
     audit::record(
         &tx,
         &id,
@@ -777,6 +763,32 @@ async fn delete_workspace(
     ))
 }
 
+/// A new workspace on the default plan with `creator` as its admin.
+async fn insert_workspace(
+    tx: &DatabaseTransaction,
+    name: &str,
+    personal_of: Option<&str>,
+    creator: &str,
+) -> AppResult<String> {
+    let backend = tx.get_database_backend();
+    let id = secrets::new_id(Kind::Workspace);
+    let now = Ts::now();
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO workspaces (id, name, plan, personal_of, created_by, contacts_count, companies_count, deals_count, members_count, created_at) \
+         VALUES (?, ?, 'default', ?, ?, 0, 0, 0, 1, ?)",
+        vec![id.clone().into(), name.into(), personal_of.map(str::to_string).into(), creator.into(), now.into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)",
+        vec![id.clone().into(), creator.into(), now.into()],
+    ))
+    .await?;
+    Ok(id)
+}
+
 /// Turns every pending invite for `email` into a membership.
 pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<()> {
     let backend = tx.get_database_backend();
@@ -847,18 +859,9 @@ pub async fn ensure_personal(
     {
         return Ok(row.try_get("", "id")?);
     }
-    let id = secrets::new_id(Kind::Workspace);
     let local = email.split('@').next().unwrap_or("my");
     let name = format!("{local}'s workspace");
-    let now = Ts::now();
-    tx.execute_raw(stmt(
-        backend,
-        "INSERT INTO workspaces (id, name, plan, personal_of, created_by, contacts_count, companies_count, deals_count, members_count, created_at) \
-         VALUES (?, ?, 'default', ?, ?, 0, 0, 0, 1, ?)",
-        vec![id.clone().into(), name.clone().into(), user_id.into(), user_id.into(), now.into()],
-    ))
-    .await?;
-    tx.execute_raw(stmt(backend, "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'admin', ?)", vec![id.clone().into(), user_id.into(), now.into()])).await?;
+    let id = insert_workspace(tx, &name, Some(user_id), user_id).await?;
     tx.execute_raw(stmt(
         backend,
         "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ?",
