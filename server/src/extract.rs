@@ -349,7 +349,12 @@ pub async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes,
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // A body a little over the cap is read and dropped, so the client, still
+        // sending, reliably gets the 413; a huge one is cut off at once.
+        if n <= 4 * limit as u64 {
+            let _ = to_bytes(req.into_body(), 4 * limit).await;
+        }
         return Err(too_large(limit));
     }
     to_bytes(req.into_body(), limit).await.map_err(|e| {
