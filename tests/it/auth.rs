@@ -783,3 +783,85 @@ async fn login_codes_expire_after_ten_minutes_r12() {
     // Control: fresh codes under the shifted clock work.
     s.login("r12@example.com").await;
 }
+
+#[tokio::test]
+async fn address_look_alikes_never_reach_another_account_r16() {
+    let s = Server::start().await;
+    let victim = s.login("kate@example.com").await;
+    let ws = s.get("/whoami?format=json", &victim).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let long = format!("{}@example.com", "k".repeat(290));
+    for email in [
+        "\u{212a}ate@example.com",
+        "kat\u{0435}@example.com",
+        "kate@example.com\r\nBcc: thief@example.net",
+        "kate@example.com, thief@example.net",
+        "\"kate@example.com\" <thief@example.net>",
+        long.as_str(),
+    ] {
+        let body = serde_json::json!({ "email": email }).to_string();
+        s.post("/auth/request", None, &body)
+            .await
+            .assert_error(400, "invalid_request");
+        let r = s
+            .post(&format!("/workspaces/{ws}/invites"), Some(&victim), &body)
+            .await;
+        r.assert_error(400, "invalid_request");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.smtp().mails_to("thief@example.net").is_empty(),
+        "mail reached an injected address"
+    );
+    // Only the literal address ever receives its code.
+    let before = s.smtp().all().len();
+    s.request_code("KATE@Example.com").await;
+    let mails = s.smtp().all();
+    assert_eq!(mails.len(), before + 1);
+    assert_eq!(
+        mails.last().unwrap().rcpt,
+        vec!["kate@example.com".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn errors_never_leak_internals_r31() {
+    let s = Server::start().await;
+    let t = s.login("r31@example.com").await;
+    let probes: Vec<(Method, String, Option<&str>)> = vec![
+        (Method::GET, "/contacts?cursor=garbage".into(), None),
+        (Method::GET, "/contacts?sort=nope".into(), None),
+        (Method::POST, "/contacts".into(), Some("{\"custom\":")),
+        (Method::POST, "/deals".into(), Some("{\"title\":1}")),
+        (Method::GET, "/contacts/c_000000000000".into(), None),
+        (Method::DELETE, "/tokens/t_000000000000".into(), None),
+        (Method::GET, "/nope".into(), None),
+        (Method::PATCH, "/contacts/%ff".into(), Some("{}")),
+        (
+            Method::POST,
+            "/workspaces/w_000000000000/invites".into(),
+            Some("{\"email\":\"x@example.com\"}"),
+        ),
+    ];
+    for (method, path, body) in probes {
+        let r = s.send(method, &path, Some(&t), body, &[]).await;
+        assert!((400..500).contains(&r.status), "{path}: {}", r.text);
+        assert!(r.header("x-request-id").is_some());
+        let all = format!("{:?} {}", r.headers, r.text).to_lowercase();
+        for leak in [
+            "sqlx", "sea_orm", "sea-orm", "select ", "insert ", "/work/", "/root/", "panicked",
+            ".rs:", "stack",
+        ] {
+            assert!(!all.contains(leak), "{path} leaks {leak:?}: {}", r.text);
+        }
+    }
+    assert_eq!(
+        s.send(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        200
+    );
+}

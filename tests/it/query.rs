@@ -321,3 +321,26 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn page_bounds_are_enforced_r26() {
+    let (s, t, _) = seeded().await;
+    for limit in [
+        "0",
+        "-1",
+        "201",
+        "100000",
+        "abc",
+        "1.5",
+        "9223372036854775808",
+        "18446744073709551616",
+        "",
+    ] {
+        for path in ["/contacts", "/activities", "/audit", "/reminders"] {
+            let r = s.get(&format!("{path}?limit={limit}"), &t).await;
+            assert_eq!(r.status, 400, "{path}?limit={limit}: {}", r.text);
+        }
+    }
+    let r = s.get("/contacts?limit=200", &t).await;
+    assert!(r.text.lines().filter(|l| !l.starts_with('#')).count() <= 200);
+}
