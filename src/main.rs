@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -14,12 +14,18 @@ use clap::{Parser, Subcommand};
                   5 forbidden, 6 needs a human (confirmation or step-up code), 130 interrupted."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: crmkit_cli::Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Client(crmkit_cli::Command),
+    /// Print shell completions (bash, zsh, fish, powershell, elvish)
+    Completions { shell: clap_complete::Shell },
     /// Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)
     #[cfg(feature = "server")]
     Serve(crmkit_server::config::ServeArgs),
@@ -65,6 +71,30 @@ enum Admin {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "crmkit", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Client(cmd) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            let run = async {
+                tokio::select! {
+                    r = crmkit_cli::run(cli.global, cmd) => r,
+                    _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(130, "interrupted")),
+                }
+            };
+            match rt.block_on(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.message.is_empty() => ExitCode::from(e.code),
+                Err(e) => fail(e.code, &e),
+            }
+        }
         #[cfg(feature = "server")]
         Command::Serve(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -142,6 +172,11 @@ fn main() -> ExitCode {
 }
 
 fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("crmkit: error: {err}");
+    let text = err.to_string();
+    if text.starts_with("error: ") {
+        eprintln!("crmkit: {text}");
+    } else {
+        eprintln!("crmkit: error: {text}");
+    }
     ExitCode::from(code)
 }

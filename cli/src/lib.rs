@@ -1,1 +1,1164 @@
-pub fn placeholder() {}
+//! crmkit's typed client: every subcommand but `serve`, `migrate` and `admin`.
+//!
+//! It signs in by emailed code, keeps the token in the OS keyring, and shows
+//! the server's answers as a table on a terminal, as the server's grepable
+//! lines when piped, or as JSON with `--json`. Deletes and step-up actions ask
+//! a person on a terminal and take `--yes` / `--code` in scripts.
+
+pub mod client;
+pub mod credentials;
+pub mod exit;
+pub mod output;
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::{Args, Subcommand};
+use crmkit_server::wire::query::{COMPANY, CONTACT, DEAL, Schema, parse_list_query};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use client::Client;
+pub use exit::CliError;
+use output::{Format, emit, show};
+
+/// Options every client command takes.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// Server URL
+    #[arg(
+        long,
+        env = "CRMKIT_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Print JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Force the output format
+    #[arg(long, value_enum, global = true)]
+    pub format: Option<Format>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Sign in by emailed code and store the token
+    Login(LoginArgs),
+    /// Revoke this session's token on the server and forget it here
+    Logout,
+    /// Show who you are, your workspace, role, plan and usage
+    Whoami,
+    /// Token helpers
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Your sessions
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Workspaces, members, invites and roles
+    #[command(subcommand)]
+    Workspaces(WorkspacesCmd),
+    /// Contacts (people)
+    #[command(subcommand)]
+    Contacts(RecordCmd),
+    /// Companies
+    #[command(subcommand)]
+    Companies(RecordCmd),
+    /// Deals
+    #[command(subcommand)]
+    Deals(RecordCmd),
+    /// Recent activities
+    Activities {
+        /// Only this contact's
+        #[arg(long)]
+        contact: Option<String>,
+        /// Only this deal's
+        #[arg(long)]
+        deal: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
+    /// Contacts and deals whose follow-up is due
+    Reminders {
+        /// Also what is due within N days
+        #[arg(long)]
+        days: Option<u32>,
+        /// At most N (1..200)
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// The workspace audit log, newest first
+    Audit {
+        #[command(flatten)]
+        page: Page,
+    },
+    /// Raw API call with the stored token, output as received
+    Api {
+        /// GET, POST, PATCH or DELETE
+        method: String,
+        /// Path with query, e.g. /contacts?stage=lead
+        path: String,
+        /// JSON body, @file or - for stdin
+        #[arg(long)]
+        data: Option<String>,
+        /// Extra header, K:V (repeatable)
+        #[arg(long)]
+        header: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Your email
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The emailed code (asked for on a terminal otherwise)
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Only email a code now; sign in later with --code
+    #[arg(long, conflicts_with_all = ["code", "with_token"])]
+    pub request_only: bool,
+    /// Label of this session in `crmkit tokens list`
+    #[arg(long, default_value = "crmkit-cli")]
+    pub token_name: String,
+    /// Read a token from stdin instead
+    #[arg(long)]
+    pub with_token: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCmd {
+    /// Print the stored token (the only command that shows it)
+    Token,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Your active tokens
+    List,
+    /// Revoke one
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkspacesCmd {
+    /// Workspaces you belong to
+    List,
+    /// Create one (you become admin)
+    Create { name: String },
+    /// Switch: mint a token for that workspace and make it current
+    Use { id: String },
+    /// Members and pending invites
+    Members { id: String },
+    /// Invite someone by email
+    Invite {
+        id: String,
+        email: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Change a member's role (promoting to admin needs the emailed code)
+    Role {
+        id: String,
+        user: String,
+        role: String,
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Remove a member
+    Remove { id: String, user: String },
+    /// Delete a workspace and all its data (needs the emailed code)
+    Delete {
+        id: String,
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct Page {
+    /// At most N per page (1..200)
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Continue from a `# next:` cursor
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Follow cursors to the end
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Has this tag (repeatable: all of them)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Substring search over the key fields
+    #[arg(long)]
+    pub search: Option<String>,
+    /// field or -field
+    #[arg(long, allow_hyphen_values = true)]
+    pub sort: Option<String>,
+    /// Any filter of the query language, e.g. 'amount_cents=gte:100000' (repeatable)
+    #[arg(long = "where", value_name = "FIELD=[OP:]VALUE")]
+    pub filters: Vec<String>,
+    #[command(flatten)]
+    pub page: Page,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct WriteArgs {
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// Job title (contacts) or deal title
+    #[arg(long)]
+    pub title: Option<String>,
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub industry: Option<String>,
+    /// Company id or handle
+    #[arg(long)]
+    pub company: Option<String>,
+    /// Contact id or handle (deals)
+    #[arg(long)]
+    pub contact: Option<String>,
+    #[arg(long)]
+    pub stage: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub amount_cents: Option<i64>,
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// Tag (repeatable; replaces the tags)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// key=value (repeatable; JSON values allowed)
+    #[arg(long)]
+    pub custom: Vec<String>,
+    /// Follow-up time, RFC3339
+    #[arg(long)]
+    pub follow_up: Option<String>,
+    /// Follow-up note
+    #[arg(long)]
+    pub note: Option<String>,
+    /// The whole body as JSON, @file.json or - for stdin (flags override it)
+    #[arg(long)]
+    pub data: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecordCmd {
+    /// List and filter
+    List(ListArgs),
+    /// One record
+    Get { id: String },
+    /// Create (contacts and companies merge into an existing email/domain)
+    Create(WriteArgs),
+    /// Change some fields
+    Update {
+        id: String,
+        #[command(flatten)]
+        fields: WriteArgs,
+    },
+    /// Delete (asks first; --yes in scripts)
+    Delete {
+        id: String,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A contact's activity log
+    Activities {
+        id: String,
+        #[command(flatten)]
+        page: Page,
+    },
+    /// Log an activity on a contact
+    Log {
+        id: String,
+        /// call, email, meeting, note or task
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        body: Option<String>,
+        /// Deal id or handle
+        #[arg(long)]
+        deal: Option<String>,
+        /// When it happened, RFC3339 (default now)
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// An id or handle as one path segment (a handle's `/` is percent-encoded).
+fn id_path(id: &str) -> String {
+    enc(id)
+}
+
+fn read_data(spec: &str) -> Result<Value, CliError> {
+    let text = if spec == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CliError::usage(format!("--data -: {e}")))?;
+        s
+    } else if let Some(path) = spec.strip_prefix('@') {
+        std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("--data @{path}: {e}")))?
+    } else {
+        spec.to_string()
+    };
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::usage(format!("--data is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(CliError::usage("--data must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn body_of(w: &WriteArgs, kind: &str) -> Result<Value, CliError> {
+    let mut m: Map<String, Value> = match &w.data {
+        Some(d) => read_data(d)?.as_object().cloned().unwrap_or_default(),
+        None => Map::new(),
+    };
+    let mut set = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.into(), Value::String(v.clone()));
+        }
+    };
+    set("name", &w.name);
+    set("email", &w.email);
+    set("phone", &w.phone);
+    set("title", &w.title);
+    set("domain", &w.domain);
+    set("industry", &w.industry);
+    set("company_id", &w.company);
+    set("contact_id", &w.contact);
+    set("stage", &w.stage);
+    set("status", &w.status);
+    set("currency", &w.currency);
+    set("follow_up_at", &w.follow_up);
+    set("follow_up_note", &w.note);
+    if let Some(a) = w.amount_cents {
+        m.insert("amount_cents".into(), json!(a));
+    }
+    if !w.tag.is_empty() {
+        m.insert("tags".into(), json!(w.tag));
+    }
+    if !w.custom.is_empty() {
+        let mut c = m
+            .get("custom")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for kv in &w.custom {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| CliError::usage(format!("--custom {kv:?}: expected key=value")))?;
+            let val =
+                serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            c.insert(k.to_string(), val);
+        }
+        m.insert("custom".into(), Value::Object(c));
+    }
+    if m.is_empty() {
+        return Err(CliError::usage(format!(
+            "nothing to send: give fields such as --name, or --data (see `crmkit {kind} create --help`)"
+        )));
+    }
+    Ok(Value::Object(m))
+}
+
+fn schema_of(kind: &str) -> &'static Schema {
+    match kind {
+        "contacts" => &CONTACT,
+        "companies" => &COMPANY,
+        _ => &DEAL,
+    }
+}
+
+fn list_query(kind: &str, a: &ListArgs) -> Result<Vec<(String, String)>, CliError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(v) = &a.stage {
+        pairs.push(("stage".into(), v.clone()));
+    }
+    for t in &a.tag {
+        pairs.push(("tags".into(), t.clone()));
+    }
+    if let Some(v) = &a.status {
+        pairs.push(("status".into(), v.clone()));
+    }
+    if let Some(v) = &a.email {
+        pairs.push(("email".into(), v.clone()));
+    }
+    for w in &a.filters {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--where {w:?}: expected FIELD=[OP:]VALUE")))?;
+        pairs.push((k.to_string(), v.to_string()));
+    }
+    if let Some(v) = &a.search {
+        pairs.push(("search".into(), v.clone()));
+    }
+    if let Some(v) = &a.sort {
+        pairs.push(("sort".into(), v.clone()));
+    }
+    if let Some(v) = a.page.limit {
+        pairs.push(("limit".into(), v.to_string()));
+    }
+    // The same grammar as the server: refuse a bad filter before sending it.
+    parse_list_query(schema_of(kind), &pairs).map_err(|e| {
+        let allowed = if e.allowed.is_empty() {
+            String::new()
+        } else {
+            format!("\nallowed: {}", e.allowed.join(", "))
+        };
+        CliError::usage(format!(
+            "{}: {}\nhint: {}{allowed}",
+            e.code, e.message, e.hint
+        ))
+    })?;
+    Ok(pairs)
+}
+
+fn with_query(path: &str, pairs: &[(String, String)]) -> String {
+    if pairs.is_empty() {
+        return path.to_string();
+    }
+    let q: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    format!("{path}?{}", q.join("&"))
+}
+
+fn tty() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+fn prompt(question: &str) -> Result<String, CliError> {
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    Ok(line.trim().to_string())
+}
+
+/// The context every command runs in.
+pub struct Ctx {
+    pub global: Global,
+    pub format: Format,
+}
+
+impl Ctx {
+    fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    fn client(&self) -> Result<Client, CliError> {
+        let token = credentials::token(&self.global.server)?;
+        Client::new(&self.global.server, Some(token))
+    }
+
+    /// GET and show, following cursors with `--all`.
+    async fn list(&self, c: &Client, path: &str, page: &Page) -> Result<(), CliError> {
+        let mut pairs = Vec::new();
+        if let Some(cur) = &page.cursor {
+            pairs.push(("cursor".to_string(), cur.clone()));
+        }
+        let first = if pairs.is_empty() {
+            path.to_string()
+        } else {
+            add_query(path, &pairs)
+        };
+        if !page.all {
+            let a = c.get(&first, self.json()).await?;
+            show(self.format, &a.text);
+            return Ok(());
+        }
+        let mut url = first;
+        let mut text = String::new();
+        let mut data = Vec::new();
+        loop {
+            let a = c.get(&url, self.json()).await?;
+            let next = if self.json() {
+                let v = a.json()?;
+                data.extend(v["data"].as_array().cloned().unwrap_or_default());
+                v["next_cursor"].as_str().map(str::to_string)
+            } else {
+                let next = a
+                    .text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("# next: "))
+                    .map(str::to_string);
+                for l in a.text.lines().filter(|l| !l.starts_with("# ")) {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+                next
+            };
+            match next {
+                Some(n) => url = add_query(path, &[("cursor".into(), n)]),
+                None => break,
+            }
+        }
+        if self.json() {
+            show(
+                self.format,
+                &json!({"data": data, "next_cursor": null}).to_string(),
+            );
+        } else {
+            let n = text.lines().count();
+            text.push_str(&format!("# {n} in all\n"));
+            show(self.format, &text);
+        }
+        Ok(())
+    }
+}
+
+fn add_query(path: &str, pairs: &[(String, String)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{}", q.join("&"))
+}
+
+/// Runs one client command.
+pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
+    let format = Format::decide(global.json, global.format);
+    let ctx = Ctx { global, format };
+    match cmd {
+        Command::Login(a) => login(&ctx, a).await,
+        Command::Logout => logout(&ctx).await,
+        Command::Whoami => {
+            let c = ctx.client()?;
+            let a = c.get("/whoami", ctx.json()).await?;
+            show(
+                if format == Format::Table {
+                    Format::Text
+                } else {
+                    format
+                },
+                &a.text,
+            );
+            Ok(())
+        }
+        Command::Auth(AuthCmd::Token) => {
+            emit(&format!("{}\n", credentials::token(&ctx.global.server)?));
+            Ok(())
+        }
+        Command::Tokens(TokensCmd::List) => {
+            let c = ctx.client()?;
+            show(format, &c.get("/tokens", ctx.json()).await?.text);
+            Ok(())
+        }
+        Command::Tokens(TokensCmd::Revoke { id }) => {
+            let c = ctx.client()?;
+            let a = c
+                .send(
+                    Method::DELETE,
+                    &format!("/tokens/{}", id_path(&id)),
+                    None,
+                    ctx.json(),
+                    &[],
+                    false,
+                )
+                .await?;
+            show(
+                if format == Format::Table {
+                    Format::Text
+                } else {
+                    format
+                },
+                &a.text,
+            );
+            Ok(())
+        }
+        Command::Workspaces(w) => workspaces(&ctx, w).await,
+        Command::Contacts(r) => records(&ctx, "contacts", r).await,
+        Command::Companies(r) => records(&ctx, "companies", r).await,
+        Command::Deals(r) => records(&ctx, "deals", r).await,
+        Command::Activities {
+            contact,
+            deal,
+            page,
+        } => {
+            let c = ctx.client()?;
+            let mut pairs = Vec::new();
+            if let Some(v) = contact {
+                pairs.push(("contact".to_string(), v));
+            }
+            if let Some(v) = deal {
+                pairs.push(("deal".to_string(), v));
+            }
+            if let Some(l) = page.limit {
+                pairs.push(("limit".to_string(), l.to_string()));
+            }
+            ctx.list(&c, &with_query("/activities", &pairs), &page)
+                .await
+        }
+        Command::Reminders { days, limit } => {
+            let c = ctx.client()?;
+            let mut pairs = Vec::new();
+            if let Some(d) = days {
+                pairs.push(("days".to_string(), d.to_string()));
+            }
+            if let Some(l) = limit {
+                pairs.push(("limit".to_string(), l.to_string()));
+            }
+            show(
+                format,
+                &c.get(&with_query("/reminders", &pairs), ctx.json())
+                    .await?
+                    .text,
+            );
+            Ok(())
+        }
+        Command::Audit { page } => {
+            let c = ctx.client()?;
+            let pairs: Vec<(String, String)> = page
+                .limit
+                .map(|l| ("limit".to_string(), l.to_string()))
+                .into_iter()
+                .collect();
+            ctx.list(&c, &with_query("/audit", &pairs), &page).await
+        }
+        Command::Api {
+            method,
+            path,
+            data,
+            header,
+        } => api(&ctx, method, path, data, header).await,
+    }
+}
+
+async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
+    let server = &ctx.global.server;
+    let anon = Client::new(server, None)?;
+    if a.with_token {
+        let mut token = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut token)
+            .map_err(|e| CliError::new(1, e.to_string()))?;
+        let token = token.trim().to_string();
+        let c = Client::new(server, Some(token.clone()))?;
+        let who = c.get("/whoami?format=json", true).await?.json()?;
+        let store = credentials::store()?;
+        store.set(server, &token).map_err(|e| {
+            CliError::new(
+                1,
+                format!("cannot store the token in {}: {e}", store.name()),
+            )
+        })?;
+        eprintln!(
+            "# signed in to {server} as {} (token kept in {})",
+            who["data"]["email"].as_str().unwrap_or("?"),
+            store.name()
+        );
+        return Ok(());
+    }
+    let email = match a.email {
+        Some(e) => e,
+        None if tty() => prompt("Email: ")?,
+        None => return Err(CliError::usage("give --email (no terminal to ask on)")),
+    };
+    let code = match a.code {
+        Some(c) => c,
+        None => {
+            anon.send(
+                Method::POST,
+                "/auth/request",
+                Some(&json!({"email": email})),
+                false,
+                &[],
+                false,
+            )
+            .await?;
+            if a.request_only {
+                eprintln!(
+                    "# a sign-in code was emailed to {email}; finish with: crmkit login --email {email} --code CODE"
+                );
+                return Ok(());
+            }
+            if !tty() {
+                return Err(CliError::human(format!(
+                    "a sign-in code was emailed to {email}; finish with: crmkit login --email {email} --code CODE"
+                )));
+            }
+            prompt(&format!("Code emailed to {email}: "))?
+        }
+    };
+    let body = json!({"email": email, "code": code, "token_name": a.token_name});
+    let v = anon
+        .send(Method::POST, "/auth/verify", Some(&body), true, &[], false)
+        .await?
+        .json()?;
+    let token = v["data"]["token"]
+        .as_str()
+        .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
+    let store = credentials::store()?;
+    store.set(server, token).map_err(|e| {
+        CliError::new(
+            1,
+            format!("cannot store the token in {}: {e}", store.name()),
+        )
+    })?;
+    eprintln!(
+        "# signed in to {server} as {email} in {} (token kept in {})",
+        v["data"]["workspace"].as_str().unwrap_or("?"),
+        store.name()
+    );
+    Ok(())
+}
+
+async fn logout(ctx: &Ctx) -> Result<(), CliError> {
+    let server = &ctx.global.server;
+    let c = ctx.client()?;
+    match c.get("/whoami?format=json", true).await {
+        Ok(a) => {
+            let v = a.json()?;
+            if let Some(id) = v["data"]["token"].as_str() {
+                c.send(
+                    Method::DELETE,
+                    &format!("/tokens/{}", id_path(id)),
+                    None,
+                    false,
+                    &[],
+                    false,
+                )
+                .await?;
+            }
+        }
+        // Already dead on the server: still forget it here.
+        Err(e) if e.code == 4 => {}
+        Err(e) => return Err(e),
+    }
+    if std::env::var("CRMKIT_TOKEN").is_err() {
+        let store = credentials::store()?;
+        store.delete(server).map_err(|e| CliError::new(1, e))?;
+    }
+    eprintln!("# signed out of {server}");
+    Ok(())
+}
+
+/// Runs a call that may need the emailed step-up code: `--code` is sent right
+/// away; otherwise a person is asked on a terminal, and a script gets exit 6.
+async fn with_step_up(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    json: bool,
+    code: Option<String>,
+) -> Result<client::Answer, CliError> {
+    let headers: Vec<(String, String)> = code
+        .iter()
+        .map(|c| ("x-escalation-code".to_string(), c.clone()))
+        .collect();
+    match c
+        .send(method.clone(), path, body, json, &headers, false)
+        .await
+    {
+        Err(e) if e.code == 6 && e.message.contains("escalation_required") && code.is_none() => {
+            if !tty() {
+                return Err(CliError::human(format!(
+                    "{}\nrerun with --code CODE (the code in the email)",
+                    e.message
+                )));
+            }
+            let code = prompt("A confirmation code was emailed to you. Code: ")?;
+            c.send(
+                method,
+                path,
+                body,
+                json,
+                &[("x-escalation-code".into(), code)],
+                false,
+            )
+            .await
+        }
+        other => other,
+    }
+}
+
+async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
+    let c = ctx.client()?;
+    let json_fmt = ctx.json();
+    let plain = if ctx.format == Format::Table {
+        Format::Text
+    } else {
+        ctx.format
+    };
+    match w {
+        WorkspacesCmd::List => show(ctx.format, &c.get("/workspaces", json_fmt).await?.text),
+        WorkspacesCmd::Create { name } => {
+            let a = c
+                .send(
+                    Method::POST,
+                    "/workspaces",
+                    Some(&json!({"name": name})),
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Use { id } => {
+            let name = c.get("/whoami?format=json", true).await?.json()?["data"]["token_name"]
+                .as_str()
+                .unwrap_or("crmkit-cli")
+                .to_string();
+            let v = c
+                .send(
+                    Method::POST,
+                    &format!("/workspaces/{}/tokens", id_path(&id)),
+                    Some(&json!({"token_name": name})),
+                    true,
+                    &[],
+                    false,
+                )
+                .await?
+                .json()?;
+            let token = v["data"]["token"]
+                .as_str()
+                .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
+            let store = credentials::store()?;
+            store
+                .set(&ctx.global.server, token)
+                .map_err(|e| CliError::new(1, e))?;
+            emit(&format!(
+                "# now working in {}\n",
+                v["data"]["workspace"].as_str().unwrap_or("?")
+            ));
+        }
+        WorkspacesCmd::Members { id } => show(
+            ctx.format,
+            &c.get(&format!("/workspaces/{}/members", id_path(&id)), json_fmt)
+                .await?
+                .text,
+        ),
+        WorkspacesCmd::Invite { id, email, role } => {
+            let a = c
+                .send(
+                    Method::POST,
+                    &format!("/workspaces/{}/invites", id_path(&id)),
+                    Some(&json!({"email": email, "role": role})),
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Role {
+            id,
+            user,
+            role,
+            code,
+        } => {
+            let path = format!(
+                "/workspaces/{}/members/{}/role",
+                id_path(&id),
+                id_path(&user)
+            );
+            let a = with_step_up(
+                &c,
+                Method::POST,
+                &path,
+                Some(&json!({"role": role})),
+                json_fmt,
+                code,
+            )
+            .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Remove { id, user } => {
+            let a = c
+                .send(
+                    Method::DELETE,
+                    &format!("/workspaces/{}/members/{}", id_path(&id), id_path(&user)),
+                    None,
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Delete { id, code, yes } => {
+            if !yes {
+                if !tty() {
+                    return Err(CliError::human(format!(
+                        "deleting workspace {id} removes all its data; add --yes to confirm"
+                    )));
+                }
+                if !prompt(&format!("Delete workspace {id} and ALL its data? [y/N] "))?
+                    .eq_ignore_ascii_case("y")
+                {
+                    return Err(CliError::human("not deleted"));
+                }
+            }
+            let a = with_step_up(
+                &c,
+                Method::DELETE,
+                &format!("/workspaces/{}", id_path(&id)),
+                None,
+                json_fmt,
+                code,
+            )
+            .await?;
+            show(plain, &a.text);
+        }
+    }
+    Ok(())
+}
+
+async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliError> {
+    let json_fmt = ctx.json();
+    let plain = if ctx.format == Format::Table {
+        Format::Text
+    } else {
+        ctx.format
+    };
+    match r {
+        RecordCmd::List(a) => {
+            let pairs = list_query(kind, &a)?;
+            let c = ctx.client()?;
+            ctx.list(&c, &with_query(&format!("/{kind}"), &pairs), &a.page)
+                .await?;
+        }
+        RecordCmd::Get { id } => {
+            let c = ctx.client()?;
+            show(
+                ctx.format,
+                &c.get(&format!("/{kind}/{}", id_path(&id)), json_fmt)
+                    .await?
+                    .text,
+            );
+        }
+        RecordCmd::Create(w) => {
+            let body = body_of(&w, kind)?;
+            let c = ctx.client()?;
+            show(
+                plain,
+                &c.send(
+                    Method::POST,
+                    &format!("/{kind}"),
+                    Some(&body),
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?
+                .text,
+            );
+        }
+        RecordCmd::Update { id, fields } => {
+            let body = body_of(&fields, kind)?;
+            let c = ctx.client()?;
+            show(
+                plain,
+                &c.send(
+                    Method::PATCH,
+                    &format!("/{kind}/{}", id_path(&id)),
+                    Some(&body),
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?
+                .text,
+            );
+        }
+        RecordCmd::Delete { id, yes } => {
+            let c = ctx.client()?;
+            let path = format!("/{kind}/{}", id_path(&id));
+            let first = c
+                .send(
+                    Method::DELETE,
+                    &format!("{path}?format=json"),
+                    None,
+                    true,
+                    &[],
+                    true,
+                )
+                .await?;
+            if first.status != 409 {
+                // Not found, forbidden, …: report as any other error.
+                c.send(Method::DELETE, &path, None, json_fmt, &[], false)
+                    .await?;
+                return Ok(());
+            }
+            let v = first.json()?;
+            let message = v["message"].as_str().unwrap_or("this cannot be undone");
+            let confirm = v["confirm"]
+                .as_str()
+                .ok_or_else(|| CliError::new(1, "the server sent no confirmation token"))?
+                .to_string();
+            if !yes {
+                if !tty() {
+                    return Err(CliError::human(format!(
+                        "{message}\nadd --yes to delete without asking"
+                    )));
+                }
+                eprintln!("{message}");
+                if !prompt("Delete? [y/N] ")?.eq_ignore_ascii_case("y") {
+                    return Err(CliError::human("not deleted"));
+                }
+            }
+            let a = c
+                .send(
+                    Method::DELETE,
+                    &format!("{path}?confirm={}", enc(&confirm)),
+                    None,
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+        RecordCmd::Activities { id, page } => {
+            if kind != "contacts" {
+                return Err(CliError::usage(format!(
+                    "activities are logged on contacts: use `crmkit activities --deal ID` for a deal's ({kind})"
+                )));
+            }
+            let c = ctx.client()?;
+            let pairs: Vec<(String, String)> = page
+                .limit
+                .map(|l| ("limit".to_string(), l.to_string()))
+                .into_iter()
+                .collect();
+            ctx.list(
+                &c,
+                &with_query(&format!("/contacts/{}/activities", id_path(&id)), &pairs),
+                &page,
+            )
+            .await?;
+        }
+        RecordCmd::Log {
+            id,
+            kind: activity,
+            body,
+            deal,
+            at,
+        } => {
+            if kind != "contacts" {
+                return Err(CliError::usage(
+                    "activities are logged on contacts: `crmkit contacts log CONTACT --kind call --deal DEAL`",
+                ));
+            }
+            let mut m = Map::new();
+            m.insert("kind".into(), json!(activity));
+            if let Some(b) = body {
+                m.insert("body".into(), json!(b));
+            }
+            if let Some(d) = deal {
+                m.insert("deal_id".into(), json!(d));
+            }
+            if let Some(t) = at {
+                m.insert("occurred_at".into(), json!(t));
+            }
+            let c = ctx.client()?;
+            let a = c
+                .send(
+                    Method::POST,
+                    &format!("/contacts/{}/activities", id_path(&id)),
+                    Some(&Value::Object(m)),
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+    }
+    Ok(())
+}
+
+async fn api(
+    ctx: &Ctx,
+    method: String,
+    path: String,
+    data: Option<String>,
+    header: Vec<String>,
+) -> Result<(), CliError> {
+    let method = match method.to_ascii_uppercase().as_str() {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        "PATCH" => Method::PATCH,
+        "PUT" => Method::PUT,
+        "DELETE" => Method::DELETE,
+        other => {
+            return Err(CliError::usage(format!(
+                "method {other:?}: use GET, POST, PATCH or DELETE"
+            )));
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(CliError::usage(
+            "the path starts with /, e.g. /contacts?stage=lead",
+        ));
+    }
+    let body = data.as_deref().map(read_data).transpose()?;
+    let mut headers = Vec::new();
+    for h in header {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| CliError::usage(format!("--header {h:?}: expected Key: value")))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let c = ctx.client()?;
+    let a = c
+        .send(method, &path, body.as_ref(), ctx.json(), &headers, true)
+        .await?;
+    emit(&a.text);
+    if a.status >= 400 {
+        let code = a
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .map(str::to_string)
+            .or_else(|| {
+                serde_json::from_str::<Value>(&a.text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+            });
+        return Err(CliError::new(
+            exit::for_api(a.status, code.as_deref().unwrap_or("")),
+            String::new(),
+        ));
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 mod auth;
 mod browser;
+mod cli;
 mod format;
 #[allow(dead_code)] // some helpers serve only the PostgreSQL half
 mod harness;
@@ -20,3 +21,17 @@ mod workspaces;
 pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
 
 pub use harness::require;
+
+/// The token the CLI stored in its file (tests run with the keyring off).
+pub fn cli_token(dir: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -1,0 +1,967 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[crmkit] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'crmkit'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'crmkit'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand login 'Sign in by emailed code and store the token'
+            cand logout 'Revoke this session''s token on the server and forget it here'
+            cand whoami 'Show who you are, your workspace, role, plan and usage'
+            cand auth 'Token helpers'
+            cand tokens 'Your sessions'
+            cand workspaces 'Workspaces, members, invites and roles'
+            cand contacts 'Contacts (people)'
+            cand companies 'Companies'
+            cand deals 'Deals'
+            cand activities 'Recent activities'
+            cand reminders 'Contacts and deals whose follow-up is due'
+            cand audit 'The workspace audit log, newest first'
+            cand api 'Raw API call with the stored token, output as received'
+            cand completions 'Print shell completions (bash, zsh, fish, powershell, elvish)'
+            cand serve 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
+            cand migrate 'Apply pending database migrations (serve also does this at start)'
+            cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
+            cand admin 'Operator commands that act on the database directly'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;login'= {
+            cand --email 'Your email'
+            cand --code 'The emailed code (asked for on a terminal otherwise)'
+            cand --token-name 'Label of this session in `crmkit tokens list`'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --request-only 'Only email a code now; sign in later with --code'
+            cand --with-token 'Read a token from stdin instead'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;logout'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;whoami'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;auth'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand token 'Print the stored token (the only command that shows it)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;auth;token'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;auth;help'= {
+            cand token 'Print the stored token (the only command that shows it)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;auth;help;token'= {
+        }
+        &'crmkit;auth;help;help'= {
+        }
+        &'crmkit;tokens'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand list 'Your active tokens'
+            cand revoke 'Revoke one'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;tokens;list'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;tokens;revoke'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;tokens;help'= {
+            cand list 'Your active tokens'
+            cand revoke 'Revoke one'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;tokens;help;list'= {
+        }
+        &'crmkit;tokens;help;revoke'= {
+        }
+        &'crmkit;tokens;help;help'= {
+        }
+        &'crmkit;workspaces'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand list 'Workspaces you belong to'
+            cand create 'Create one (you become admin)'
+            cand use 'Switch: mint a token for that workspace and make it current'
+            cand members 'Members and pending invites'
+            cand invite 'Invite someone by email'
+            cand role 'Change a member''s role (promoting to admin needs the emailed code)'
+            cand remove 'Remove a member'
+            cand delete 'Delete a workspace and all its data (needs the emailed code)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;workspaces;list'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;create'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;use'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;members'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;invite'= {
+            cand --role 'role'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;role'= {
+            cand --code 'code'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;remove'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;delete'= {
+            cand --code 'code'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;workspaces;help'= {
+            cand list 'Workspaces you belong to'
+            cand create 'Create one (you become admin)'
+            cand use 'Switch: mint a token for that workspace and make it current'
+            cand members 'Members and pending invites'
+            cand invite 'Invite someone by email'
+            cand role 'Change a member''s role (promoting to admin needs the emailed code)'
+            cand remove 'Remove a member'
+            cand delete 'Delete a workspace and all its data (needs the emailed code)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;workspaces;help;list'= {
+        }
+        &'crmkit;workspaces;help;create'= {
+        }
+        &'crmkit;workspaces;help;use'= {
+        }
+        &'crmkit;workspaces;help;members'= {
+        }
+        &'crmkit;workspaces;help;invite'= {
+        }
+        &'crmkit;workspaces;help;role'= {
+        }
+        &'crmkit;workspaces;help;remove'= {
+        }
+        &'crmkit;workspaces;help;delete'= {
+        }
+        &'crmkit;workspaces;help;help'= {
+        }
+        &'crmkit;contacts'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;list'= {
+            cand --stage 'stage'
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --status 'status'
+            cand --email 'email'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;get'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;create'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;update'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;delete'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;activities'= {
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;help'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;help;list'= {
+        }
+        &'crmkit;contacts;help;get'= {
+        }
+        &'crmkit;contacts;help;create'= {
+        }
+        &'crmkit;contacts;help;update'= {
+        }
+        &'crmkit;contacts;help;delete'= {
+        }
+        &'crmkit;contacts;help;activities'= {
+        }
+        &'crmkit;contacts;help;log'= {
+        }
+        &'crmkit;contacts;help;help'= {
+        }
+        &'crmkit;companies'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;list'= {
+            cand --stage 'stage'
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --status 'status'
+            cand --email 'email'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;get'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;create'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;update'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;delete'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;activities'= {
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;help'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;help;list'= {
+        }
+        &'crmkit;companies;help;get'= {
+        }
+        &'crmkit;companies;help;create'= {
+        }
+        &'crmkit;companies;help;update'= {
+        }
+        &'crmkit;companies;help;delete'= {
+        }
+        &'crmkit;companies;help;activities'= {
+        }
+        &'crmkit;companies;help;log'= {
+        }
+        &'crmkit;companies;help;help'= {
+        }
+        &'crmkit;deals'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;list'= {
+            cand --stage 'stage'
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --status 'status'
+            cand --email 'email'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;get'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;create'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;update'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;delete'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;activities'= {
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;help'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;help;list'= {
+        }
+        &'crmkit;deals;help;get'= {
+        }
+        &'crmkit;deals;help;create'= {
+        }
+        &'crmkit;deals;help;update'= {
+        }
+        &'crmkit;deals;help;delete'= {
+        }
+        &'crmkit;deals;help;activities'= {
+        }
+        &'crmkit;deals;help;log'= {
+        }
+        &'crmkit;deals;help;help'= {
+        }
+        &'crmkit;activities'= {
+            cand --contact 'Only this contact''s'
+            cand --deal 'Only this deal''s'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;reminders'= {
+            cand --days 'Also what is due within N days'
+            cand --limit 'At most N (1..200)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;audit'= {
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;api'= {
+            cand --data 'JSON body, @file or - for stdin'
+            cand --header 'Extra header, K:V (repeatable)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;completions'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;serve'= {
+            cand --config 'TOML config file (keys as the flags, with `_`; plans as `[plans.NAME]` tables)'
+            cand --bind 'Listen address [default: 127.0.0.1:8080]'
+            cand --database-url '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]'
+            cand --base-url 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]'
+            cand --smtp-url '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode'
+            cand --mail-from 'Sender address [default: crmkit <no-reply@localhost>]'
+            cand --token-idle-ttl 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]'
+            cand --db-max-connections 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]'
+            cand --db-startup-wait 'How long start-up keeps retrying an unreachable database [default: 30s]'
+            cand --log 'Log filter, e.g. info or crmkit=debug [default: info]'
+            cand --trust-proxy 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)'
+            cand --limit-contacts 'The default plan''s contacts cap [default: 1000]'
+            cand --limit-companies 'The default plan''s companies cap [default: 1000]'
+            cand --limit-deals 'The default plan''s deals cap [default: 1000]'
+            cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
+            cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'crmkit;migrate'= {
+            cand --config 'TOML config file (keys as the flags, with `_`; plans as `[plans.NAME]` tables)'
+            cand --bind 'Listen address [default: 127.0.0.1:8080]'
+            cand --database-url '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]'
+            cand --base-url 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]'
+            cand --smtp-url '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode'
+            cand --mail-from 'Sender address [default: crmkit <no-reply@localhost>]'
+            cand --token-idle-ttl 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]'
+            cand --db-max-connections 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]'
+            cand --db-startup-wait 'How long start-up keeps retrying an unreachable database [default: 30s]'
+            cand --log 'Log filter, e.g. info or crmkit=debug [default: info]'
+            cand --trust-proxy 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)'
+            cand --limit-contacts 'The default plan''s contacts cap [default: 1000]'
+            cand --limit-companies 'The default plan''s companies cap [default: 1000]'
+            cand --limit-deals 'The default plan''s deals cap [default: 1000]'
+            cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
+            cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --dry-run 'Only print the migrations that would run'
+            cand --json 'Print JSON'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'crmkit;migrate-data'= {
+            cand --from 'Source database URL'
+            cand --to 'Target database URL (must be empty)'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;admin'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand set-plan 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;admin;set-plan'= {
+            cand --config 'TOML config file (keys as the flags, with `_`; plans as `[plans.NAME]` tables)'
+            cand --bind 'Listen address [default: 127.0.0.1:8080]'
+            cand --database-url '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]'
+            cand --base-url 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]'
+            cand --smtp-url '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode'
+            cand --mail-from 'Sender address [default: crmkit <no-reply@localhost>]'
+            cand --token-idle-ttl 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]'
+            cand --db-max-connections 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]'
+            cand --db-startup-wait 'How long start-up keeps retrying an unreachable database [default: 30s]'
+            cand --log 'Log filter, e.g. info or crmkit=debug [default: info]'
+            cand --trust-proxy 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)'
+            cand --limit-contacts 'The default plan''s contacts cap [default: 1000]'
+            cand --limit-companies 'The default plan''s companies cap [default: 1000]'
+            cand --limit-deals 'The default plan''s deals cap [default: 1000]'
+            cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
+            cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'crmkit;admin;help'= {
+            cand set-plan 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;admin;help;set-plan'= {
+        }
+        &'crmkit;admin;help;help'= {
+        }
+        &'crmkit;help'= {
+            cand login 'Sign in by emailed code and store the token'
+            cand logout 'Revoke this session''s token on the server and forget it here'
+            cand whoami 'Show who you are, your workspace, role, plan and usage'
+            cand auth 'Token helpers'
+            cand tokens 'Your sessions'
+            cand workspaces 'Workspaces, members, invites and roles'
+            cand contacts 'Contacts (people)'
+            cand companies 'Companies'
+            cand deals 'Deals'
+            cand activities 'Recent activities'
+            cand reminders 'Contacts and deals whose follow-up is due'
+            cand audit 'The workspace audit log, newest first'
+            cand api 'Raw API call with the stored token, output as received'
+            cand completions 'Print shell completions (bash, zsh, fish, powershell, elvish)'
+            cand serve 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
+            cand migrate 'Apply pending database migrations (serve also does this at start)'
+            cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
+            cand admin 'Operator commands that act on the database directly'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;help;login'= {
+        }
+        &'crmkit;help;logout'= {
+        }
+        &'crmkit;help;whoami'= {
+        }
+        &'crmkit;help;auth'= {
+            cand token 'Print the stored token (the only command that shows it)'
+        }
+        &'crmkit;help;auth;token'= {
+        }
+        &'crmkit;help;tokens'= {
+            cand list 'Your active tokens'
+            cand revoke 'Revoke one'
+        }
+        &'crmkit;help;tokens;list'= {
+        }
+        &'crmkit;help;tokens;revoke'= {
+        }
+        &'crmkit;help;workspaces'= {
+            cand list 'Workspaces you belong to'
+            cand create 'Create one (you become admin)'
+            cand use 'Switch: mint a token for that workspace and make it current'
+            cand members 'Members and pending invites'
+            cand invite 'Invite someone by email'
+            cand role 'Change a member''s role (promoting to admin needs the emailed code)'
+            cand remove 'Remove a member'
+            cand delete 'Delete a workspace and all its data (needs the emailed code)'
+        }
+        &'crmkit;help;workspaces;list'= {
+        }
+        &'crmkit;help;workspaces;create'= {
+        }
+        &'crmkit;help;workspaces;use'= {
+        }
+        &'crmkit;help;workspaces;members'= {
+        }
+        &'crmkit;help;workspaces;invite'= {
+        }
+        &'crmkit;help;workspaces;role'= {
+        }
+        &'crmkit;help;workspaces;remove'= {
+        }
+        &'crmkit;help;workspaces;delete'= {
+        }
+        &'crmkit;help;contacts'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+        }
+        &'crmkit;help;contacts;list'= {
+        }
+        &'crmkit;help;contacts;get'= {
+        }
+        &'crmkit;help;contacts;create'= {
+        }
+        &'crmkit;help;contacts;update'= {
+        }
+        &'crmkit;help;contacts;delete'= {
+        }
+        &'crmkit;help;contacts;activities'= {
+        }
+        &'crmkit;help;contacts;log'= {
+        }
+        &'crmkit;help;companies'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+        }
+        &'crmkit;help;companies;list'= {
+        }
+        &'crmkit;help;companies;get'= {
+        }
+        &'crmkit;help;companies;create'= {
+        }
+        &'crmkit;help;companies;update'= {
+        }
+        &'crmkit;help;companies;delete'= {
+        }
+        &'crmkit;help;companies;activities'= {
+        }
+        &'crmkit;help;companies;log'= {
+        }
+        &'crmkit;help;deals'= {
+            cand list 'List and filter'
+            cand get 'One record'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'A contact''s activity log'
+            cand log 'Log an activity on a contact'
+        }
+        &'crmkit;help;deals;list'= {
+        }
+        &'crmkit;help;deals;get'= {
+        }
+        &'crmkit;help;deals;create'= {
+        }
+        &'crmkit;help;deals;update'= {
+        }
+        &'crmkit;help;deals;delete'= {
+        }
+        &'crmkit;help;deals;activities'= {
+        }
+        &'crmkit;help;deals;log'= {
+        }
+        &'crmkit;help;activities'= {
+        }
+        &'crmkit;help;reminders'= {
+        }
+        &'crmkit;help;audit'= {
+        }
+        &'crmkit;help;api'= {
+        }
+        &'crmkit;help;completions'= {
+        }
+        &'crmkit;help;serve'= {
+        }
+        &'crmkit;help;migrate'= {
+        }
+        &'crmkit;help;migrate-data'= {
+        }
+        &'crmkit;help;admin'= {
+            cand set-plan 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
+        }
+        &'crmkit;help;admin;set-plan'= {
+        }
+        &'crmkit;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

@@ -1,0 +1,390 @@
+//! The CLI (`crmkit login`, records, workspaces, api, …) run as the real binary
+//! against the real server (SPEC §8).
+
+use std::process::{Command, Output, Stdio};
+
+use crate::harness::{Server, bin};
+
+/// A CLI environment: its own config dir, no keyring unless asked, the server URL.
+struct Cli {
+    dir: tempfile::TempDir,
+    server: String,
+    keyring: bool,
+}
+
+impl Cli {
+    fn new(s: &Server) -> Cli {
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            server: s.base.clone(),
+            keyring: false,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("CRMKIT_URL", &self.server)
+            .env("CRMKIT_CONFIG_DIR", self.dir.path())
+            .env("NO_COLOR", "1");
+        c.env_remove("CRMKIT_TOKEN");
+        if !self.keyring {
+            c.env("CRMKIT_KEYRING", "off");
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    async fn login(&self, s: &Server, email: &str) {
+        let n = s.smtp().mails_to(email).len();
+        let out = self.run(&["login", "--email", email]);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "non-interactive login without --code asks for it: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = s.nth_code(email, n + 1).await;
+        self.ok(&["login", "--email", email, "--code", &code]);
+    }
+}
+
+fn code_of(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_records_and_pipes() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "cli@example.com").await;
+    let err = String::from_utf8_lossy(&cli.run(&["whoami"]).stderr).to_string();
+    assert!(
+        err.contains("no OS keyring"),
+        "the file fallback warns: {err}"
+    );
+    let who = cli.ok(&["whoami"]);
+    assert!(who.contains("email=cli@example.com"), "{who}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cli.dir.path().join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let co = cli.ok(&[
+        "companies",
+        "create",
+        "--name",
+        "Acme",
+        "--domain",
+        "acme.com",
+    ]);
+    assert!(co.starts_with("company/co_"), "{co}");
+    let co_id = co.split_whitespace().next().unwrap().to_string();
+    let c = cli.ok(&[
+        "contacts",
+        "create",
+        "--name",
+        "Jane Doe",
+        "--email",
+        "jane@acme.com",
+        "--company",
+        &co_id,
+        "--tag",
+        "vip",
+        "--custom",
+        "seats=12",
+        "--stage",
+        "lead",
+    ]);
+    assert!(c.contains("# created"), "{c}");
+    let cid = c.split_whitespace().next().unwrap().to_string();
+    cli.ok(&["contacts", "update", &cid, "--title", "CTO"]);
+    cli.ok(&["contacts", "log", &cid, "--kind", "call", "--body", "hello"]);
+    cli.ok(&[
+        "deals",
+        "create",
+        "--title",
+        "Renewal",
+        "--amount-cents",
+        "129900",
+        "--currency",
+        "USD",
+        "--contact",
+        &cid,
+    ]);
+
+    // Piped output is the server's lines, unchanged.
+    let piped = cli.ok(&["contacts", "list", "--stage", "lead", "--tag", "vip"]);
+    let direct = s
+        .get("/contacts?stage=lead&tags=vip", &crate::cli_token(&cli.dir))
+        .await
+        .text;
+    assert_eq!(piped, direct);
+    assert!(piped.contains("title=CTO"));
+    let searched = cli.ok(&[
+        "contacts",
+        "list",
+        "--search",
+        "jane",
+        "--where",
+        "custom.seats=gte:10",
+    ]);
+    assert!(searched.contains(&cid));
+    // JSON parses.
+    let json: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--json", "deals", "list"])).unwrap();
+    assert_eq!(json["data"][0]["amount"], "1299.00 USD");
+    // A table with columns.
+    let table = cli.ok(&["--format", "table", "contacts", "list"]);
+    assert!(
+        table.contains("handle") && table.contains("name") && table.contains("Jane Doe"),
+        "{table}"
+    );
+    // Activities, reminders, audit, api.
+    assert!(
+        cli.ok(&["contacts", "activities", &cid])
+            .contains("kind=call")
+    );
+    assert!(cli.ok(&["activities"]).contains("body=hello"));
+    cli.ok(&["reminders", "--days", "7"]);
+    assert!(
+        cli.ok(&["audit", "--all"])
+            .contains("action=contact.create")
+    );
+    assert!(
+        cli.ok(&["api", "GET", "/contacts?limit=1"])
+            .starts_with("contact/")
+    );
+    let out = cli.run(&["api", "GET", "/contacts/c_000000000000"]);
+    assert_eq!(code_of(&out), 3);
+    // A closed pipe is success.
+    let mut child = cli
+        .cmd(&["contacts", "list"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_ask_and_scripts_say_yes() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "del@example.com").await;
+    let c = cli.ok(&["contacts", "create", "--name", "Gone"]);
+    let cid = c.split_whitespace().next().unwrap().to_string();
+    let out = cli.run(&["contacts", "delete", &cid]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(
+        cli.ok(&["contacts", "delete", &cid, "--yes"])
+            .contains("# deleted")
+    );
+    assert_eq!(code_of(&cli.run(&["contacts", "get", &cid])), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_follow_the_contract() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    // No token stored: 4, and it says how to sign in.
+    let out = cli.run(&["whoami"]);
+    assert_eq!(code_of(&out), 4);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("crmkit login"));
+    cli.login(&s, "codes@example.com").await;
+    // Usage errors: 2.
+    assert_eq!(
+        code_of(&cli.run(&["contacts", "list", "--limit", "abc"])),
+        2
+    );
+    assert_eq!(
+        code_of(&cli.run(&["contacts", "create", "--data", "{not json"])),
+        2
+    );
+    assert_eq!(
+        code_of(&cli.run(&["contacts", "create", "--data", "@/no/such/file.json"])),
+        2
+    );
+    assert_eq!(
+        code_of(&cli.run(&["contacts", "list", "--where", "nope=1"])),
+        2
+    );
+    assert_eq!(
+        code_of(&cli.run(&["contacts", "create", "--email", "not-an-email"])),
+        2
+    );
+    let out = cli.run(&["contatcs", "list"]);
+    assert_eq!(code_of(&out), 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("contacts"),
+        "clap suggests the right word"
+    );
+    // Not found: 3.
+    assert_eq!(code_of(&cli.run(&["contacts", "get", "c_000000000000"])), 3);
+    // Revoked token: 4.
+    let token = crate::cli_token(&cli.dir);
+    let me = s.get("/whoami?format=json", &token).await.json()["data"]["token"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("token/")
+        .to_string();
+    s.delete(&format!("/tokens/{me}"), &token).await;
+    let out = cli.run(&["contacts", "list"]);
+    assert_eq!(code_of(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
+    // Unreachable server: 1, naming the URL.
+    let out = cli
+        .cmd(&["contacts", "list"])
+        .env("CRMKIT_URL", "http://127.0.0.1:1")
+        .env("CRMKIT_TOKEN", "ck_x")
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_switch_and_logout() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "ws@example.com").await;
+    let made = cli.ok(&["workspaces", "create", "Team"]);
+    let ws = made
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
+    assert!(
+        cli.ok(&["whoami"])
+            .contains(&format!("workspace=workspace/{ws}"))
+    );
+    cli.ok(&["workspaces", "invite", &ws, "mate@example.com"]);
+    assert!(
+        cli.ok(&["workspaces", "members", &ws])
+            .contains("status=invited")
+    );
+    // Deleting needs the emailed code: a script gets 6 and a code is mailed.
+    let n = s.smtp().mails_to("ws@example.com").len();
+    let out = cli.run(&["workspaces", "delete", &ws, "--yes"]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    let code = s.nth_code("ws@example.com", n + 1).await;
+    cli.ok(&["workspaces", "delete", &ws, "--yes", "--code", &code]);
+    // Logout revokes on the server and forgets locally.
+    cli.login(&s, "ws@example.com").await;
+    let token = crate::cli_token(&cli.dir);
+    cli.ok(&["logout"]);
+    assert_eq!(s.get("/whoami", &token).await.status, 401);
+    assert_eq!(code_of(&cli.run(&["whoami"])), 4);
+    // --with-token reads a token from stdin; `auth token` prints it.
+    let t = s.login("ws@example.com").await;
+    let mut child = cli
+        .cmd(&["login", "--with-token"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{t}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(cli.ok(&["auth", "token"]).trim(), t);
+}
+
+#[test]
+fn completions_are_fresh() {
+    for (shell, file) in [
+        ("bash", "crmkit.bash"),
+        ("zsh", "_crmkit"),
+        ("fish", "crmkit.fish"),
+        ("powershell", "_crmkit.ps1"),
+        ("elvish", "crmkit.elv"),
+    ] {
+        let out = Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let committed = std::fs::read(format!("{}/completions/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_default();
+        assert!(
+            committed == out.stdout,
+            "completions/{file} is stale: regenerate with `crmkit completions {shell} > completions/{file}`"
+        );
+    }
+}
+
+/// A Secret Service is usable here (D-Bus session with an unlocked keyring).
+fn secret_service() -> bool {
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        && Command::new("secret-tool")
+            .args(["store", "--label=crmkit-probe", "crmkit-probe", "1"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"probe")?;
+                c.wait()
+            })
+            .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_lives_in_the_os_keyring() {
+    if !crate::require(
+        "a Secret Service (gnome-keyring unlocked under dbus-run-session)",
+        secret_service(),
+    ) {
+        return;
+    }
+    let s = Server::start().await;
+    let mut cli = Cli::new(&s);
+    cli.keyring = true;
+    cli.login(&s, "keyring@example.com").await;
+    assert!(
+        !cli.dir.path().join("tokens.json").exists(),
+        "the token went to the file, not the keyring"
+    );
+    let stored = Command::new("secret-tool")
+        .args(["lookup", "service", "crmkit", "username", &s.base])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&stored.stdout).trim().to_string();
+    assert!(
+        token.starts_with("ck_"),
+        "not in the Secret Service: {:?}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    assert!(cli.ok(&["whoami"]).contains("email=keyring@example.com"));
+    cli.ok(&["logout"]);
+    let after = Command::new("secret-tool")
+        .args(["lookup", "service", "crmkit", "username", &s.base])
+        .output()
+        .unwrap();
+    assert!(
+        after.stdout.is_empty(),
+        "logout left the token in the keyring"
+    );
+}
