@@ -93,15 +93,71 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
     sea_orm::Database::connect(opt).await
 }
 
+/// SQLite has one writer at a time. Writers of this process queue here, in
+/// order and without sleeping, instead of in SQLite's busy handler, whose
+/// back-off sleeps (up to 100 ms a try) make the slowest writes very slow.
+static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A write transaction, holding this process's SQLite writer slot until it ends.
+pub struct WriteTx {
+    tx: DatabaseTransaction,
+    _writer: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTx {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        self.tx.get_database_backend()
+    }
+    async fn execute_raw(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        self.tx.execute_raw(stmt).await
+    }
+    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
+        self.tx.execute_unprepared(sql).await
+    }
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+        self.tx.query_one_raw(stmt).await
+    }
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        self.tx.query_all_raw(stmt).await
+    }
+    fn support_returning(&self) -> bool {
+        self.tx.support_returning()
+    }
+}
+
 /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write
-/// lock is taken up front and waits on the busy timeout instead of failing with
-/// "database is locked" when a reader would have to upgrade.
-pub async fn write_tx(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
-    .await
+/// lock is taken up front (no "database is locked" when a reader would have to
+/// upgrade), after the writer slot of this process.
+pub async fn write_tx(db: &DatabaseConnection) -> Result<WriteTx, DbErr> {
+    let writer = match db.get_database_backend() {
+        DatabaseBackend::Sqlite => Some(SQLITE_WRITER.lock().await),
+        _ => None,
+    };
+    let tx = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    Ok(WriteTx { tx, _writer: writer })
 }
 
 /// Applies pending migrations. On PostgreSQL an advisory lock held for the
@@ -113,7 +169,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
         tx.execute_unprepared("SELECT pg_advisory_xact_lock(7346281190021)")
             .await?;
     }
-    Migrator::up(&tx, None).await?;
+    Migrator::up(&*tx, None).await?;
     tx.commit().await
 }
 

@@ -212,7 +212,7 @@ pub async fn redeem_login_code(
     email: &str,
     code: &str,
     ip: &str,
-) -> AppResult<(DatabaseTransaction, String, String)> {
+) -> AppResult<(crate::db::WriteTx, String, String)> {
     let email = email.to_string();
     let s = &state.settings;
     ratelimit::hit(
