@@ -15,6 +15,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_init;
 pub mod m20261128_000002_search;
 mod m20261128_000003_oauth;
+mod m20261128_000004_filter_indexes;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_init::Migration),
             Box::new(m20261128_000002_search::Migration),
             Box::new(m20261128_000003_oauth::Migration),
+            Box::new(m20261128_000004_filter_indexes::Migration),
         ]
     }
 }

@@ -157,7 +157,10 @@ pub async fn write_tx(db: &DatabaseConnection) -> Result<WriteTx, DbErr> {
             ..Default::default()
         })
         .await?;
-    Ok(WriteTx { tx, _writer: writer })
+    Ok(WriteTx {
+        tx,
+        _writer: writer,
+    })
 }
 
 /// Applies pending migrations. On PostgreSQL an advisory lock held for the

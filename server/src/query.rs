@@ -387,11 +387,10 @@ pub fn list_sql(
                         .push(&format!("))) OR {col} IS NULL)"));
                 }
                 (Some(v), false) => {
-                    s.push(&format!("({col}{cmp}")).bind(v.clone());
-                    s.push(&format!(" OR ({col} = ")).bind(v.clone());
-                    s.push(&format!(" AND id{cmp}"))
-                        .bind(a.id.clone())
-                        .push("))");
+                    // A row-value comparison is one range on the (workspace_id,
+                    // col, id) index; the equivalent OR form makes SQLite scan.
+                    s.push(&format!("({col}, id){cmp}(")).bind(v.clone());
+                    s.push(", ").bind(a.id.clone()).push(")");
                 }
                 (None, _) => {
                     s.push(&format!("({col} IS NULL AND id{cmp}"))
@@ -408,6 +407,11 @@ pub fn list_sql(
         s.push(&format!(
             " ORDER BY ({col} IS NULL) ASC, {col}{dir}, id{dir}"
         ));
+    } else if q.search.is_some() && backend == DatabaseBackend::Sqlite {
+        // The search index yields few rows: sort those, rather than walking
+        // the whole sort index testing each row against the match (`+` keeps
+        // SQLite from choosing the index for ORDER BY).
+        s.push(&format!(" ORDER BY +{col}{dir}, +id{dir}"));
     } else {
         s.push(&format!(" ORDER BY {col}{dir}, id{dir}"));
     }

@@ -328,3 +328,47 @@ async fn the_sqlite_wal_stays_small_under_sustained_writes() {
         2000
     );
 }
+
+/// 200 clients at once all get an answer (2xx, or 503 with Retry-After), none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_all_get_answers() {
+    let s = Server::start().await;
+    let t = s.login("crowd@example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (url, t) = (
+            s.url(if i % 2 == 0 {
+                "/contacts?limit=5"
+            } else {
+                "/contacts"
+            }),
+            t.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // A client (and so a connection) of its own each.
+            let http = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap();
+            let rb = if i % 2 == 0 {
+                http.get(url)
+            } else {
+                http.post(url).body(format!(r#"{{"name":"c{i}"}}"#))
+            };
+            let r = rb.bearer_auth(t).send().await.expect("no answer");
+            let status = r.status().as_u16();
+            let retry = r.headers().contains_key("retry-after");
+            (status, retry)
+        }));
+    }
+    for task in tasks {
+        let (status, retry) = task.await.unwrap();
+        assert!(status < 300 || (status == 503 && retry), "{status}");
+    }
+    assert_eq!(
+        s.send(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        200
+    );
+}
