@@ -407,11 +407,6 @@ pub fn list_sql(
         s.push(&format!(
             " ORDER BY ({col} IS NULL) ASC, {col}{dir}, id{dir}"
         ));
-    } else if q.search.is_some() && backend == DatabaseBackend::Sqlite {
-        // The search index yields few rows: sort those, rather than walking
-        // the whole sort index testing each row against the match (`+` keeps
-        // SQLite from choosing the index for ORDER BY).
-        s.push(&format!(" ORDER BY +{col}{dir}, +id{dir}"));
     } else {
         s.push(&format!(" ORDER BY {col}{dir}, id{dir}"));
     }
