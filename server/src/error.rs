@@ -188,6 +188,16 @@ impl std::fmt::Display for AppError {
 
 impl From<sea_orm::DbErr> for AppError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db::is_unique_violation(&e) {
+            // Checked answers come first (upserts, PATCH to a taken email);
+            // this covers the request that lost a race between check and write.
+            return AppError::new(
+                "conflict",
+                StatusCode::CONFLICT,
+                "another request just took this unique value (email, domain, …)",
+                "fetch the record that has it and retry your change",
+            );
+        }
         match &e {
             sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
                 AppError::unavailable(e)

@@ -418,28 +418,8 @@ async fn patch(
     let r = if diff.is_empty() {
         before
     } else {
-        store::update(&tx, def, ws, &id, &after_fields, now)
-            .await
-            .map_err(|e| {
-                if e.code == "internal"
-                    && e.internal
-                        .as_deref()
-                        .is_some_and(|m| m.contains("UNIQUE") || m.contains("unique"))
-                {
-                    AppError::new(
-                        "conflict",
-                        StatusCode::CONFLICT,
-                        format!(
-                            "another {} took this {} meanwhile",
-                            def.kind.name(),
-                            def.upsert_key.unwrap_or("key")
-                        ),
-                        "fetch the other record and retry",
-                    )
-                } else {
-                    e
-                }
-            })?;
+        // A unique key taken by a racing request surfaces as `conflict` (see `error.rs`).
+        store::update(&tx, def, ws, &id, &after_fields, now).await?;
         audit::record(
             &tx,
             ws,
