@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
-use sea_orm::DatabaseConnection;
 
 use crate::config::Settings;
 use crate::mail::Mailer;
@@ -14,7 +13,7 @@ use crate::routes;
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: DatabaseConnection,
+    pub db: crate::db::Db,
     pub settings: Arc<Settings>,
     pub mailer: Mailer,
     /// The manual with the base URL filled in.
@@ -29,7 +28,7 @@ const MANUAL: &str = include_str!("../manual.txt");
 
 impl AppState {
     pub fn new(
-        db: DatabaseConnection,
+        db: crate::db::Db,
         settings: Settings,
         mailer: Mailer,
         cursor_key: Vec<u8>,
@@ -61,10 +60,32 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(negotiate::no_route)
         .method_not_allowed_fallback(negotiate::wrong_method)
+        .layer(middleware::from_fn(finish_writes))
         .layer(middleware::from_fn(negotiate::middleware))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
             crate::error::AppError::internal("handler panicked").into_response()
         }))
         .with_state(state)
+}
+
+/// A request that may write runs to its end in a task of its own, even when
+/// its client hangs up: dropping a handler halfway through a transaction
+/// would leave the rollback to destructors, and a commit cut short would
+/// leave the caller's outcome unknown to everyone else sharing the batch.
+async fn finish_writes(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => crate::error::AppError::internal("handler panicked").into_response(),
+    }
 }

@@ -1,6 +1,8 @@
 //! The database: connecting (SQLite or PostgreSQL), migrating under a lock,
 //! write transactions, and the one timestamp type every table uses.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crmkit_migrations::{Migrator, MigratorTrait};
@@ -69,8 +71,63 @@ impl From<Ts> for OffsetDateTime {
     }
 }
 
+/// The database handle every part of the server uses: the connection pool
+/// and, on SQLite, the process's single writer with its group commit.
+/// Derefs to the pool for reads and one-statement writes.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    writer: Arc<Writer>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DatabaseConnection;
+    fn deref(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+}
+
+impl Db {
+    pub fn new(conn: DatabaseConnection) -> Db {
+        Db {
+            conn,
+            writer: Arc::default(),
+        }
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Db {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+    async fn execute_raw(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        self.conn.execute_raw(stmt).await
+    }
+    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
+        self.conn.execute_unprepared(sql).await
+    }
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+        self.conn.query_one_raw(stmt).await
+    }
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        self.conn.query_all_raw(stmt).await
+    }
+    fn support_returning(&self) -> bool {
+        self.conn.support_returning()
+    }
+}
+
 /// Opens the pool with the settings the durability promises need.
-pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
     let url = &settings.database_url;
     let sqlite = url.starts_with("sqlite:");
     let mut opt = ConnectOptions::new(url.clone());
@@ -90,83 +147,311 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(Duration::from_secs(10))
         });
     }
-    sea_orm::Database::connect(opt).await
+    Ok(Db::new(sea_orm::Database::connect(opt).await?))
 }
 
-/// SQLite has one writer at a time. Writers of this process queue here, in
-/// order and without sleeping, instead of in SQLite's busy handler, whose
-/// back-off sleeps (up to 100 ms a try) make the slowest writes very slow.
-static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// SQLite has one writer at a time, and with `synchronous=FULL` every commit
+/// is an fsync. The writer of this process therefore does group commit:
+///
+/// - writers queue on `slot` in order, without sleeping (SQLite's busy
+///   handler backs off up to 100 ms a try, which made the slowest writes slow);
+/// - the first opens the batch with `BEGIN IMMEDIATE`; each writer runs in its
+///   own `SAVEPOINT` inside it, so its rollback or error undoes only its work;
+/// - a writer that finishes while nobody waits commits the batch at once
+///   (a lone writer commits as before); when others wait, it hands the commit
+///   to a committer queued behind them, and every writer of the batch learns
+///   the outcome of the one `COMMIT` (one fsync) before it answers.
+///
+/// Nothing is acknowledged before it is durable: `WriteTx::commit` returns Ok
+/// only after the batch's COMMIT succeeded. A database error that may have
+/// ended the transaction inside SQLite poisons the batch, which is then rolled
+/// back and reported as failed to all of its writers.
+#[derive(Default)]
+struct Writer {
+    slot: Arc<tokio::sync::Mutex<Option<Batch>>>,
+    /// Writers (and committers) queued on `slot`.
+    waiting: AtomicUsize,
+    next_id: AtomicU64,
+}
 
-/// A write transaction, holding this process's SQLite writer slot until it ends.
+struct Batch {
+    outer: DatabaseTransaction,
+    id: u64,
+    poisoned: AtomicBool,
+    committer_queued: bool,
+    done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+type Slot = tokio::sync::OwnedMutexGuard<Option<Batch>>;
+
+/// Counts a writer as queued while it waits for the slot (and stops counting
+/// it if it is cancelled while waiting).
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Queued(n)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Writer {
+    async fn lock(&self) -> Slot {
+        let _queued = Queued::new(&self.waiting);
+        self.slot.clone().lock_owned().await
+    }
+}
+
+/// Commits (or, when poisoned, rolls back) the open batch and tells its writers.
+async fn finish_batch(slot: &mut Slot) {
+    let Some(batch) = slot.take() else { return };
+    // The batch's own savepoint is gone if SQLite ended the transaction on
+    // an error (disk full, I/O): then nothing of the batch may be reported kept.
+    let intact = !batch.poisoned.load(Ordering::SeqCst)
+        && batch
+            .outer
+            .execute_unprepared("RELEASE crmkit_batch")
+            .await
+            .is_ok();
+    let result = if !intact {
+        batch.outer.rollback().await.ok();
+        Err("an earlier write in the same group commit failed; nothing of it was kept".to_string())
+    } else {
+        batch.outer.commit().await.map_err(|e| e.to_string())
+    };
+    batch.done.send_replace(Some(result));
+}
+
+/// After a writer leaves the batch: commit now if nobody waits, else make sure
+/// one committer is queued behind the waiting writers. The COMMIT runs in a
+/// task of its own, so a request cancelled by its client cannot cut it short.
+fn leave_batch(writer: &Arc<Writer>, mut slot: Slot) {
+    let Some(batch) = slot.as_mut() else { return };
+    if writer.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::spawn(async move { finish_batch(&mut slot).await });
+        return;
+    }
+    if batch.committer_queued {
+        return;
+    }
+    batch.committer_queued = true;
+    let id = batch.id;
+    let w = writer.clone();
+    drop(slot);
+    // If the last waiting writer finds nobody behind it, it commits itself and
+    // this committer finds its batch gone.
+    tokio::spawn(async move {
+        let mut slot = w.lock().await;
+        if slot.as_ref().is_some_and(|b| b.id == id) {
+            finish_batch(&mut slot).await;
+        }
+    });
+}
+
+/// Marks the batch failed, saying why in the log.
+fn poison(slot: &Slot, why: &dyn std::fmt::Display) {
+    if let Some(b) = slot.as_ref() {
+        tracing::warn!(batch = b.id, "write batch will roll back: {why}");
+        b.poisoned.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A write transaction: on SQLite a savepoint in the writer's open batch
+/// (see [`Writer`]), holding the writer slot until it ends; on PostgreSQL a
+/// plain transaction.
 pub struct WriteTx {
-    tx: DatabaseTransaction,
-    _writer: Option<tokio::sync::MutexGuard<'static, ()>>,
+    tx: Option<DatabaseTransaction>,
+    group: Option<(Arc<Writer>, Slot)>,
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.tx.commit().await
+    fn tx(&self) -> &DatabaseTransaction {
+        self.tx
+            .as_ref()
+            .expect("transaction is open until commit or rollback")
     }
 
-    pub async fn rollback(self) -> Result<(), DbErr> {
-        self.tx.rollback().await
+    /// Makes the writes durable; on SQLite returns once the batch holding
+    /// them is committed.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let tx = self.tx.take().expect("open");
+        let mut done = match &self.group {
+            None => return tx.commit().await,
+            Some((_, slot)) => match slot.as_ref() {
+                Some(batch) => batch.done.subscribe(),
+                None => return Err(DbErr::Custom("the write batch was lost".into())),
+            },
+        };
+        // If this await is cancelled, `Drop` still leaves the batch.
+        let released = tx.commit().await;
+        let (writer, slot) = self.group.take().expect("checked above");
+        if let Err(e) = &released {
+            poison(&slot, e);
+        }
+        leave_batch(&writer, slot);
+        released?;
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.clone())
+            .ok()
+            .flatten();
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(DbErr::Custom(format!("commit failed: {e}"))),
+            None => Err(DbErr::Custom("the write batch was lost".into())),
+        }
+    }
+
+    pub async fn rollback(mut self) -> Result<(), DbErr> {
+        let tx = self.tx.take().expect("open");
+        let result = tx.rollback().await;
+        if let Some((writer, slot)) = self.group.take() {
+            if let Err(e) = &result {
+                poison(&slot, e);
+            }
+            leave_batch(&writer, slot);
+        }
+        result
+    }
+
+    /// Marks the batch failed when an error may have ended SQLite's transaction
+    /// (anything but a constraint violation, which only aborts its statement).
+    fn check<T>(&self, r: Result<T, DbErr>) -> Result<T, DbErr> {
+        if let (Err(e), Some((_, slot))) = (&r, &self.group)
+            && !statement_level(e)
+        {
+            poison(slot, e);
+        }
+        r
+    }
+}
+
+/// Errors after which the transaction is still intact.
+fn statement_level(e: &DbErr) -> bool {
+    if e.sql_err().is_some() {
+        return true;
+    }
+    match e {
+        DbErr::Exec(_) | DbErr::Query(_) | DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+            e.to_string().contains("constraint failed")
+        }
+        _ => true,
+    }
+}
+
+impl Drop for WriteTx {
+    /// Dropped without commit or rollback (an early return or a cancelled
+    /// request): the savepoint's own drop queues its rollback on the
+    /// connection, and the batch is left for the next writer or committed.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some((writer, slot)) = self.group.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                leave_batch(&writer, slot);
+            } else {
+                poison(
+                    &slot,
+                    &"a write transaction was dropped outside the runtime",
+                );
+            }
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = DatabaseTransaction;
     fn deref(&self) -> &DatabaseTransaction {
-        &self.tx
+        self.tx()
     }
 }
 
 #[async_trait::async_trait]
 impl ConnectionTrait for WriteTx {
     fn get_database_backend(&self) -> DatabaseBackend {
-        self.tx.get_database_backend()
+        self.tx().get_database_backend()
     }
     async fn execute_raw(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
-        self.tx.execute_raw(stmt).await
+        self.check(self.tx().execute_raw(stmt).await)
     }
     async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
-        self.tx.execute_unprepared(sql).await
+        self.check(self.tx().execute_unprepared(sql).await)
     }
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
-        self.tx.query_one_raw(stmt).await
+        self.check(self.tx().query_one_raw(stmt).await)
     }
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-        self.tx.query_all_raw(stmt).await
+        self.check(self.tx().query_all_raw(stmt).await)
     }
     fn support_returning(&self) -> bool {
-        self.tx.support_returning()
+        self.tx().support_returning()
     }
 }
 
-/// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write
-/// lock is taken up front (no "database is locked" when a reader would have to
-/// upgrade), after the writer slot of this process.
-pub async fn write_tx(db: &DatabaseConnection) -> Result<WriteTx, DbErr> {
-    let writer = match db.get_database_backend() {
-        DatabaseBackend::Sqlite => Some(SQLITE_WRITER.lock().await),
-        _ => None,
+/// Starts a write transaction. On SQLite: waits for the writer slot, opens the
+/// batch with `BEGIN IMMEDIATE` if none is open (the write lock taken up front,
+/// so no "database is locked" when a reader would upgrade), and starts this
+/// writer's savepoint in it.
+pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
+    if db.get_database_backend() != DatabaseBackend::Sqlite {
+        let tx = db.conn.begin().await?;
+        return Ok(WriteTx {
+            tx: Some(tx),
+            group: None,
+        });
+    }
+    let writer = db.writer.clone();
+    let mut slot = writer.lock().await;
+    if slot.is_none() {
+        let outer = db
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        outer.execute_unprepared("SAVEPOINT crmkit_batch").await?;
+        *slot = Some(Batch {
+            outer,
+            id: writer.next_id.fetch_add(1, Ordering::SeqCst),
+            poisoned: AtomicBool::new(false),
+            committer_queued: false,
+            done: tokio::sync::watch::Sender::new(None),
+        });
+    }
+    // From here a cancelled request still leaves the batch (`Drop`).
+    let mut wtx = WriteTx {
+        tx: None,
+        group: Some((writer, slot)),
     };
-    let tx = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?;
-    Ok(WriteTx {
-        tx,
-        _writer: writer,
-    })
+    let nested = match wtx.group.as_ref().and_then(|(_, slot)| slot.as_ref()) {
+        Some(batch) => batch.outer.begin().await,
+        None => Err(DbErr::Custom("the write batch was lost".into())),
+    };
+    match nested {
+        Ok(tx) => {
+            wtx.tx = Some(tx);
+            Ok(wtx)
+        }
+        Err(e) => {
+            if let Some((_, slot)) = &wtx.group {
+                poison(slot, &e);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Applies pending migrations. On PostgreSQL an advisory lock held for the
 /// transaction makes processes that start together migrate exactly once; on
 /// SQLite the immediate transaction is the lock.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub async fn migrate(db: &Db) -> Result<(), DbErr> {
     let tx = write_tx(db).await?;
     if tx.get_database_backend() == DatabaseBackend::Postgres {
         tx.execute_unprepared("SELECT pg_advisory_xact_lock(7346281190021)")

@@ -103,9 +103,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 /// Opens the database, retrying with backoff while it is unreachable (a
 /// database that starts after the server is normal in a deployment), up to
 /// `db_startup_wait`.
-async fn connect_with_retry(
-    settings: &Settings,
-) -> Result<sea_orm::DatabaseConnection, ServeError> {
+async fn connect_with_retry(settings: &Settings) -> Result<db::Db, ServeError> {
     let started = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(200);
     loop {

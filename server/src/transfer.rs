@@ -8,8 +8,7 @@
 //! indexes are rebuilt on the target (SQLite's FTS5 tables are not copied).
 
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, QueryResult,
-    TransactionTrait, Value,
+    ConnectionTrait, DatabaseBackend, DatabaseTransaction, QueryResult, TransactionTrait, Value,
 };
 
 use crate::config::{ServeArgs, Settings};
@@ -370,7 +369,7 @@ async fn copy_table(
     }
 }
 
-async fn open(url: &str) -> Result<DatabaseConnection, ServeError> {
+async fn open(url: &str) -> Result<db::Db, ServeError> {
     let args = ServeArgs {
         database_url: Some(url.to_string()),
         ..Default::default()

@@ -372,3 +372,96 @@ async fn two_hundred_concurrent_connections_all_get_answers() {
         200
     );
 }
+
+/// Concurrent writers share SQLite commits (group commit); each keeps its own
+/// outcome: an upsert of a taken email updates, a full plan fails only that create, a client that
+/// hangs up mid-request loses only its own write, and every 201 is kept with
+/// its audit row and counted against the cap exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_keep_their_own_outcomes() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "300")
+        .start()
+        .await;
+    let t = s.login("group@example.com").await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (http, url, t) = (s.http.clone(), s.url("/contacts?format=json"), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..60 {
+                let email = if i % 3 == 2 {
+                    "taken@example.com".to_string()
+                } else {
+                    format!("w{w}-{i}@example.com")
+                };
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .body(format!(r#"{{"name":"kept {w}-{i}","email":"{email}"}}"#))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                statuses.push((status, text));
+            }
+            statuses
+        }));
+    }
+    // Clients that give up after a millisecond, while the others write.
+    let (http, url, tk) = (s.http.clone(), s.url("/contacts"), t.clone());
+    let quitter = tokio::spawn(async move {
+        for i in 0..60 {
+            let _ = http
+                .post(&url)
+                .bearer_auth(&tk)
+                .timeout(std::time::Duration::from_millis(1))
+                .body(format!(r#"{{"name":"quit {i}"}}"#))
+                .send()
+                .await;
+        }
+    });
+    let mut created = 0;
+    for task in tasks {
+        for (status, text) in task.await.unwrap() {
+            // 200: the taken email upserts (updates) its contact.
+            assert!(
+                matches!(status, 200 | 201 | 403),
+                "unexpected {status}: {text}\n{}",
+                s.log_text()
+            );
+            if status == 201 {
+                created += 1;
+            }
+        }
+    }
+    quitter.await.unwrap();
+    let db = crate::harness::open_db(&s).await;
+    let kept = crate::harness::count(
+        &db,
+        "SELECT COUNT(*) AS n FROM contacts WHERE name LIKE 'kept %'",
+    )
+    .await;
+    let all = crate::harness::count(&db, "SELECT COUNT(*) AS n FROM contacts").await;
+    assert_eq!(kept, created, "every 201, and nothing else, was kept");
+    assert!(all <= 300, "the cap of 300 held: {all}");
+    // 8×40 unique emails plus one first use of the taken one: the cap is the limit.
+    let quit_kept = all - kept;
+    assert_eq!(kept + quit_kept, all);
+    assert!(created >= 300 - 60, "{created} created");
+    let audited = crate::harness::count(
+        &db,
+        "SELECT COUNT(*) AS n FROM audit WHERE action = 'contact.create'",
+    )
+    .await;
+    assert_eq!(audited, all, "one audit row per kept contact");
+    let counted = crate::harness::count(&db, "SELECT contacts_count AS n FROM workspaces").await;
+    assert_eq!(counted, all, "the cap counter matches the rows");
+    let taken = crate::harness::count(
+        &db,
+        "SELECT COUNT(*) AS n FROM contacts WHERE email = 'taken@example.com'",
+    )
+    .await;
+    assert_eq!(taken, 1);
+}
