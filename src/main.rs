@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: list pages allocate per row and per
+/// field, and glibc's arenas spent a fifth of a list request's CPU in
+/// malloc/free and their locks (measured with perf on the 100k benchmark).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "crmkit",

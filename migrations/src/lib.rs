@@ -16,6 +16,7 @@ mod m20261128_000001_init;
 pub mod m20261128_000002_search;
 mod m20261128_000003_oauth;
 mod m20261128_000004_filter_indexes;
+pub mod m20261129_000005_search_keys;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_search::Migration),
             Box::new(m20261128_000003_oauth::Migration),
             Box::new(m20261128_000004_filter_indexes::Migration),
+            Box::new(m20261129_000005_search_keys::Migration),
         ]
     }
 }

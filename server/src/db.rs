@@ -145,6 +145,10 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10))
+                // A page cache of 16 MiB per connection (SQLite's default is
+                // 2 MiB): a search visiting a thousand scattered rows no longer
+                // reads most of them back from the OS with a system call each.
+                .pragma("cache_size", "-16384")
         });
     }
     Ok(Db::new(sea_orm::Database::connect(opt).await?))

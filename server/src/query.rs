@@ -341,6 +341,52 @@ fn nullable(def: &KindDef, sort_field: &str) -> bool {
     !matches!(sort_field, "id" | "created_at" | "updated_at") && def.required != Some(sort_field)
 }
 
+/// How SQLite finds the rows of a search (see [`search_plan_sql`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchPlan {
+    /// No search, PostgreSQL, or text too short for the index.
+    None,
+    /// Few hits: each hit's row is found by its search key, then sorted.
+    Hits,
+    /// Many hits: walk the sort order and keep the rows that are hits.
+    Walk,
+}
+
+/// Above this many index hits, walking the sort order finds a page sooner
+/// than fetching and sorting every hit (measured on 100k contacts: 11k hits
+/// sort in ~18 ms, where walking takes ~40 ms; at 20k hits they are even).
+pub const HITS_PLAN_MAX: i64 = 20_000;
+
+/// The FTS5 phrase for `search=` text (SQLite).
+fn fts_phrase(text: &str) -> String {
+    format!("\"{}\"", text.to_lowercase().replace('"', "\"\""))
+}
+
+/// Counts a SQLite search's index hits up to `HITS_PLAN_MAX + 1`, to choose
+/// the plan; `None` when the search does not use the index.
+pub fn search_count_sql(def: &KindDef, q: &ListQuery, backend: DatabaseBackend) -> Option<Sql> {
+    let text = q.search.as_deref()?;
+    if backend != DatabaseBackend::Sqlite || text.chars().count() < 3 {
+        return None;
+    }
+    let mut s = Sql::new(&format!(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM {t}_fts WHERE {t}_fts MATCH ",
+        t = def.plural
+    ));
+    s.bind(fts_phrase(text))
+        .push(&format!(" LIMIT {})", HITS_PLAN_MAX + 1));
+    Some(s)
+}
+
+/// The plan for a search with `hits` index hits (from `search_count_sql`).
+pub fn search_plan(hits: Option<i64>) -> SearchPlan {
+    match hits {
+        None => SearchPlan::None,
+        Some(n) if n <= HITS_PLAN_MAX => SearchPlan::Hits,
+        Some(_) => SearchPlan::Walk,
+    }
+}
+
 /// `SELECT … FROM <table> WHERE workspace_id = ? AND <filters> [AND keyset] ORDER BY … LIMIT n`.
 pub fn list_sql(
     def: &KindDef,
@@ -349,9 +395,17 @@ pub fn list_sql(
     after: Option<&After>,
     limit: u64,
     backend: DatabaseBackend,
+    plan: SearchPlan,
 ) -> Sql {
+    // Few hits: make SQLite go from each hit to its row by the search key
+    // index, rather than walk the sort index testing every row it passes.
+    let hint = if plan == SearchPlan::Hits {
+        format!(" INDEXED BY {}_search_key", def.plural)
+    } else {
+        String::new()
+    };
     let mut s = Sql::new(&format!(
-        "SELECT {} FROM {} WHERE workspace_id = ",
+        "SELECT {} FROM {}{hint} WHERE workspace_id = ",
         crate::records::store::columns(def),
         def.plural
     ));
@@ -362,7 +416,7 @@ pub fn list_sql(
     }
     if let Some(text) = &q.search {
         s.push(" AND ");
-        search_clause(&mut s, def, ws, text, backend);
+        search_clause(&mut s, def, text, backend);
     }
     let col = q.sort.field.name;
     let desc = q.sort.desc;
@@ -416,7 +470,7 @@ pub fn list_sql(
 
 /// `search=`: the FTS5 trigram index on SQLite (3+ characters), the pg_trgm
 /// index on PostgreSQL; shorter text falls back to a scan of the same fields.
-fn search_clause(s: &mut Sql, def: &KindDef, ws: &str, text: &str, backend: DatabaseBackend) {
+fn search_clause(s: &mut Sql, def: &KindDef, text: &str, backend: DatabaseBackend) {
     let lowered = text.to_lowercase();
     if backend == DatabaseBackend::Postgres {
         let expr = crmkit_migrations::m20261128_000002_search::PG_SEARCH
@@ -430,12 +484,10 @@ fn search_clause(s: &mut Sql, def: &KindDef, ws: &str, text: &str, backend: Data
             .push(" ESCAPE '\\'");
     } else if lowered.chars().count() >= 3 {
         s.push(&format!(
-            "id IN (SELECT id FROM {t}_fts WHERE {t}_fts MATCH ",
+            "search_key IN (SELECT rowid FROM {t}_fts WHERE {t}_fts MATCH ",
             t = def.plural
         ))
-        .bind(format!("\"{}\"", lowered.replace('"', "\"\"")))
-        .push(" AND workspace_id = ")
-        .bind(ws.to_string())
+        .bind(fts_phrase(text))
         .push(")");
     } else {
         s.push("(");

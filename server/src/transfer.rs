@@ -415,23 +415,26 @@ pub async fn migrate_data(from: &str, to: &str) -> Result<Vec<String>, ServeErro
     }
     if dst.get_database_backend() == DatabaseBackend::Sqlite {
         for def in [&CONTACT, &COMPANY, &DEAL] {
+            // Search keys and the search index are SQLite's own; rebuild them.
+            dst.execute_unprepared(&format!(
+                "UPDATE {} SET search_key = {}",
+                def.plural,
+                crmkit_migrations::m20261129_000005_search_keys::sqlite_search_key_sql()
+            ))
+            .await
+            .map_err(fail)?;
             let rows = dst
                 .query_all_raw(stmt(
                     DatabaseBackend::Sqlite,
-                    &format!(
-                        "SELECT workspace_id, {} FROM {}",
-                        store::columns(def),
-                        def.plural
-                    ),
+                    &format!("SELECT {} FROM {}", store::columns(def), def.plural),
                     vec![],
                 ))
                 .await
                 .map_err(fail)?;
             for row in rows {
-                let ws: String = row.try_get("", "workspace_id").map_err(fail)?;
                 let record =
                     store::from_row(def, &row).map_err(|e| ServeError::Runtime(e.to_string()))?;
-                store::search_sync(&dst, def, &ws, &record.id, Some(&record.fields))
+                store::search_add(&dst, def, &record.id, &record.fields)
                     .await
                     .map_err(|e| ServeError::Runtime(e.to_string()))?;
             }

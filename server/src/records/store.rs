@@ -10,7 +10,7 @@ use super::kinds::{FType, FieldDef, KindDef};
 use super::model::{Record, Val};
 use crate::db::{Ts, stmt};
 use crate::error::{AppError, AppResult};
-use crate::wire::handle::{ID_ALPHABET, Kind};
+use crate::wire::handle::Kind;
 
 /// A SQL fragment with its bound values.
 #[derive(Default, Debug)]
@@ -198,6 +198,11 @@ pub async fn insert<C: ConnectionTrait>(
     }
     cols.extend(["created_at", "updated_at"]);
     vals.extend([r.created_at.into(), r.updated_at.into()]);
+    let sqlite = db.get_database_backend() == DatabaseBackend::Sqlite;
+    if sqlite {
+        cols.push("search_key");
+        vals.push(search_rowid(&r.id).into());
+    }
     let marks = vec!["?"; cols.len()].join(", ");
     let conflict = match unique_column(def) {
         Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
@@ -213,7 +218,7 @@ pub async fn insert<C: ConnectionTrait>(
         .await?;
     let inserted = res.rows_affected() == 1;
     if inserted {
-        search_sync(db, def, ws, &r.id, Some(&r.fields)).await?;
+        search_add(db, def, &r.id, &r.fields).await?;
     }
     Ok(inserted)
 }
@@ -247,7 +252,7 @@ pub async fn update<C: ConnectionTrait>(
     );
     db.execute_raw(stmt(db.get_database_backend(), &sql, vals))
         .await?;
-    search_sync(db, def, ws, id, Some(fields)).await
+    search_add(db, def, id, fields).await
 }
 
 pub async fn delete<C: ConnectionTrait>(
@@ -265,7 +270,7 @@ pub async fn delete<C: ConnectionTrait>(
         .execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
         .await?;
     if res.rows_affected() == 1 {
-        search_sync(db, def, ws, id, None).await?;
+        search_remove(db, def, id).await?;
     }
     Ok(res.rows_affected() == 1)
 }
@@ -330,14 +335,11 @@ pub fn plan_limit(kind_plural: &str, used: i64, cap: i64, plan: &str) -> AppErro
     .with("cap", cap)
 }
 
-/// The FTS5 rowid of a record: its id's 60 random bits, so the search index
-/// needs no rowid of the records table (which VACUUM may renumber).
+/// The FTS5 rowid of a record, also stored as its `search_key`: its id's 60
+/// random bits, so the search index needs no rowid of the records table
+/// (which VACUUM may renumber).
 pub fn search_rowid(id: &str) -> i64 {
-    let body = id.split_once('_').map(|(_, b)| b).unwrap_or(id);
-    body.bytes().fold(0i64, |acc, b| {
-        let v = ID_ALPHABET.iter().position(|c| *c == b).unwrap_or(0) as i64;
-        (acc << 5) | v
-    })
+    crmkit_migrations::m20261129_000005_search_keys::search_key(id)
 }
 
 /// The text `search=` matches: the kind's search fields, lowercased.
@@ -353,41 +355,80 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
     parts.join(" ")
 }
 
-/// Keeps the SQLite FTS5 index in step with the row, in the same transaction.
-/// PostgreSQL needs nothing: its trigram index is on an expression of the row.
-pub async fn search_sync<C: ConnectionTrait>(
+/// Keeps the SQLite FTS5 index in step with the row, in the same transaction:
+/// adds (or replaces) the record's searched text. PostgreSQL needs nothing:
+/// its trigram index is on an expression of the row.
+pub async fn search_add<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
-    ws: &str,
     id: &str,
-    fields: Option<&BTreeMap<&'static str, Val>>,
+    fields: &BTreeMap<&'static str, Val>,
 ) -> AppResult<()> {
     let backend = db.get_database_backend();
     if backend != DatabaseBackend::Sqlite {
         return Ok(());
     }
-    let rowid = search_rowid(id);
+    db.execute_raw(stmt(
+        backend,
+        &format!(
+            "INSERT OR REPLACE INTO {}_fts (rowid, body) VALUES (?, ?)",
+            def.plural
+        ),
+        vec![search_rowid(id).into(), search_text(def, fields).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Drops a deleted record from the SQLite FTS5 index.
+pub async fn search_remove<C: ConnectionTrait>(db: &C, def: &KindDef, id: &str) -> AppResult<()> {
+    let backend = db.get_database_backend();
+    if backend != DatabaseBackend::Sqlite {
+        return Ok(());
+    }
     db.execute_raw(stmt(
         backend,
         &format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural),
-        vec![rowid.into()],
+        vec![search_rowid(id).into()],
     ))
     .await?;
-    if let Some(fields) = fields {
-        db.execute_raw(stmt(
-            backend,
-            &format!(
-                "INSERT INTO {}_fts (rowid, workspace_id, id, body) VALUES (?, ?, ?, ?)",
-                def.plural
-            ),
-            vec![
-                rowid.into(),
-                ws.into(),
-                id.into(),
-                search_text(def, fields).into(),
-            ],
-        ))
-        .await?;
-    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnectionTrait, Database, Statement};
+
+    /// The search key SQLite computes in the migration and in `migrate-data`
+    /// is the one the server writes, for every symbol of the id alphabet.
+    #[tokio::test]
+    async fn sqlite_computes_the_same_search_key() {
+        assert_eq!(
+            crate::wire::handle::ID_ALPHABET.as_slice(),
+            crmkit_migrations::m20261129_000005_search_keys::ID_ALPHABET.as_bytes()
+        );
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        for _ in 0..50 {
+            let id = crate::secrets::new_id(Kind::Contact);
+            let sql = format!(
+                "SELECT {} AS k FROM (SELECT ? AS id)",
+                crmkit_migrations::m20261129_000005_search_keys::sqlite_search_key_sql()
+            );
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DatabaseBackend::Sqlite,
+                    sql,
+                    vec![id.clone().into()],
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                row.try_get::<i64>("", "k").unwrap(),
+                search_rowid(&id),
+                "{id}"
+            );
+        }
+    }
 }

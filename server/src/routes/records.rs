@@ -17,7 +17,7 @@ use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
 use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
 use crate::negotiate::Fmt;
-use crate::query::{list_sql, make_cursor, read_cursor};
+use crate::query::{list_sql, make_cursor, read_cursor, search_count_sql, search_plan};
 use crate::records::kinds::FType;
 use crate::records::model::{self, Record, Val};
 use crate::records::{COMPANY, CONTACT, DEAL, KindDef, store};
@@ -132,17 +132,32 @@ async fn list(
     };
     let limit = u64::from(q.limit);
     let db = &state.db;
-    let sql = list_sql(
-        def,
-        &caller.workspace_id,
-        &q,
-        after.as_ref(),
-        limit + 1,
-        db.get_database_backend(),
-    );
-    let rows = db
-        .query_all_raw(sql.stmt(db.get_database_backend()))
-        .await?;
+    let backend = db.get_database_backend();
+    let hits = match search_count_sql(def, &q, backend) {
+        Some(count) => {
+            let row = db.query_one_raw(count.stmt(backend)).await?;
+            Some(
+                row.map(|r| r.try_get::<i64>("", "n"))
+                    .transpose()?
+                    .unwrap_or(0),
+            )
+        }
+        None => None,
+    };
+    let rows = if hits == Some(0) {
+        Vec::new()
+    } else {
+        let sql = list_sql(
+            def,
+            &caller.workspace_id,
+            &q,
+            after.as_ref(),
+            limit + 1,
+            backend,
+            search_plan(hits),
+        );
+        db.query_all_raw(sql.stmt(backend)).await?
+    };
     let mut records = rows
         .iter()
         .map(|r| store::from_row(def, r))

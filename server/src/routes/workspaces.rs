@@ -722,6 +722,17 @@ async fn delete_workspace(
         .await?
         .ok_or_else(|| ws_not_found(&ws))?;
     let created_by: String = owner.try_get("", "created_by")?;
+    if backend == sea_orm::DatabaseBackend::Sqlite {
+        // The search index knows rows by search key only: clear it first.
+        for t in ["contacts", "companies", "deals"] {
+            tx.execute_raw(stmt(
+                backend,
+                &format!("DELETE FROM {t}_fts WHERE rowid IN (SELECT search_key FROM {t} WHERE workspace_id = ?)"),
+                vec![ws.clone().into()],
+            ))
+            .await?;
+        }
+    }
     for table in OWNED {
         tx.execute_raw(stmt(
             backend,
@@ -729,16 +740,6 @@ async fn delete_workspace(
             vec![ws.clone().into()],
         ))
         .await?;
-    }
-    if backend == sea_orm::DatabaseBackend::Sqlite {
-        for t in ["contacts", "companies", "deals"] {
-            tx.execute_raw(stmt(
-                backend,
-                &format!("DELETE FROM {t}_fts WHERE workspace_id = ?"),
-                vec![ws.clone().into()],
-            ))
-            .await?;
-        }
     }
     tx.execute_raw(stmt(
         backend,
