@@ -217,6 +217,36 @@ class PocketBase:
             page += 1
 
 
+class Ceiling:
+    """axum + one SQLite primary-key SELECT on crmkit's own database file."""
+
+    name = "ceiling"
+
+    def __init__(self, binary, db_file):
+        self.binary, self.db_file = binary, db_file
+        self.proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen([self.binary, self.db_file, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return wait_http(self.port, "/readyz")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def hyperfine(commands, env):
+    """Median wall time in ms of each command (hyperfine, warm, 30+ runs)."""
+    out = os.path.join(tempfile.mkdtemp(prefix="crmkit-hf-"), "hf.json")
+    e = dict(os.environ)
+    e.update(env)
+    subprocess.run(["hyperfine", "-N", "--warmup", "5", "--min-runs", "30", "--export-json", out] + commands,
+                   env=e, check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        return [r["median"] * 1000 for r in json.load(f)["results"]]
+
+
 def dataset(n):
     for i in range(n):
         acme = i % 100 == 0
@@ -255,10 +285,12 @@ def main():
     ap.add_argument("--rows", type=int, default=100000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--w6-rows", type=int, default=1000000)
+    ap.add_argument("--ceiling", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "target", "release", "crmkit-bench-ceiling"))
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
-        a.rows, a.runs, a.seconds = 500, 1, 1
+        a.rows, a.runs, a.seconds, a.w6_rows = 500, 1, 1, 2000
     work = tempfile.mkdtemp(prefix="crmkit-bench-")
     targets = []
     for cls, binary in ((Crmkit, a.crmkit), (PocketBase, a.pocketbase)):
@@ -278,7 +310,12 @@ def main():
                 f.write("\n".join(ids[t.name]))
             print("seeded %s: %d rows in %.1fs" % (t.name, a.rows, took), file=sys.stderr)
         samples = {t.name: {k: [] for k in ("W1", "W2", "W3", "W4", "W5")} for t in targets}
+        ceiling = Ceiling(a.ceiling, os.path.join(targets[0].data, "crmkit.db"))
+        ceiling.start()
+        ceiling_w2 = []
+        cli = {}
         for run in range(a.runs):
+            ceiling_w2.append(wrk("get.lua", ceiling.port, a.seconds, {"IDS_FILE": os.path.join(targets[0].data, "ids.txt"), "PATH_PREFIX": "/contacts/", "TOKEN": "-"}))
             for t in targets:  # interleaved run by run
                 env = {"TOKEN": t.headers()["Authorization"], "IDS_FILE": os.path.join(t.data, "ids.txt")}
                 samples[t.name]["W1"].append(wrk("create.lua", t.port, a.seconds, dict(env, PATH_FIXED=t.create_path, RUN="r%d" % run)))
@@ -288,6 +325,18 @@ def main():
                 start = time.time()
                 n = t.walk(Conn(t.port))
                 samples[t.name]["W5"].append({"seconds": time.time() - start, "rows": n})
+        ceiling.stop()
+        results["ceiling"] = {"W2_rps": statistics.median(r["rps"] for r in ceiling_w2),
+                              "W2_p50_ms": statistics.median(r["p50_us"] for r in ceiling_w2) / 1000}
+        # CLI wall time: the client against curl of the same request.
+        ck = targets[0]
+        url = "http://127.0.0.1:%d" % ck.port
+        token = ck.token.split(" ", 1)[1]
+        env = {"CRMKIT_URL": url, "CRMKIT_TOKEN": token, "CRMKIT_KEYRING": "off", "CRMKIT_CONFIG_DIR": tempfile.mkdtemp(prefix="crmkit-cli-")}
+        version_ms, list_ms, curl_ms = hyperfine(
+            [a.crmkit + " --version", a.crmkit + " contacts list --limit 50",
+             "curl -sf -H 'Authorization: Bearer %s' %s/contacts?limit=50" % (token, url)], env)
+        cli = {"version_ms": version_ms, "contacts_list_ms": list_ms, "curl_ms": curl_ms}
         for t in targets:
             results[t.name]["peak_rss_mib"] = vm_hwm_kib(t.proc.pid) / 1024
             t.stop()
@@ -305,8 +354,22 @@ def main():
                     results[t.name][w + "_p50_ms"] = statistics.median(r["p50_us"] for r in runs) / 1000
                     results[t.name][w + "_p99_ms"] = statistics.median(r["p99_us"] for r in runs) / 1000
                     results[t.name][w + "_errors"] = sum(r["errors"] for r in runs)
+        # W6: the same search on a 1,000,000-contact workspace (crmkit alone).
+        d = os.path.join(work, "crmkit-w6")
+        os.makedirs(d)
+        big = Crmkit(a.crmkit, d)
+        targets.append(big)
+        big.start()
+        big.login()
+        _, took = seed(big, a.w6_rows)
+        print("seeded w6: %d rows in %.1fs" % (a.w6_rows, took), file=sys.stderr)
+        w6 = [wrk("path.lua", big.port, a.seconds, {"TOKEN": big.token, "PATH_FIXED": big.search_path}) for _ in range(a.runs)]
+        big.stop()
+        w6_result = {"rows": a.w6_rows, "p50_ms": statistics.median(r["p50_us"] for r in w6) / 1000,
+                     "p99_ms": statistics.median(r["p99_us"] for r in w6) / 1000,
+                     "rps": statistics.median(r["rps"] for r in w6), "errors": sum(r["errors"] for r in w6)}
     finally:
-        for t in targets:
+        for t in targets + [c for c in [locals().get("ceiling")] if c]:
             if t.proc and t.proc.poll() is None:
                 t.proc.kill()
     c, p = results["crmkit"], results["pocketbase"]
@@ -319,6 +382,12 @@ def main():
     print("%-22s %14s %14s %10s" % ("metric", "crmkit", "pocketbase", "advantage"))
     for key, cv, pv, ratio in rows:
         print("%-22s %14.2f %14.2f %9.2fx" % (key, cv, pv or 0, ratio))
+    cr = results["ceiling"]
+    print("%-22s %14.2f %14s %9.2fx  (crmkit W2 / ceiling W2)" % ("ceiling W2_rps", cr["W2_rps"], "", c["W2_rps"] / cr["W2_rps"]))
+    print("W6 search %d rows: p50 %.2f ms, p99 %.2f ms, %.0f req/s, %d errors" % (w6_result["rows"], w6_result["p50_ms"], w6_result["p99_ms"], w6_result["rps"], w6_result["errors"]))
+    print("CLI: --version %.2f ms; contacts list %.2f ms; curl %.2f ms (%.2fx curl)" % (cli["version_ms"], cli["contacts_list_ms"], cli["curl_ms"], cli["contacts_list_ms"] / cli["curl_ms"]))
+    results["w6"] = w6_result
+    results["cli"] = cli
     meta = {"rows": a.rows, "runs": a.runs, "seconds": a.seconds, "nproc": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = os.path.join(HERE, "results", "smoke.json" if a.smoke else "latest.json")
     with open(out, "w") as f:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # crmkit against PocketBase: installs the load generator and the peer, builds
-# crmkit --release, then runs bench.py. `run.sh --smoke` is a seconds-long check.
+# crmkit and the ceiling server --release, then runs bench.py. `run.sh --smoke` is a seconds-long check.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cache="$here/.cache"
 mkdir -p "$cache"
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+if ! command -v wrk >/dev/null || ! command -v hyperfine >/dev/null || ! command -v curl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk hyperfine curl >/dev/null
 fi
 pb="$cache/pocketbase"
 if [ ! -x "$pb" ]; then
@@ -16,5 +16,5 @@ if [ ! -x "$pb" ]; then
   cp "$(find "$cache/unpacked" -name pocketbase -type f | head -1)" "$pb"
   chmod +x "$pb"
 fi
-(cd "$root" && cargo build --release --bin crmkit)
+(cd "$root" && cargo build --release -p crmkit -p crmkit-bench-ceiling)
 exec python3 "$here/bench.py" "$root/target/release/crmkit" "$pb" "$@"
