@@ -675,7 +675,11 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
 async fn operators_change_plans_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[plans.pro]\ncontacts = 5000\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[plans.pro]\ncontacts = 5000\n\n[plans.tiny]\ncontacts = 2\n",
+    )
+    .unwrap();
     let s = Server::builder()
         .env("CRMKIT_CONFIG", cfg.to_str().unwrap())
         .start()
@@ -707,6 +711,31 @@ async fn operators_change_plans_from_the_command_line() {
             .text
             .contains("# contacts: 0 / 5000")
     );
+    // A configured plan's cap is the one a create counts against.
+    let set = |plan: &str| {
+        std::process::Command::new(crate::harness::bin())
+            .args(["admin", "set-plan", &ws, plan, "--database-url", &db])
+            .args(["--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    assert!(set("tiny").status.success());
+    for i in 0..2 {
+        let r = s
+            .post("/contacts", Some(&t), &format!(r#"{{"name":"t{i}"}}"#))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = s.post("/contacts", Some(&t), r#"{"name":"t3"}"#).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(
+        r.text.contains("2 of 2 contacts") && r.text.contains("tiny"),
+        "{}",
+        r.text
+    );
+    assert!(set("pro").status.success());
+    let r = s.post("/contacts", Some(&t), r#"{"name":"t3"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text);
     let out = std::process::Command::new(crate::harness::bin())
         .args(["admin", "set-plan", &ws, "platinum", "--database-url", &db])
         .output()

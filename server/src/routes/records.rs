@@ -274,18 +274,6 @@ fn check_whole(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> AppResult
     Ok(())
 }
 
-async fn plan_name(tx: &DatabaseTransaction, ws: &str) -> AppResult<String> {
-    let row = tx
-        .query_one_raw(stmt(
-            tx.get_database_backend(),
-            "SELECT plan FROM workspaces WHERE id = ?",
-            vec![ws.into()],
-        ))
-        .await?
-        .ok_or_else(AppError::invalid_token)?;
-    Ok(row.try_get("", "plan")?)
-}
-
 fn changes_json(d: serde_json::Map<String, Value>) -> Option<Value> {
     if d.is_empty() {
         None
@@ -317,11 +305,7 @@ async fn create(
     };
 
     if store::insert(&tx, def, ws, &fresh).await? {
-        let plan = plan_name(&tx, ws).await?;
-        let cap = (def.cap)(&state.settings.plan(&plan));
-        if !store::take_slot(&tx, def.counter, ws, cap).await? {
-            return Err(store::plan_limit(def.plural, cap, cap, &plan));
-        }
+        store::take_plan_slot(&tx, def, ws, &state.settings).await?;
         let diff = model::diff(def, None, &fresh.fields);
         audit::record(
             &tx,
