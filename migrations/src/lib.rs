@@ -17,6 +17,7 @@ pub mod m20261128_000002_search;
 mod m20261128_000003_oauth;
 mod m20261128_000004_filter_indexes;
 pub mod m20261129_000005_search_keys;
+pub mod m20261129_000006_ordered_search_keys;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_oauth::Migration),
             Box::new(m20261128_000004_filter_indexes::Migration),
             Box::new(m20261129_000005_search_keys::Migration),
+            Box::new(m20261129_000006_ordered_search_keys::Migration),
         ]
     }
 }

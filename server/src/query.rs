@@ -246,6 +246,9 @@ struct CursorBody {
     v: J,
     /// Id of the last row.
     i: String,
+    /// Search key of the last row (SQLite searches sorted by creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<i64>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -284,11 +287,18 @@ fn sort_value(q: &ListQuery, r: &Record) -> J {
     }
 }
 
-pub fn make_cursor(key: &[u8], ws: &str, q: &ListQuery, last: &Record) -> String {
+pub fn make_cursor(
+    key: &[u8],
+    ws: &str,
+    q: &ListQuery,
+    last: &Record,
+    search_key: Option<i64>,
+) -> String {
     let body = CursorBody {
         q: fingerprint(q),
         v: sort_value(q, last),
         i: last.id.clone(),
+        k: search_key,
     };
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
     let sig = sign(key, ws, &payload);
@@ -299,6 +309,7 @@ pub fn make_cursor(key: &[u8], ws: &str, q: &ListQuery, last: &Record) -> String
 pub struct After {
     value: Option<sea_orm::Value>,
     id: String,
+    key: Option<i64>,
 }
 
 pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<After, AppError> {
@@ -334,7 +345,11 @@ pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<
         (J::String(s), _, _) => Some(s.clone().into()),
         _ => return Err(bad_cursor("it is malformed")),
     };
-    Ok(After { value, id: body.i })
+    Ok(After {
+        value,
+        id: body.i,
+        key: body.k,
+    })
 }
 
 fn nullable(def: &KindDef, sort_field: &str) -> bool {
@@ -350,6 +365,18 @@ pub enum SearchPlan {
     Hits,
     /// Many hits: walk the sort order and keep the rows that are hits.
     Walk,
+    /// Sorted by creation: read the hits from the FTS5 index in search-key
+    /// order (which is `(created_at, id)` order) and stop after one page.
+    Ordered,
+}
+
+/// Whether a search reads its hits in page order (SQLite, indexed text,
+/// sorted by `created_at`, the default). Decided by the query alone, so
+/// every page of one query takes the same path.
+pub fn search_ordered(q: &ListQuery, backend: DatabaseBackend) -> bool {
+    backend == DatabaseBackend::Sqlite
+        && q.sort.field.name == "created_at"
+        && q.search.as_deref().is_some_and(|t| t.chars().count() >= 3)
 }
 
 /// Above this many index hits, walking the sort order finds a page sooner
@@ -396,7 +423,10 @@ pub fn list_sql(
     limit: u64,
     backend: DatabaseBackend,
     plan: SearchPlan,
-) -> Sql {
+) -> Result<Sql, AppError> {
+    if plan == SearchPlan::Ordered {
+        return ordered_search_sql(def, ws, q, after, limit, backend);
+    }
     // Few hits: make SQLite go from each hit to its row by the search key
     // index, rather than walk the sort index testing every row it passes.
     let hint = if plan == SearchPlan::Hits {
@@ -465,7 +495,47 @@ pub fn list_sql(
         s.push(&format!(" ORDER BY {col}{dir}, id{dir}"));
     }
     s.push(&format!(" LIMIT {limit}"));
-    s
+    Ok(s)
+}
+
+/// A search sorted by creation (SQLite): the FTS5 index yields its hits in
+/// search-key order, each joined to its row by the unique key index; the
+/// page ends after `limit` rows that are in the workspace and pass the
+/// filters. The keyset continues after the last row's search key.
+fn ordered_search_sql(
+    def: &KindDef,
+    ws: &str,
+    q: &ListQuery,
+    after: Option<&After>,
+    limit: u64,
+    backend: DatabaseBackend,
+) -> Result<Sql, AppError> {
+    let t = def.plural;
+    let text = q.search.as_deref().unwrap_or_default();
+    let mut s = Sql::new(&format!(
+        "SELECT {}, {t}.search_key AS search_key FROM {t}_fts CROSS JOIN {t} ON {t}.search_key = {t}_fts.rowid WHERE {t}_fts MATCH ",
+        crate::records::store::columns(def)
+    ));
+    s.bind(fts_phrase(text))
+        .push(&format!(" AND {t}.workspace_id = "))
+        .bind(ws.to_string());
+    for f in &q.filters {
+        s.push(" AND ");
+        compile_filter(&mut s, def, f, backend);
+    }
+    let (cmp, dir) = if q.sort.desc {
+        (" < ", " DESC")
+    } else {
+        (" > ", " ASC")
+    };
+    if let Some(a) = after {
+        let key = a.key.ok_or_else(|| {
+            bad_cursor("it belongs to a query with other filters, search or sort")
+        })?;
+        s.push(&format!(" AND {t}_fts.rowid{cmp}")).bind(key);
+    }
+    s.push(&format!(" ORDER BY {t}_fts.rowid{dir} LIMIT {limit}"));
+    Ok(s)
 }
 
 /// `search=`: the FTS5 trigram index on SQLite (3+ characters), the pg_trgm
@@ -522,6 +592,7 @@ pub fn make_time_cursor(key: &[u8], ws: &str, scope: &str, at: Ts, id: &str) -> 
         q: scope_hash(scope),
         v: J::from(at.micros()),
         i: id.to_string(),
+        k: None,
     };
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&body).unwrap_or_default());
     let sig = sign(key, ws, &payload);

@@ -13,7 +13,7 @@ use sea_orm::{
 
 use crate::config::{ServeArgs, Settings};
 use crate::db::{self, Ts, stmt};
-use crate::records::{COMPANY, CONTACT, DEAL, store};
+use crate::records::{COMPANY, CONTACT, DEAL};
 use crate::serve::ServeError;
 
 #[derive(Clone, Copy)]
@@ -414,30 +414,13 @@ pub async fn migrate_data(from: &str, to: &str) -> Result<Vec<String>, ServeErro
         report.push((table, n));
     }
     if dst.get_database_backend() == DatabaseBackend::Sqlite {
+        // Search keys and the search index are SQLite's own; rebuild them.
         for def in [&CONTACT, &COMPANY, &DEAL] {
-            // Search keys and the search index are SQLite's own; rebuild them.
-            dst.execute_unprepared(&format!(
-                "UPDATE {} SET search_key = {}",
-                def.plural,
-                crmkit_migrations::m20261129_000005_search_keys::sqlite_search_key_sql()
-            ))
+            crmkit_migrations::m20261129_000006_ordered_search_keys::rebuild_sqlite_search(
+                &*dst, def.plural,
+            )
             .await
             .map_err(fail)?;
-            let rows = dst
-                .query_all_raw(stmt(
-                    DatabaseBackend::Sqlite,
-                    &format!("SELECT {} FROM {}", store::columns(def), def.plural),
-                    vec![],
-                ))
-                .await
-                .map_err(fail)?;
-            for row in rows {
-                let record =
-                    store::from_row(def, &row).map_err(|e| ServeError::Runtime(e.to_string()))?;
-                store::search_add(&dst, def, &record.id, &record.fields)
-                    .await
-                    .map_err(|e| ServeError::Runtime(e.to_string()))?;
-            }
         }
     }
     // Verify inside the target transaction, before committing.

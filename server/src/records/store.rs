@@ -184,43 +184,56 @@ pub async fn insert<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
     ws: &str,
-    r: &Record,
+    r: &mut Record,
 ) -> AppResult<bool> {
-    let mut cols = vec!["workspace_id", "id"];
-    let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
-    for f in def.fields {
-        cols.push(f.name);
-        vals.push(db_value(f, r.get(f.name)));
-    }
-    if def.upsert_key == Some("email") {
-        cols.push("email_key");
-        vals.push(unique_key(def, &r.fields).into());
-    }
-    cols.extend(["created_at", "updated_at"]);
-    vals.extend([r.created_at.into(), r.updated_at.into()]);
     let sqlite = db.get_database_backend() == DatabaseBackend::Sqlite;
-    if sqlite {
-        cols.push("search_key");
-        vals.push(search_rowid(&r.id).into());
+    // On SQLite the search key must be unique in the table; a collision
+    // (same microsecond, same top 8 bits of the id) takes another id.
+    for _ in 0..8 {
+        let mut cols = vec!["workspace_id", "id"];
+        let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
+        for f in def.fields {
+            cols.push(f.name);
+            vals.push(db_value(f, r.get(f.name)));
+        }
+        if def.upsert_key == Some("email") {
+            cols.push("email_key");
+            vals.push(unique_key(def, &r.fields).into());
+        }
+        cols.extend(["created_at", "updated_at"]);
+        vals.extend([r.created_at.into(), r.updated_at.into()]);
+        let key = search_key(r);
+        if sqlite {
+            cols.push("search_key");
+            vals.push(key.into());
+        }
+        let marks = vec!["?"; cols.len()].join(", ");
+        let conflict = match unique_column(def) {
+            Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
+            None => String::new(),
+        };
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({marks}){conflict}",
+            def.plural,
+            cols.join(", ")
+        );
+        let res = match db
+            .execute_raw(stmt(db.get_database_backend(), &sql, vals))
+            .await
+        {
+            Err(e) if sqlite && e.to_string().contains(".search_key") => {
+                r.id = crate::secrets::new_id(def.kind);
+                continue;
+            }
+            res => res?,
+        };
+        let inserted = res.rows_affected() == 1;
+        if inserted {
+            search_add(db, def, key, &r.fields).await?;
+        }
+        return Ok(inserted);
     }
-    let marks = vec!["?"; cols.len()].join(", ");
-    let conflict = match unique_column(def) {
-        Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
-        None => String::new(),
-    };
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES ({marks}){conflict}",
-        def.plural,
-        cols.join(", ")
-    );
-    let res = db
-        .execute_raw(stmt(db.get_database_backend(), &sql, vals))
-        .await?;
-    let inserted = res.rows_affected() == 1;
-    if inserted {
-        search_add(db, def, &r.id, &r.fields).await?;
-    }
-    Ok(inserted)
+    Err(AppError::internal("no free search key after 8 ids"))
 }
 
 /// Writes every field of `fields` (the whole new state) to the record.
@@ -252,7 +265,7 @@ pub async fn update<C: ConnectionTrait>(
     );
     db.execute_raw(stmt(db.get_database_backend(), &sql, vals))
         .await?;
-    search_add(db, def, id, fields).await
+    search_replace(db, def, ws, id, fields).await
 }
 
 pub async fn delete<C: ConnectionTrait>(
@@ -262,6 +275,7 @@ pub async fn delete<C: ConnectionTrait>(
     id: &str,
 ) -> AppResult<bool> {
     let backend = db.get_database_backend();
+    search_remove(db, def, ws, id).await?;
     let sql = format!(
         "DELETE FROM {} WHERE workspace_id = ? AND id = ?",
         def.plural
@@ -269,9 +283,6 @@ pub async fn delete<C: ConnectionTrait>(
     let res = db
         .execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
         .await?;
-    if res.rows_affected() == 1 {
-        search_remove(db, def, id).await?;
-    }
     Ok(res.rows_affected() == 1)
 }
 
@@ -357,11 +368,14 @@ pub fn plan_limit(kind_plural: &str, used: i64, cap: i64, plan: &str) -> AppErro
     .with("cap", cap)
 }
 
-/// The FTS5 rowid of a record, also stored as its `search_key`: its id's 60
-/// random bits, so the search index needs no rowid of the records table
-/// (which VACUUM may renumber).
-pub fn search_rowid(id: &str) -> i64 {
-    crmkit_migrations::m20261129_000005_search_keys::search_key(id)
+/// The FTS5 rowid of a record on SQLite, also stored as its `search_key`:
+/// creation time and id, so keys sort like `(created_at, id)` (see migration
+/// `m20261129_000006_ordered_search_keys`).
+pub fn search_key(r: &Record) -> i64 {
+    crmkit_migrations::m20261129_000006_ordered_search_keys::ordered_key(
+        r.created_at.micros(),
+        &r.id,
+    )
 }
 
 /// The text `search=` matches: the kind's search fields, lowercased.
@@ -378,11 +392,32 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
 }
 
 /// Keeps the SQLite FTS5 index in step with the row, in the same transaction:
-/// adds (or replaces) the record's searched text. PostgreSQL needs nothing:
-/// its trigram index is on an expression of the row.
-pub async fn search_add<C: ConnectionTrait>(
+/// indexes a new record's searched text under its search key. PostgreSQL
+/// needs nothing: its trigram index is on an expression of the row.
+async fn search_add<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
+    key: i64,
+    fields: &BTreeMap<&'static str, Val>,
+) -> AppResult<()> {
+    let backend = db.get_database_backend();
+    if backend != DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    db.execute_raw(stmt(
+        backend,
+        &format!("INSERT INTO {}_fts (rowid, body) VALUES (?, ?)", def.plural),
+        vec![key.into(), search_text(def, fields).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Replaces an existing record's searched text (SQLite).
+async fn search_replace<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
     id: &str,
     fields: &BTreeMap<&'static str, Val>,
 ) -> AppResult<()> {
@@ -393,25 +428,33 @@ pub async fn search_add<C: ConnectionTrait>(
     db.execute_raw(stmt(
         backend,
         &format!(
-            "INSERT OR REPLACE INTO {}_fts (rowid, body) VALUES (?, ?)",
-            def.plural
+            "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT search_key, ? FROM {t} WHERE workspace_id = ? AND id = ?",
+            t = def.plural
         ),
-        vec![search_rowid(id).into(), search_text(def, fields).into()],
+        vec![search_text(def, fields).into(), ws.into(), id.into()],
     ))
     .await?;
     Ok(())
 }
 
-/// Drops a deleted record from the SQLite FTS5 index.
-pub async fn search_remove<C: ConnectionTrait>(db: &C, def: &KindDef, id: &str) -> AppResult<()> {
+/// Drops a record from the SQLite FTS5 index; before the row is deleted.
+async fn search_remove<C: ConnectionTrait>(
+    db: &C,
+    def: &KindDef,
+    ws: &str,
+    id: &str,
+) -> AppResult<()> {
     let backend = db.get_database_backend();
     if backend != DatabaseBackend::Sqlite {
         return Ok(());
     }
     db.execute_raw(stmt(
         backend,
-        &format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural),
-        vec![search_rowid(id).into()],
+        &format!(
+            "DELETE FROM {t}_fts WHERE rowid = (SELECT search_key FROM {t} WHERE workspace_id = ? AND id = ?)",
+            t = def.plural
+        ),
+        vec![ws.into(), id.into()],
     ))
     .await?;
     Ok(())
@@ -423,7 +466,8 @@ mod tests {
     use sea_orm::{ConnectionTrait, Database, Statement};
 
     /// The search key SQLite computes in the migration and in `migrate-data`
-    /// is the one the server writes, for every symbol of the id alphabet.
+    /// is the one the server writes, for ids across the alphabet and times
+    /// with and without a fraction.
     #[tokio::test]
     async fn sqlite_computes_the_same_search_key() {
         assert_eq!(
@@ -431,25 +475,32 @@ mod tests {
             crmkit_migrations::m20261129_000005_search_keys::ID_ALPHABET.as_bytes()
         );
         let db = Database::connect("sqlite::memory:").await.unwrap();
-        for _ in 0..50 {
-            let id = crate::secrets::new_id(Kind::Contact);
+        let base = Ts::now().micros();
+        for i in 0..50i64 {
+            let r = Record {
+                id: crate::secrets::new_id(Kind::Contact),
+                fields: BTreeMap::new(),
+                created_at: Ts::from_micros(base - base % 1_000_000 + i * 37).unwrap(),
+                updated_at: Ts::now(),
+            };
             let sql = format!(
-                "SELECT {} AS k FROM (SELECT ? AS id)",
-                crmkit_migrations::m20261129_000005_search_keys::sqlite_search_key_sql()
+                "SELECT {} AS k FROM (SELECT ? AS id, ? AS created_at)",
+                crmkit_migrations::m20261129_000006_ordered_search_keys::sqlite_ordered_key_sql()
             );
             let row = db
                 .query_one_raw(Statement::from_sql_and_values(
                     DatabaseBackend::Sqlite,
                     sql,
-                    vec![id.clone().into()],
+                    vec![r.id.clone().into(), r.created_at.into()],
                 ))
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(
                 row.try_get::<i64>("", "k").unwrap(),
-                search_rowid(&id),
-                "{id}"
+                search_key(&r),
+                "{}",
+                r.id
             );
         }
     }

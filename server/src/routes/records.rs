@@ -17,7 +17,9 @@ use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
 use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
 use crate::negotiate::Fmt;
-use crate::query::{list_sql, make_cursor, read_cursor, search_count_sql, search_plan};
+use crate::query::{
+    SearchPlan, list_sql, make_cursor, read_cursor, search_count_sql, search_ordered, search_plan,
+};
 use crate::records::kinds::FType;
 use crate::records::model::{self, Record, Val};
 use crate::records::{COMPANY, CONTACT, DEAL, KindDef, store};
@@ -133,8 +135,9 @@ async fn list(
     let limit = u64::from(q.limit);
     let db = &state.db;
     let backend = db.get_database_backend();
+    let ordered = search_ordered(&q, backend);
     let hits = match search_count_sql(def, &q, backend) {
-        Some(count) => {
+        Some(count) if !ordered => {
             let row = db.query_one_raw(count.stmt(backend)).await?;
             Some(
                 row.map(|r| r.try_get::<i64>("", "n"))
@@ -142,7 +145,12 @@ async fn list(
                     .unwrap_or(0),
             )
         }
-        None => None,
+        _ => None,
+    };
+    let plan = if ordered {
+        SearchPlan::Ordered
+    } else {
+        search_plan(hits)
     };
     let rows = if hits == Some(0) {
         Vec::new()
@@ -154,8 +162,8 @@ async fn list(
             after.as_ref(),
             limit + 1,
             backend,
-            search_plan(hits),
-        );
+            plan,
+        )?;
         db.query_all_raw(sql.stmt(backend)).await?
     };
     let mut records = rows
@@ -165,9 +173,16 @@ async fn list(
     let more = records.len() as u64 > limit;
     records.truncate(limit as usize);
     let next = if more {
+        let key = if ordered {
+            rows.get(limit as usize - 1)
+                .map(|r| r.try_get::<i64>("", "search_key"))
+                .transpose()?
+        } else {
+            None
+        };
         records
             .last()
-            .map(|last| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last))
+            .map(|last| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last, key))
     } else {
         None
     };
@@ -297,14 +312,14 @@ async fn create(
     let ws = caller.workspace_id.as_str();
     let tx = write_tx(&state.db).await?;
     check_refs(&tx, ws, &changes).await?;
-    let fresh = Record {
+    let mut fresh = Record {
         id: secrets::new_id(def.kind),
         fields,
         created_at: now,
         updated_at: now,
     };
 
-    if store::insert(&tx, def, ws, &fresh).await? {
+    if store::insert(&tx, def, ws, &mut fresh).await? {
         store::take_plan_slot(&tx, def, ws, &state.settings).await?;
         let diff = model::diff(def, None, &fresh.fields);
         audit::record(
