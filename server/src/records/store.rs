@@ -391,29 +391,28 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
     parts.join(" ")
 }
 
-/// Keeps the SQLite FTS5 index in step with the row, in the same transaction:
-/// indexes a new record's searched text under its search key. PostgreSQL
-/// needs nothing: its trigram index is on an expression of the row.
+/// Runs one statement on SQLite's FTS5 index, in the caller's transaction.
+/// PostgreSQL needs nothing: its trigram index is on an expression of the row.
+async fn search_exec<C: ConnectionTrait>(db: &C, sql: &str, vals: Vec<Value>) -> AppResult<()> {
+    let backend = db.get_database_backend();
+    if backend == DatabaseBackend::Sqlite {
+        db.execute_raw(stmt(backend, sql, vals)).await?;
+    }
+    Ok(())
+}
+
+/// Indexes a new record's searched text under its search key.
 async fn search_add<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
     key: i64,
     fields: &BTreeMap<&'static str, Val>,
 ) -> AppResult<()> {
-    let backend = db.get_database_backend();
-    if backend != DatabaseBackend::Sqlite {
-        return Ok(());
-    }
-    db.execute_raw(stmt(
-        backend,
-        &format!("INSERT INTO {}_fts (rowid, body) VALUES (?, ?)", def.plural),
-        vec![key.into(), search_text(def, fields).into()],
-    ))
-    .await?;
-    Ok(())
+    let sql = format!("INSERT INTO {}_fts (rowid, body) VALUES (?, ?)", def.plural);
+    search_exec(db, &sql, vec![key.into(), search_text(def, fields).into()]).await
 }
 
-/// Replaces an existing record's searched text (SQLite).
+/// Replaces an existing record's searched text.
 async fn search_replace<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
@@ -421,43 +420,26 @@ async fn search_replace<C: ConnectionTrait>(
     id: &str,
     fields: &BTreeMap<&'static str, Val>,
 ) -> AppResult<()> {
-    let backend = db.get_database_backend();
-    if backend != DatabaseBackend::Sqlite {
-        return Ok(());
-    }
-    db.execute_raw(stmt(
-        backend,
-        &format!(
-            "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT search_key, ? FROM {t} WHERE workspace_id = ? AND id = ?",
-            t = def.plural
-        ),
-        vec![search_text(def, fields).into(), ws.into(), id.into()],
-    ))
-    .await?;
-    Ok(())
+    let sql = format!(
+        "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT search_key, ? FROM {t} WHERE workspace_id = ? AND id = ?",
+        t = def.plural
+    );
+    let vals = vec![search_text(def, fields).into(), ws.into(), id.into()];
+    search_exec(db, &sql, vals).await
 }
 
-/// Drops a record from the SQLite FTS5 index; before the row is deleted.
+/// Drops a record from the search index; before the row is deleted.
 async fn search_remove<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
     ws: &str,
     id: &str,
 ) -> AppResult<()> {
-    let backend = db.get_database_backend();
-    if backend != DatabaseBackend::Sqlite {
-        return Ok(());
-    }
-    db.execute_raw(stmt(
-        backend,
-        &format!(
-            "DELETE FROM {t}_fts WHERE rowid = (SELECT search_key FROM {t} WHERE workspace_id = ? AND id = ?)",
-            t = def.plural
-        ),
-        vec![ws.into(), id.into()],
-    ))
-    .await?;
-    Ok(())
+    let sql = format!(
+        "DELETE FROM {t}_fts WHERE rowid = (SELECT search_key FROM {t} WHERE workspace_id = ? AND id = ?)",
+        t = def.plural
+    );
+    search_exec(db, &sql, vec![ws.into(), id.into()]).await
 }
 
 #[cfg(test)]
