@@ -95,10 +95,6 @@ impl Db {
         }
     }
 
-    pub fn conn(&self) -> &DatabaseConnection {
-        &self.conn
-    }
-
     pub async fn close(self) -> Result<(), DbErr> {
         self.conn.close().await
     }

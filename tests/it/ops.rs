@@ -446,9 +446,8 @@ async fn concurrent_writers_keep_their_own_outcomes() {
     let all = crate::harness::count(&db, "SELECT COUNT(*) AS n FROM contacts").await;
     assert_eq!(kept, created, "every 201, and nothing else, was kept");
     assert!(all <= 300, "the cap of 300 held: {all}");
-    // 8×40 unique emails plus one first use of the taken one: the cap is the limit.
-    let quit_kept = all - kept;
-    assert_eq!(kept + quit_kept, all);
+    // 8×40 unique emails plus one first use of the taken one exceed the cap
+    // of 300: the cap, not the input, is what stops the creates.
     assert!(created >= 300 - 60, "{created} created");
     let audited = crate::harness::count(
         &db,
