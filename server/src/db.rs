@@ -2,16 +2,19 @@
 //! write transactions, and the one timestamp type every table uses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crmkit_migrations::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use futures_util::StreamExt;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteQueryResult, SqliteRow, SqliteSynchronous};
+use sea_orm::sqlx::{self, Either, Executor};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
-    DbErr, DeriveValueType, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
-    Value,
+    DbErr, DeriveValueType, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, Value, Values,
 };
+use sea_query_sqlx::SqlxValues;
 use time::OffsetDateTime;
 
 use crate::config::Settings;
@@ -145,6 +148,11 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
                 // 2 MiB): a search visiting a thousand scattered rows no longer
                 // reads most of them back from the OS with a system call each.
                 .pragma("cache_size", "-16384")
+                // Savepoints keep the pages they change in a sub-journal, which
+                // SQLite spills to a temporary file past 64 KiB: a group-commit
+                // batch (one savepoint per writer) created, wrote and deleted a
+                // file per batch. In memory it costs a batch's changed pages.
+                .pragma("temp_store", "memory")
         });
     }
     Ok(Db::new(sea_orm::Database::connect(opt).await?))
@@ -155,8 +163,9 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
 ///
 /// - writers queue on `slot` in order, without sleeping (SQLite's busy
 ///   handler backs off up to 100 ms a try, which made the slowest writes slow);
-/// - the first opens the batch with `BEGIN IMMEDIATE`; each writer runs in its
-///   own `SAVEPOINT` inside it, so its rollback or error undoes only its work;
+/// - the first opens the batch with `BEGIN IMMEDIATE` and the batch's own
+///   savepoint; each writer runs in a `SAVEPOINT crmkit_w` of its own inside
+///   it, so its rollback or error undoes only its work;
 /// - a writer that finishes while nobody waits commits the batch at once
 ///   (a lone writer commits as before); when others wait, it hands the commit
 ///   to a committer queued behind them, and every writer of the batch learns
@@ -166,6 +175,15 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
 /// only after the batch's COMMIT succeeded. A database error that may have
 /// ended the transaction inside SQLite poisons the batch, which is then rolled
 /// back and reported as failed to all of its writers.
+///
+/// Every statement of the batch goes to SQLite's driver thread and back, and
+/// on a small machine those thread hops, not SQLite, were most of a write's
+/// cost. So a writer's savepoint costs no call of its own: `SAVEPOINT
+/// crmkit_w` rides in front of the writer's first statement, and a committed
+/// writer's savepoint stays on SQLite's stack until the next writer's first
+/// call releases it (`RELEASE crmkit_w; SAVEPOINT crmkit_w; …`) or the batch
+/// commits. A rollback (`ROLLBACK TO crmkit_w`) always finds the writer's own
+/// savepoint: the one before it was released in the same call that opened it.
 #[derive(Default)]
 struct Writer {
     slot: Arc<tokio::sync::Mutex<Option<Batch>>>,
@@ -174,12 +192,31 @@ struct Writer {
     next_id: AtomicU64,
 }
 
+type SqliteConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+
+/// An open group commit: a pooled connection inside `BEGIN IMMEDIATE` and
+/// `SAVEPOINT crmkit_batch`, driven with plain statements (not sqlx's
+/// transaction, whose bookkeeping cannot survive SQLite ending the
+/// transaction on its own). Unless it ended cleanly, the connection is closed
+/// rather than returned to the pool in an unknown state.
 struct Batch {
-    outer: DatabaseTransaction,
+    /// Only the holder of the slot uses it; the lock lets `&self` calls reach it.
+    conn: tokio::sync::Mutex<SqliteConn>,
+    ended_cleanly: bool,
     id: u64,
     poisoned: AtomicBool,
+    /// A committed writer's savepoint is still on SQLite's stack.
+    release_pending: AtomicBool,
     committer_queued: bool,
     done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.ended_cleanly {
+            self.conn.get_mut().close_on_drop();
+        }
+    }
 }
 
 type Slot = tokio::sync::OwnedMutexGuard<Option<Batch>>;
@@ -210,21 +247,27 @@ impl Writer {
 
 /// Commits (or, when poisoned, rolls back) the open batch and tells its writers.
 async fn finish_batch(slot: &mut Slot) {
-    let Some(batch) = slot.take() else { return };
+    let Some(mut batch) = slot.take() else { return };
+    let poisoned = batch.poisoned.load(Ordering::SeqCst);
+    let conn = batch.conn.get_mut();
     // The batch's own savepoint is gone if SQLite ended the transaction on
-    // an error (disk full, I/O): then nothing of the batch may be reported kept.
-    let intact = !batch.poisoned.load(Ordering::SeqCst)
-        && batch
-            .outer
-            .execute_unprepared("RELEASE crmkit_batch")
-            .await
-            .is_ok();
-    let result = if !intact {
-        batch.outer.rollback().await.ok();
+    // an error (disk full, I/O): then RELEASE fails, COMMIT does not run,
+    // and nothing of the batch may be reported kept.
+    let result = if poisoned {
         Err("an earlier write in the same group commit failed; nothing of it was kept".to_string())
     } else {
-        batch.outer.commit().await.map_err(|e| e.to_string())
+        sqlx::raw_sql("RELEASE crmkit_batch; COMMIT")
+            .execute(&mut **conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
+    if result.is_ok() {
+        batch.ended_cleanly = true;
+    } else {
+        // The connection is closed after this in any case (`Drop`).
+        sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await.ok();
+    }
     batch.done.send_replace(Some(result));
 }
 
@@ -262,40 +305,76 @@ fn poison(slot: &Slot, why: &dyn std::fmt::Display) {
     }
 }
 
+/// Where a writer's savepoint stands.
+const NO_SAVEPOINT: u8 = 0;
+const SAVEPOINT_OPEN: u8 = 1;
+/// A call that opens the savepoint was sent but did not finish (cancelled):
+/// whether the savepoint exists is unknown, so the batch must not be trusted.
+const SAVEPOINT_UNSURE: u8 = 2;
+
+/// Undoes a writer's work in the batch, leaving the batch as it was before.
+async fn rollback_savepoint(slot: &Slot, state: u8) -> Result<(), DbErr> {
+    match (state, slot.as_ref()) {
+        (NO_SAVEPOINT, _) => Ok(()),
+        (SAVEPOINT_OPEN, Some(batch)) => {
+            let mut conn = batch.conn.lock().await;
+            let r = sqlx::raw_sql("ROLLBACK TO crmkit_w; RELEASE crmkit_w")
+                .execute(&mut **conn)
+                .await;
+            r.map(|_| ()).map_err(exec_err)
+        }
+        _ => Err(DbErr::Custom(
+            "a write was cut short while it opened its savepoint".into(),
+        )),
+    }
+}
+
+fn exec_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+/// What one call on the batch's connection returned (the savepoint
+/// statements in front of it left out).
+struct Ran {
+    done: SqliteQueryResult,
+    rows: Vec<SqliteRow>,
+}
+
 /// A write transaction: on SQLite a savepoint in the writer's open batch
 /// (see [`Writer`]), holding the writer slot until it ends; on PostgreSQL a
 /// plain transaction.
 pub struct WriteTx {
-    tx: Option<DatabaseTransaction>,
+    pg: Option<DatabaseTransaction>,
     group: Option<(Arc<Writer>, Slot)>,
+    savepoint: AtomicU8,
 }
 
 impl WriteTx {
-    fn tx(&self) -> &DatabaseTransaction {
-        self.tx
-            .as_ref()
-            .expect("transaction is open until commit or rollback")
-    }
-
     /// Makes the writes durable; on SQLite returns once the batch holding
     /// them is committed.
     pub async fn commit(mut self) -> Result<(), DbErr> {
-        let tx = self.tx.take().expect("open");
-        let mut done = match &self.group {
-            None => return tx.commit().await,
-            Some((_, slot)) => match slot.as_ref() {
-                Some(batch) => batch.done.subscribe(),
-                None => return Err(DbErr::Custom("the write batch was lost".into())),
-            },
+        if let Some(tx) = self.pg.take() {
+            return tx.commit().await;
+        }
+        let (writer, slot) = self.group.take().expect("open until commit or rollback");
+        let Some(batch) = slot.as_ref() else {
+            return Err(DbErr::Custom("the write batch was lost".into()));
         };
-        // If this await is cancelled, `Drop` still leaves the batch.
-        let released = tx.commit().await;
-        let (writer, slot) = self.group.take().expect("checked above");
-        if let Err(e) = &released {
-            poison(&slot, e);
+        let mut done = batch.done.subscribe();
+        match self.savepoint.load(Ordering::SeqCst) {
+            // Released by the next writer's first call, or by the batch's commit.
+            SAVEPOINT_OPEN => batch.release_pending.store(true, Ordering::SeqCst),
+            NO_SAVEPOINT => {}
+            _ => poison(
+                &slot,
+                &"a write was cut short while it opened its savepoint",
+            ),
         }
         leave_batch(&writer, slot);
-        released?;
         let outcome = done
             .wait_for(Option::is_some)
             .await
@@ -310,14 +389,15 @@ impl WriteTx {
     }
 
     pub async fn rollback(mut self) -> Result<(), DbErr> {
-        let tx = self.tx.take().expect("open");
-        let result = tx.rollback().await;
-        if let Some((writer, slot)) = self.group.take() {
-            if let Err(e) = &result {
-                poison(&slot, e);
-            }
-            leave_batch(&writer, slot);
+        if let Some(tx) = self.pg.take() {
+            return tx.rollback().await;
         }
+        let (writer, slot) = self.group.take().expect("open until commit or rollback");
+        let result = rollback_savepoint(&slot, self.savepoint.load(Ordering::SeqCst)).await;
+        if let Err(e) = &result {
+            poison(&slot, e);
+        }
+        leave_batch(&writer, slot);
         result
     }
 
@@ -330,6 +410,62 @@ impl WriteTx {
             poison(slot, e);
         }
         r
+    }
+
+    /// Runs `sql` (one or more statements) on the batch's connection, inside
+    /// this writer's savepoint, opening it in the same call the first time.
+    async fn run(&self, sql: &str, values: Option<Values>) -> Result<Ran, sqlx::Error> {
+        let lost = || sqlx::Error::Protocol("the write batch was lost".into());
+        let (_, slot) = self.group.as_ref().ok_or_else(lost)?;
+        let batch = slot.as_ref().ok_or_else(lost)?;
+        if batch.poisoned.load(Ordering::SeqCst) {
+            return Err(sqlx::Error::Protocol(
+                "an earlier write in the same group commit failed; nothing of it will be kept"
+                    .into(),
+            ));
+        }
+        let mut text = String::new();
+        let mut skip = 0;
+        if self.savepoint.load(Ordering::SeqCst) == NO_SAVEPOINT {
+            if batch.release_pending.swap(false, Ordering::SeqCst) {
+                text.push_str("RELEASE crmkit_w; ");
+                skip += 1;
+            }
+            text.push_str("SAVEPOINT crmkit_w; ");
+            skip += 1;
+            self.savepoint.store(SAVEPOINT_UNSURE, Ordering::SeqCst);
+        }
+        text.push_str(sql);
+        let query = sqlx::query_with(
+            sqlx::AssertSqlSafe(text.as_str()),
+            SqlxValues(values.unwrap_or(Values(Vec::new()))),
+        );
+        let mut conn = batch.conn.lock().await;
+        let mut results = (&mut **conn).fetch_many(query);
+        let mut ran = Ran {
+            done: SqliteQueryResult::default(),
+            rows: Vec::new(),
+        };
+        let mut seen = 0;
+        while let Some(item) = results.next().await {
+            match item {
+                Ok(Either::Left(_)) if seen < skip => {
+                    seen += 1;
+                    if seen == skip {
+                        self.savepoint.store(SAVEPOINT_OPEN, Ordering::SeqCst);
+                    }
+                }
+                Ok(Either::Left(done)) => ran.done.extend([done]),
+                Ok(Either::Right(row)) => ran.rows.push(row),
+                Err(e) => {
+                    if seen < skip {
+                        poison(slot, &e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ran)
     }
 }
 
@@ -348,116 +484,174 @@ fn statement_level(e: &DbErr) -> bool {
 
 impl Drop for WriteTx {
     /// Dropped without commit or rollback (an early return or a cancelled
-    /// request): the savepoint's own drop queues its rollback on the
-    /// connection, and the batch is left for the next writer or committed.
+    /// request): the writer's savepoint is rolled back in a task that holds
+    /// the slot until then, and the batch is left for the next writer or
+    /// committed.
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some((writer, slot)) = self.group.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
+        let Some((writer, slot)) = self.group.take() else {
+            return;
+        };
+        let state = self.savepoint.load(Ordering::SeqCst);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                if let Err(e) = rollback_savepoint(&slot, state).await {
+                    poison(&slot, &e);
+                }
                 leave_batch(&writer, slot);
-            } else {
-                poison(
-                    &slot,
-                    &"a write transaction was dropped outside the runtime",
-                );
-            }
+            });
+        } else {
+            poison(
+                &slot,
+                &"a write transaction was dropped outside the runtime",
+            );
         }
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = DatabaseTransaction;
-    fn deref(&self) -> &DatabaseTransaction {
-        self.tx()
     }
 }
 
 #[async_trait::async_trait]
 impl ConnectionTrait for WriteTx {
     fn get_database_backend(&self) -> DatabaseBackend {
-        self.tx().get_database_backend()
+        match &self.pg {
+            Some(tx) => tx.get_database_backend(),
+            None => DatabaseBackend::Sqlite,
+        }
     }
     async fn execute_raw(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
-        self.check(self.tx().execute_raw(stmt).await)
+        if let Some(tx) = &self.pg {
+            return tx.execute_raw(stmt).await;
+        }
+        let r = self.run(&stmt.sql, stmt.values).await;
+        self.check(r.map(|r| r.done.into()).map_err(exec_err))
     }
     async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
-        self.check(self.tx().execute_unprepared(sql).await)
+        if let Some(tx) = &self.pg {
+            return tx.execute_unprepared(sql).await;
+        }
+        let r = self.run(sql, None).await;
+        self.check(r.map(|r| r.done.into()).map_err(exec_err))
     }
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
-        self.check(self.tx().query_one_raw(stmt).await)
+        if let Some(tx) = &self.pg {
+            return tx.query_one_raw(stmt).await;
+        }
+        let r = self.run(&stmt.sql, stmt.values).await;
+        self.check(
+            r.map(|r| r.rows.into_iter().next().map(Into::into))
+                .map_err(query_err),
+        )
     }
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-        self.check(self.tx().query_all_raw(stmt).await)
+        if let Some(tx) = &self.pg {
+            return tx.query_all_raw(stmt).await;
+        }
+        let r = self.run(&stmt.sql, stmt.values).await;
+        self.check(
+            r.map(|r| r.rows.into_iter().map(Into::into).collect())
+                .map_err(query_err),
+        )
     }
     fn support_returning(&self) -> bool {
-        self.tx().support_returning()
+        true
     }
 }
 
-/// Starts a write transaction. On SQLite: waits for the writer slot, opens the
-/// batch with `BEGIN IMMEDIATE` if none is open (the write lock taken up front,
-/// so no "database is locked" when a reader would upgrade), and starts this
-/// writer's savepoint in it.
+/// Starts a write transaction. On SQLite: waits for the writer slot and opens
+/// the batch with `BEGIN IMMEDIATE` if none is open (the write lock taken up
+/// front, so no "database is locked" when a reader would upgrade); this
+/// writer's savepoint opens with its first statement.
 pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
     if db.get_database_backend() != DatabaseBackend::Sqlite {
         let tx = db.conn.begin().await?;
         return Ok(WriteTx {
-            tx: Some(tx),
+            pg: Some(tx),
             group: None,
+            savepoint: AtomicU8::new(NO_SAVEPOINT),
         });
     }
     let writer = db.writer.clone();
     let mut slot = writer.lock().await;
     if slot.is_none() {
-        let outer = db
-            .conn
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
-        outer.execute_unprepared("SAVEPOINT crmkit_batch").await?;
+        let pool = db.conn.get_sqlite_connection_pool();
+        let mut conn = pool.acquire().await.map_err(exec_err)?;
+        let opened = sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch")
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = opened {
+            // BEGIN may have run: never hand this connection out again.
+            conn.close_on_drop();
+            return Err(exec_err(e));
+        }
         *slot = Some(Batch {
-            outer,
+            conn: tokio::sync::Mutex::new(conn),
+            ended_cleanly: false,
             id: writer.next_id.fetch_add(1, Ordering::SeqCst),
             poisoned: AtomicBool::new(false),
+            release_pending: AtomicBool::new(false),
             committer_queued: false,
             done: tokio::sync::watch::Sender::new(None),
         });
     }
-    // From here a cancelled request still leaves the batch (`Drop`).
-    let mut wtx = WriteTx {
-        tx: None,
+    Ok(WriteTx {
+        pg: None,
         group: Some((writer, slot)),
-    };
-    let nested = match wtx.group.as_ref().and_then(|(_, slot)| slot.as_ref()) {
-        Some(batch) => batch.outer.begin().await,
-        None => Err(DbErr::Custom("the write batch was lost".into())),
-    };
-    match nested {
-        Ok(tx) => {
-            wtx.tx = Some(tx);
-            Ok(wtx)
-        }
-        Err(e) => {
-            if let Some((_, slot)) = &wtx.group {
-                poison(slot, &e);
-            }
-            Err(e)
-        }
-    }
+        savepoint: AtomicU8::new(NO_SAVEPOINT),
+    })
 }
 
-/// Applies pending migrations. On PostgreSQL an advisory lock held for the
-/// transaction makes processes that start together migrate exactly once; on
-/// SQLite the immediate transaction is the lock.
+/// Runs statements (SQL with `?` marks, and their values) in order in the
+/// write transaction and returns every row they RETURN. On SQLite they go to
+/// the database as one call, a single trip to the driver's thread; on
+/// PostgreSQL one by one. The first failing statement ends the script.
+pub async fn script(
+    tx: &WriteTx,
+    parts: Vec<(String, Vec<Value>)>,
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let backend = tx.get_database_backend();
+    if backend == DatabaseBackend::Sqlite {
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for (text, vals) in parts {
+            sql.push_str(&text);
+            sql.push_str(";\n");
+            values.extend(vals);
+        }
+        return tx
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await;
+    }
+    let mut rows = Vec::new();
+    for (text, vals) in parts {
+        rows.extend(tx.query_all_raw(stmt(backend, &text, vals)).await?);
+    }
+    Ok(rows)
+}
+
+/// Applies pending migrations, in one plain transaction outside the group
+/// commit (on SQLite the writer slot is held meanwhile, so no batch runs
+/// beside it). On PostgreSQL an advisory lock held for the transaction makes
+/// processes that start together migrate exactly once; on SQLite the
+/// immediate transaction is the lock.
 pub async fn migrate(db: &Db) -> Result<(), DbErr> {
-    let tx = write_tx(db).await?;
-    if tx.get_database_backend() == DatabaseBackend::Postgres {
+    let backend = db.get_database_backend();
+    let _slot = if backend == DatabaseBackend::Sqlite {
+        let mut slot = db.writer.lock().await;
+        finish_batch(&mut slot).await;
+        Some(slot)
+    } else {
+        None
+    };
+    let tx = db
+        .conn
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    if backend == DatabaseBackend::Postgres {
         tx.execute_unprepared("SELECT pg_advisory_xact_lock(7346281190021)")
             .await?;
     }
-    Migrator::up(&*tx, None).await?;
+    Migrator::up(&tx, None).await?;
     tx.commit().await
 }
 
@@ -538,6 +732,124 @@ mod tests {
         assert!(fmt(a) < fmt(c) && fmt(c) < fmt(b));
         assert_eq!(a.get(), time::macros::datetime!(2026-11-28 10:00:00 UTC));
         assert_eq!(Ts::from_micros(a.micros()), Some(a));
+    }
+
+    async fn scratch_db() -> (Db, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "crmkit-writer-{}.db",
+            crate::secrets::new_id(crate::wire::handle::Kind::Audit)
+        ));
+        let mut opt = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+        opt.max_connections(4).sqlx_logging(false);
+        opt.map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal));
+        let db = Db::new(sea_orm::Database::connect(opt).await.unwrap());
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
+        (db, path)
+    }
+
+    async fn keys(db: &Db) -> Vec<String> {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                DatabaseBackend::Sqlite,
+                "SELECT k FROM t ORDER BY k",
+            ))
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.try_get("", "k").unwrap()).collect()
+    }
+
+    fn insert(k: &str) -> Statement {
+        Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "INSERT INTO t (k) VALUES (?)",
+            vec![k.into()],
+        )
+    }
+
+    /// Writers of one batch keep their own outcomes: a commit, an explicit
+    /// rollback, a failed statement followed by a commit, a drop without
+    /// commit, and a commit after them all, all in one group commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_in_one_batch_keep_their_own_outcomes() {
+        let (db, path) = scratch_db().await;
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        let others = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let rolled = write_tx(&db).await.unwrap();
+                rolled.execute_raw(insert("b")).await.unwrap();
+                rolled.rollback().await.unwrap();
+                let failed = write_tx(&db).await.unwrap();
+                let dup = failed.execute_raw(insert("a")).await;
+                assert!(is_unique_violation(&dup.unwrap_err()));
+                failed.execute_raw(insert("c")).await.unwrap();
+                failed.commit().await.unwrap();
+            })
+        };
+        let dropped = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let d = write_tx(&db).await.unwrap();
+                d.execute_raw(insert("d")).await.unwrap();
+                drop(d);
+                let e = write_tx(&db).await.unwrap();
+                e.execute_raw(insert("e")).await.unwrap();
+                e.commit().await.unwrap();
+            })
+        };
+        // Let the others queue behind `first`, so they join its batch.
+        while db.writer.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let batch = db.writer.next_id.load(Ordering::SeqCst);
+        first.commit().await.unwrap();
+        others.await.unwrap();
+        dropped.await.unwrap();
+        assert_eq!(keys(&db).await, ["a", "c", "e"]);
+        assert!(
+            db.writer.next_id.load(Ordering::SeqCst) - batch <= 2,
+            "the writers shared batches"
+        );
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// A batch that failed takes no more statements and is reported failed
+    /// to its writers, and so is one whose transaction SQLite ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_batch_keeps_and_acknowledges_nothing() {
+        let (db, path) = scratch_db().await;
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        // Not a constraint error: the batch can no longer be trusted.
+        assert!(
+            first
+                .execute_unprepared("SELECT * FROM missing")
+                .await
+                .is_err()
+        );
+        let more = first.execute_raw(insert("b")).await;
+        assert!(more.is_err(), "a broken batch takes no more statements");
+        assert!(first.commit().await.is_err(), "nothing may be acknowledged");
+        assert!(keys(&db).await.is_empty());
+
+        let ended = write_tx(&db).await.unwrap();
+        ended.execute_raw(insert("c")).await.unwrap();
+        // Ends SQLite's transaction behind the batch's back.
+        ended.execute_unprepared("ROLLBACK").await.unwrap();
+        assert!(ended.commit().await.is_err(), "nothing may be acknowledged");
+        assert!(keys(&db).await.is_empty());
+
+        let next = write_tx(&db).await.unwrap();
+        next.execute_raw(insert("d")).await.unwrap();
+        next.commit().await.unwrap();
+        assert_eq!(keys(&db).await, ["d"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]

@@ -312,7 +312,7 @@ async fn count<C: ConnectionTrait>(db: &C, table: &str) -> Result<i64, sea_orm::
 
 async fn copy_table(
     src: &DatabaseTransaction,
-    dst: &DatabaseTransaction,
+    dst: &db::WriteTx,
     table: &str,
     keys: usize,
     cols: &[(&str, Col)],
@@ -417,7 +417,7 @@ pub async fn migrate_data(from: &str, to: &str) -> Result<Vec<String>, ServeErro
         // Search keys and the search index are SQLite's own; rebuild them.
         for def in [&CONTACT, &COMPANY, &DEAL] {
             crmkit_migrations::m20261129_000006_ordered_search_keys::rebuild_sqlite_search(
-                &*dst, def.plural,
+                &dst, def.plural,
             )
             .await
             .map_err(fail)?;

@@ -457,6 +457,18 @@ async fn concurrent_writers_keep_their_own_outcomes() {
     assert_eq!(audited, all, "one audit row per kept contact");
     let counted = crate::harness::count(&db, "SELECT contacts_count AS n FROM workspaces").await;
     assert_eq!(counted, all, "the cap counter matches the rows");
+    if s.db_url.starts_with("sqlite") {
+        // Each writer's search entry lives and dies with its savepoint.
+        let indexed = crate::harness::count(&db, "SELECT COUNT(*) AS n FROM contacts_fts").await;
+        assert_eq!(indexed, all, "one search entry per kept contact");
+        let orphans = crate::harness::count(
+            &db,
+            "SELECT COUNT(*) AS n FROM contacts_fts f \
+             WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.search_key = f.rowid)",
+        )
+        .await;
+        assert_eq!(orphans, 0, "no search entry without its contact");
+    }
     let taken = crate::harness::count(
         &db,
         "SELECT COUNT(*) AS n FROM contacts WHERE email = 'taken@example.com'",

@@ -855,7 +855,7 @@ async fn token(
 /// Mints the access token (a crmkit token named after the client) and a refresh token.
 async fn issue(
     state: &AppState,
-    tx: &sea_orm::DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     client_id: &str,
     user_id: &str,
     ws: &str,

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Value};
 
 use super::kinds::{FType, FieldDef, KindDef};
 use super::model::{Record, Val};
-use crate::db::{Ts, stmt};
+use crate::db::{Ts, WriteTx, stmt};
 use crate::error::{AppError, AppResult};
 use crate::wire::handle::Kind;
 
@@ -177,19 +177,47 @@ pub async fn find_by_key<C: ConnectionTrait>(
     row.map(|r| from_row(def, &r)).transpose()
 }
 
-/// Inserts a new record. With an upsert key, a taken key inserts nothing and
-/// returns false (`INSERT … ON CONFLICT DO NOTHING`), so racing creates of one
-/// email make exactly one row.
-pub async fn insert<C: ConnectionTrait>(
-    db: &C,
+/// How a create ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The row and everything that goes with it were written.
+    Inserted,
+    /// The upsert key is taken by another record: nothing was written.
+    KeyTaken,
+}
+
+/// Creates a record and everything that goes with it, in the caller's
+/// transaction: its search-index entry (SQLite), its plan slot and its audit
+/// entry (`audit` makes its `INSERT … SELECT`, without a WHERE, for the record
+/// as finally inserted: a search-key collision changes its id). With an upsert key a
+/// taken key writes nothing (`INSERT … ON CONFLICT DO NOTHING`), so racing
+/// creates of one email make exactly one row.
+///
+/// The statements are one script ([`crate::db::script`]: on SQLite a single
+/// call to the database). Each statement after the row's INSERT acts only if
+/// that INSERT made the row (`EXISTS` on its fresh id), and RETURNING rows say
+/// what happened. The plan slot is an UPDATE that matches no row when the cap
+/// is reached (the configured plans' caps are a CASE over `workspaces.plan`),
+/// so the caller's rollback gives nothing away.
+pub async fn create(
+    db: &WriteTx,
     def: &KindDef,
     ws: &str,
     r: &mut Record,
-) -> AppResult<bool> {
+    settings: &crate::config::Settings,
+    audit: impl Fn(&Record) -> Sql,
+) -> AppResult<Created> {
     let sqlite = db.get_database_backend() == DatabaseBackend::Sqlite;
+    let made = format!(
+        "EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND id = ?)",
+        def.plural
+    );
     // On SQLite the search key must be unique in the table; a collision
     // (same microsecond, same top 8 bits of the id) takes another id.
     for _ in 0..8 {
+        let made_vals = || -> Vec<Value> { vec![ws.into(), r.id.clone().into()] };
+        let mut parts = Vec::new();
+
         let mut cols = vec!["workspace_id", "id"];
         let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
         for f in def.fields {
@@ -207,31 +235,72 @@ pub async fn insert<C: ConnectionTrait>(
             cols.push("search_key");
             vals.push(key.into());
         }
-        let marks = vec!["?"; cols.len()].join(", ");
         let conflict = match unique_column(def) {
             Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
             None => String::new(),
         };
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({marks}){conflict}",
-            def.plural,
-            cols.join(", ")
+        parts.push((
+            format!(
+                "INSERT INTO {} ({}) VALUES ({}){conflict} RETURNING 'row' AS step",
+                def.plural,
+                cols.join(", "),
+                vec!["?"; cols.len()].join(", ")
+            ),
+            vals,
+        ));
+
+        // PostgreSQL needs no search entry: its trigram index is on an
+        // expression of the row.
+        if sqlite {
+            let mut vals: Vec<Value> = vec![key.into(), search_text(def, &r.fields).into()];
+            vals.extend(made_vals());
+            parts.push((
+                format!(
+                    "INSERT INTO {}_fts (rowid, body) SELECT ?, ? WHERE {made}",
+                    def.plural
+                ),
+                vals,
+            ));
+        }
+
+        let counter = def.counter;
+        let mut sql = format!(
+            "UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {made} AND {counter} < CASE plan"
         );
-        let res = match db
-            .execute_raw(stmt(db.get_database_backend(), &sql, vals))
-            .await
-        {
+        let mut vals: Vec<Value> = vec![ws.into()];
+        vals.extend(made_vals());
+        for (name, plan) in &settings.plans {
+            sql.push_str(" WHEN ? THEN ?");
+            vals.push(name.clone().into());
+            vals.push((def.cap)(plan).into());
+        }
+        sql.push_str(" ELSE ? END RETURNING 'slot' AS step");
+        vals.push((def.cap)(&settings.plan("default")).into());
+        parts.push((sql, vals));
+
+        let entry = audit(r);
+        let mut vals = entry.vals;
+        vals.extend(made_vals());
+        parts.push((format!("{} WHERE {made}", entry.text), vals));
+
+        let rows = match crate::db::script(db, parts).await {
             Err(e) if sqlite && e.to_string().contains(".search_key") => {
                 r.id = crate::secrets::new_id(def.kind);
                 continue;
             }
-            res => res?,
+            rows => rows?,
         };
-        let inserted = res.rows_affected() == 1;
-        if inserted {
-            search_add(db, def, key, &r.fields).await?;
+        let mut steps = Vec::new();
+        for row in &rows {
+            steps.push(row.try_get::<String>("", "step")?);
         }
-        return Ok(inserted);
+        if !steps.iter().any(|s| s == "row") {
+            return Ok(Created::KeyTaken);
+        }
+        if !steps.iter().any(|s| s == "slot") {
+            return Err(cap_reached(db, def, ws, settings).await);
+        }
+        return Ok(Created::Inserted);
     }
     Err(AppError::internal("no free search key after 8 ids"))
 }
@@ -306,47 +375,30 @@ pub async fn exists<C: ConnectionTrait>(db: &C, kind: Kind, ws: &str, id: &str) 
         .is_some())
 }
 
-/// Counts one more record against the plan cap, atomically: a conditional
-/// UPDATE that matches no row when the cap is reached, inside the creating
-/// transaction, so a rolled-back create gives its slot back. The cap of the
-/// workspace's plan is looked up in the same statement (the configured plans
-/// become a CASE over `workspaces.plan`), one round trip fewer per create.
-/// When the cap is reached, reads the plan's name for the error.
-pub async fn take_plan_slot<C: ConnectionTrait>(
+/// The error for a create refused by its plan's cap, naming the plan.
+async fn cap_reached<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
     ws: &str,
     settings: &crate::config::Settings,
-) -> AppResult<()> {
-    let counter = def.counter;
-    let mut sql = format!(
-        "UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {counter} < CASE plan"
-    );
-    let mut vals: Vec<Value> = vec![ws.into()];
-    for (name, plan) in &settings.plans {
-        sql.push_str(" WHEN ? THEN ?");
-        vals.push(name.clone().into());
-        vals.push((def.cap)(plan).into());
-    }
-    sql.push_str(" ELSE ? END");
-    vals.push((def.cap)(&settings.plan("default")).into());
-    let res = db
-        .execute_raw(stmt(db.get_database_backend(), &sql, vals))
-        .await?;
-    if res.rows_affected() == 1 {
-        return Ok(());
-    }
+) -> AppError {
     let row = db
         .query_one_raw(stmt(
             db.get_database_backend(),
             "SELECT plan FROM workspaces WHERE id = ?",
             vec![ws.into()],
         ))
-        .await?
-        .ok_or_else(AppError::invalid_token)?;
-    let plan: String = row.try_get("", "plan")?;
+        .await;
+    let plan = match row {
+        Ok(Some(row)) => match row.try_get::<String>("", "plan") {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        },
+        Ok(None) => return AppError::invalid_token(),
+        Err(e) => return e.into(),
+    };
     let cap = (def.cap)(&settings.plan(&plan));
-    Err(plan_limit(def.plural, cap, cap, &plan))
+    plan_limit(def.plural, cap, cap, &plan)
 }
 
 pub async fn free_slot<C: ConnectionTrait>(db: &C, counter: &str, ws: &str) -> AppResult<()> {
@@ -399,17 +451,6 @@ async fn search_exec<C: ConnectionTrait>(db: &C, sql: &str, vals: Vec<Value>) ->
         db.execute_raw(stmt(backend, sql, vals)).await?;
     }
     Ok(())
-}
-
-/// Indexes a new record's searched text under its search key.
-async fn search_add<C: ConnectionTrait>(
-    db: &C,
-    def: &KindDef,
-    key: i64,
-    fields: &BTreeMap<&'static str, Val>,
-) -> AppResult<()> {
-    let sql = format!("INSERT INTO {}_fts (rowid, body) VALUES (?, ?)", def.plural);
-    search_exec(db, &sql, vec![key.into(), search_text(def, fields).into()]).await
 }
 
 /// Replaces an existing record's searched text.

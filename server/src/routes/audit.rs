@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult};
+use sea_orm::{ConnectionTrait, QueryResult};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -15,6 +15,7 @@ use crate::error::AppResult;
 use crate::extract::QueryPairs;
 use crate::negotiate::Fmt;
 use crate::query::{make_time_cursor, read_time_cursor};
+use crate::records::store::Sql;
 use crate::routes::records::list_reply;
 use crate::secrets;
 use crate::wire::handle::{Kind, handle};
@@ -27,7 +28,7 @@ pub fn router() -> Router<AppState> {
 
 /// Appends an audit entry. `changes` maps field -> [before, after].
 pub async fn record(
-    tx: &DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     workspace_id: &str,
     user_id: &str,
     token_name: &str,
@@ -35,11 +36,26 @@ pub async fn record(
     target: &str,
     changes: Option<Value>,
 ) -> AppResult<()> {
-    tx.execute_raw(stmt(
-        tx.get_database_backend(),
-        "INSERT INTO audit (workspace_id, id, at, user_id, token_name, action, target, changes) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        vec![
+    let e = entry(workspace_id, user_id, token_name, action, target, changes);
+    tx.execute_raw(e.stmt(tx.get_database_backend())).await?;
+    Ok(())
+}
+
+/// The statement that appends an audit entry: an `INSERT … SELECT` without a
+/// WHERE, so a caller may add one (see `records::store::create`).
+pub fn entry(
+    workspace_id: &str,
+    user_id: &str,
+    token_name: &str,
+    action: &str,
+    target: &str,
+    changes: Option<Value>,
+) -> Sql {
+    Sql {
+        text: "INSERT INTO audit (workspace_id, id, at, user_id, token_name, action, target, changes) \
+               SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+            .into(),
+        vals: vec![
             workspace_id.into(),
             secrets::new_id(Kind::Audit).into(),
             Ts::now().into(),
@@ -49,9 +65,7 @@ pub async fn record(
             target.into(),
             sea_orm::Value::Json(changes.map(Box::new)),
         ],
-    ))
-    .await?;
-    Ok(())
+    }
 }
 
 struct Entry {

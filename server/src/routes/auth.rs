@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::ConnectionTrait;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -274,7 +274,7 @@ pub struct Minted {
 
 /// Creates a token for `user` in `workspace`; only its hash is stored.
 pub async fn mint_token(
-    tx: &DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     state: &AppState,
     user_id: &str,
     workspace_id: &str,
@@ -341,7 +341,7 @@ pub fn token_reply(fmt: Fmt, t: &Minted, email: &str) -> Response {
     )
 }
 
-async fn find_or_create_user(tx: &DatabaseTransaction, email: &str) -> AppResult<String> {
+async fn find_or_create_user(tx: &crate::db::WriteTx, email: &str) -> AppResult<String> {
     let backend = tx.get_database_backend();
     let new_id = secrets::new_id(Kind::User);
     tx.execute_raw(stmt(

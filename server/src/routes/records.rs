@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -250,7 +250,7 @@ async fn fetch(
 /// Every referenced record must exist in the caller's workspace; another
 /// workspace's id is answered exactly like an id that never existed.
 async fn check_refs(
-    tx: &DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     ws: &str,
     changes: &[(&'static crate::records::kinds::FieldDef, Val)],
 ) -> AppResult<()> {
@@ -319,19 +319,19 @@ async fn create(
         updated_at: now,
     };
 
-    if store::insert(&tx, def, ws, &mut fresh).await? {
-        store::take_plan_slot(&tx, def, ws, &state.settings).await?;
-        let diff = model::diff(def, None, &fresh.fields);
-        audit::record(
-            &tx,
+    let action = format!("{}.create", def.kind.name());
+    let audit = |r: &Record| {
+        audit::entry(
             ws,
             &caller.user_id,
             &caller.token_name,
-            &format!("{}.create", def.kind.name()),
-            &handle(def.kind, &fresh.id),
-            changes_json(diff),
+            &action,
+            &handle(def.kind, &r.id),
+            changes_json(model::diff(def, None, &r.fields)),
         )
-        .await?;
+    };
+    let created = store::create(&tx, def, ws, &mut fresh, &state.settings, audit).await?;
+    if created == store::Created::Inserted {
         tx.commit().await?;
         return Ok(record_reply(
             fmt,

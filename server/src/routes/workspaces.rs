@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::ConnectionTrait;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -304,7 +304,7 @@ impl BodyFields for InviteBody {
     const FIELDS: &'static [&'static str] = &["email", "role"];
 }
 
-async fn ws_plan(tx: &DatabaseTransaction, ws: &str) -> AppResult<(String, String)> {
+async fn ws_plan(tx: &crate::db::WriteTx, ws: &str) -> AppResult<(String, String)> {
     let row = tx
         .query_one_raw(stmt(
             tx.get_database_backend(),
@@ -488,7 +488,7 @@ async fn withdraw(
 }
 
 /// The member's current role, or 404 when the user is not a member.
-async fn member_role(tx: &DatabaseTransaction, ws: &str, raw: &str) -> AppResult<(String, String)> {
+async fn member_role(tx: &crate::db::WriteTx, ws: &str, raw: &str) -> AppResult<(String, String)> {
     let nf = || {
         AppError::not_found(
             "no such member in this workspace",
@@ -515,7 +515,7 @@ async fn member_role(tx: &DatabaseTransaction, ws: &str, raw: &str) -> AppResult
 
 /// Other admins than `uid`, counted under a lock on the workspace row so two
 /// demotions cannot both pass.
-async fn other_admins(tx: &DatabaseTransaction, ws: &str, uid: &str) -> AppResult<i64> {
+async fn other_admins(tx: &crate::db::WriteTx, ws: &str, uid: &str) -> AppResult<i64> {
     let backend = tx.get_database_backend();
     if backend == sea_orm::DatabaseBackend::Postgres {
         tx.execute_raw(stmt(
@@ -766,7 +766,7 @@ async fn delete_workspace(
 
 /// A new workspace on the default plan with `creator` as its admin.
 async fn insert_workspace(
-    tx: &DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     name: &str,
     personal_of: Option<&str>,
     creator: &str,
@@ -791,7 +791,7 @@ async fn insert_workspace(
 }
 
 /// Turns every pending invite for `email` into a membership.
-pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str) -> AppResult<()> {
+pub async fn accept_invites(tx: &crate::db::WriteTx, user_id: &str, email: &str) -> AppResult<()> {
     let backend = tx.get_database_backend();
     let invites = tx
         .query_all_raw(stmt(
@@ -845,7 +845,7 @@ pub async fn accept_invites(tx: &DatabaseTransaction, user_id: &str, email: &str
 /// the user deleted it). It counts in the user's workspaces but is made even
 /// at the cap: nobody is ever left without a workspace.
 pub async fn ensure_personal(
-    tx: &DatabaseTransaction,
+    tx: &crate::db::WriteTx,
     user_id: &str,
     email: &str,
 ) -> AppResult<String> {
