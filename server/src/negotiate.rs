@@ -12,7 +12,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use crate::error::{AppError, Failure};
 
@@ -57,11 +56,11 @@ impl Fmt {
     }
 
     /// Builds the response; only the closure for the chosen format runs.
-    pub fn reply(
+    pub fn reply<J: serde::Serialize>(
         self,
         status: StatusCode,
         text: impl FnOnce() -> String,
-        json: impl FnOnce() -> Value,
+        json: impl FnOnce() -> J,
     ) -> Response {
         match self {
             Fmt::Text => text_response(status, text()),
@@ -86,7 +85,7 @@ pub fn text_response(status: StatusCode, body: String) -> Response {
     res
 }
 
-pub fn json_response(status: StatusCode, v: &Value) -> Response {
+pub fn json_response<J: serde::Serialize + ?Sized>(status: StatusCode, v: &J) -> Response {
     let mut body = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
     body.push('\n');
     let mut res = (status, body).into_response();

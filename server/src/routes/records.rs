@@ -192,18 +192,25 @@ async fn list(
         &records,
         next,
         |r| model::line(def, r),
-        |r| model::to_json(def, r),
+        |r| model::JsonRecord(def, r),
     ))
 }
 
+/// A page as JSON: `{"data": [...], "next_cursor": ...}`.
+#[derive(serde::Serialize)]
+struct Page<'n, J> {
+    data: Vec<J>,
+    next_cursor: Option<&'n str>,
+}
+
 /// Lines, then `# N things` and `# next: CURSOR`; JSON `{"data","next_cursor"}`.
-pub fn list_reply<T>(
+pub fn list_reply<'a, T, J: serde::Serialize>(
     fmt: Fmt,
     noun: &str,
-    items: &[T],
+    items: &'a [T],
     next: Option<String>,
     line: impl Fn(&T) -> String,
-    to_json: impl Fn(&T) -> Value,
+    to_json: impl Fn(&'a T) -> J,
 ) -> Response {
     fmt.reply(
         StatusCode::OK,
@@ -225,7 +232,10 @@ pub fn list_reply<T>(
             }
             out
         },
-        || json!({"data": items.iter().map(&to_json).collect::<Vec<_>>(), "next_cursor": next}),
+        || Page {
+            data: items.iter().map(&to_json).collect(),
+            next_cursor: next.as_deref(),
+        },
     )
 }
 
