@@ -60,6 +60,14 @@ impl LineBuilder {
 /// backslash-escaped, newline, CR and tab become `\n` `\r` `\t`, and other
 /// invisible characters become `\u{HEX}`.
 pub fn quote(v: &str) -> Cow<'_, str> {
+    // Fast path: visible ASCII other than `"`, `=` and `\` never needs quotes.
+    if !v.is_empty()
+        && !v.starts_with('#')
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'))
+    {
+        return Cow::Borrowed(v);
+    }
     let needs_quotes = v.is_empty()
         || v.starts_with('#')
         || v.chars()

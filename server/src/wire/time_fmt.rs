@@ -16,19 +16,47 @@ pub fn format(t: OffsetDateTime) -> String {
     // the original offset's fields in that corner rather than panicking.
     let t = t.checked_to_offset(UtcOffset::UTC).unwrap_or(t);
     let micros = t.microsecond();
-    let base = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    if micros == 0 {
-        format!("{base}Z")
-    } else {
-        format!("{base}.{micros:06}Z")
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        let base = format!(
+            "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        return if micros == 0 {
+            format!("{base}Z")
+        } else {
+            format!("{base}.{micros:06}Z")
+        };
+    }
+    // Digit by digit: this runs for every time of every record on a page.
+    let mut out = String::with_capacity(27);
+    push_digits(&mut out, year as u32, 4);
+    for (sep, n) in [
+        ('-', u32::from(u8::from(t.month()))),
+        ('-', u32::from(t.day())),
+        ('T', u32::from(t.hour())),
+        (':', u32::from(t.minute())),
+        (':', u32::from(t.second())),
+    ] {
+        out.push(sep);
+        push_digits(&mut out, n, 2);
+    }
+    if micros != 0 {
+        out.push('.');
+        push_digits(&mut out, micros, 6);
+    }
+    out.push('Z');
+    out
+}
+
+/// Appends `n` as exactly `width` decimal digits (zero-padded).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for i in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
     }
 }
 
@@ -63,6 +91,20 @@ pub fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    proptest::proptest! {
+        /// The digit-by-digit formatting spells every time as `format!` would.
+        #[test]
+        fn formats_like_the_reference(secs in -62_000_000_000i64..253_402_300_000i64, micros in 0u32..1_000_000) {
+            let t = OffsetDateTime::from_unix_timestamp(secs).unwrap() + Duration::microseconds(i64::from(micros));
+            let base = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second()
+            );
+            let want = if t.microsecond() == 0 { format!("{base}Z") } else { format!("{base}.{:06}Z", t.microsecond()) };
+            proptest::prop_assert_eq!(format(t), want);
+        }
+    }
 
     #[test]
     fn formats_whole_seconds_without_fraction() {
