@@ -153,6 +153,11 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
                 // batch (one savepoint per writer) created, wrote and deleted a
                 // file per batch. In memory it costs a batch's changed pages.
                 .pragma("temp_store", "memory")
+                // The driver's thread hands rows to the request one by one
+                // through a channel of 50 by default; a page of 201 rows made
+                // it stop and wait for the request four times (context
+                // switches in every profile of long pages).
+                .row_buffer_size(512)
         });
     }
     Ok(Db::new(sea_orm::Database::connect(opt).await?))
