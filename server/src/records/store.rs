@@ -532,4 +532,57 @@ mod tests {
             );
         }
     }
+
+    /// The three places that say which fields search covers agree: the text
+    /// live writes index (`search_text`, from `KindDef::search`), the text
+    /// SQLite's index rebuilds compute (`sqlite_body_sql`), and the columns
+    /// PostgreSQL's trigram expression reads (`PG_SEARCH`).
+    #[tokio::test]
+    async fn search_covers_the_same_fields_everywhere() {
+        use crate::records::kinds::{COMPANY, CONTACT, DEAL};
+        use crmkit_migrations::m20261128_000002_search::PG_SEARCH;
+        use crmkit_migrations::m20261129_000006_ordered_search_keys::sqlite_body_sql;
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        for def in [&CONTACT, &COMPANY, &DEAL] {
+            let mut fields = BTreeMap::new();
+            let (mut cols, mut vals) = (Vec::new(), Vec::<Value>::new());
+            for (i, f) in def.fields.iter().enumerate() {
+                let v = match f.ty {
+                    FType::Tags => Val::Tags(vec![format!("Tag{i}"), format!("Other{i}")]),
+                    FType::Int | FType::Custom | FType::Time => continue,
+                    _ => Val::Text(format!("Word{i} X")),
+                };
+                cols.push(format!("? AS {}", f.name));
+                vals.push(db_value(f, &v));
+                fields.insert(f.name, v);
+            }
+            let sql = format!(
+                "SELECT {} AS body FROM (SELECT {})",
+                sqlite_body_sql(def.plural),
+                cols.join(", ")
+            );
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DatabaseBackend::Sqlite,
+                    sql,
+                    vals,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let body: String = row.try_get("", "body").unwrap();
+            assert_eq!(body, search_text(def, &fields), "{}", def.plural);
+
+            let (_, pg) = PG_SEARCH
+                .iter()
+                .find(|(t, _)| *t == def.plural)
+                .expect("a PostgreSQL expression per searched table");
+            let read: Vec<&str> = pg
+                .split("coalesce(")
+                .skip(1)
+                .filter_map(|rest| rest.split(',').next())
+                .collect();
+            assert_eq!(read, def.search, "{}", def.plural);
+        }
+    }
 }
