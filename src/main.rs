@@ -8,9 +8,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// mimalloc instead of glibc's malloc: list pages allocate per row and per
 /// field, and glibc's arenas spent a fifth of a list request's CPU in
 /// malloc/free and their locks (measured with perf on the 100k benchmark).
-/// Its `override` feature also serves the C code's malloc (SQLite copies
-/// every column value of every row): glibc's `malloc_consolidate` alone was
-/// 4% of a search request's CPU.
+/// Only Rust's allocations: mimalloc's `override` feature (which would also
+/// serve SQLite's mallocs, ~10% of a search request) crashes the process when
+/// a library preloaded with LD_PRELOAD allocates before mimalloc is ready
+/// (libfaketime, which the test suite uses, does).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
