@@ -429,6 +429,9 @@ impl WriteTx {
                     .into(),
             ));
         }
+        // Taken before the savepoint state changes, so nothing is marked
+        // unsure by a call that never reached the connection.
+        let mut conn = batch.conn.lock().await;
         let mut text = String::new();
         let mut skip = 0;
         if self.savepoint.load(Ordering::SeqCst) == NO_SAVEPOINT {
@@ -445,7 +448,6 @@ impl WriteTx {
             sqlx::AssertSqlSafe(text.as_str()),
             SqlxValues(values.unwrap_or(Values(Vec::new()))),
         );
-        let mut conn = batch.conn.lock().await;
         let mut results = (&mut **conn).fetch_many(query);
         let mut ran = Ran {
             done: SqliteQueryResult::default(),

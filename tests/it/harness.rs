@@ -303,6 +303,17 @@ impl Server {
         .await
     }
 
+    /// The server process's resident memory in KiB (Linux `VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Stops the process; returns its exit status.
     pub fn stop(&mut self, hard: bool) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

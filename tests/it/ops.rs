@@ -289,7 +289,9 @@ fn an_unreachable_database_is_retried_then_reported() {
 }
 
 /// Sustained parallel writes must not grow SQLite's WAL without bound (a read
-/// held open across writes would block every checkpoint).
+/// held open across writes would block every checkpoint), nor the server's
+/// memory: the second half of the writes leaves its resident size where the
+/// first half brought it.
 #[tokio::test]
 async fn the_sqlite_wal_stays_small_under_sustained_writes() {
     if crate::BACKEND != crate::harness::Backend::Sqlite {
@@ -300,22 +302,17 @@ async fn the_sqlite_wal_stays_small_under_sustained_writes() {
         .start()
         .await;
     let t = s.login("wal@example.com").await;
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let (http, url, t) = (s.http.clone(), s.url("/contacts"), t.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..250 {
-                let body = format!(r#"{{"name":"Wal {w}-{i}","email":"w{w}-{i}@example.com","tags":["a","b"],"custom":{{"k":{i}}}}}"#);
-                let r = http.post(&url).bearer_auth(&t).body(body).send().await.unwrap();
-                assert_eq!(r.status(), 201);
-                // Reads in between, as agents do.
-                let _ = http.get(format!("{}?limit=5&search=wal", url)).bearer_auth(&t).send().await.unwrap().text().await;
-            }
-        }));
+    let mut rss = Vec::new();
+    for half in 0..2 {
+        write_burst(&s, &t, half * 125..(half + 1) * 125).await;
+        rss.push(s.rss_kib());
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    assert!(
+        rss[1] < rss[0] + 32 * 1024,
+        "resident memory grew from {} to {} KiB over the second 1,000 creates",
+        rss[0],
+        rss[1]
+    );
     let wal = s.dir.path().join("crmkit.db-wal");
     let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert!(
@@ -327,6 +324,31 @@ async fn the_sqlite_wal_stays_small_under_sustained_writes() {
         crate::harness::count(&db, "SELECT COUNT(*) AS n FROM contacts").await,
         2000
     );
+}
+
+/// Eight writers, each creating one contact per `i` and reading between creates.
+async fn write_burst(s: &Server, t: &str, range: std::ops::Range<usize>) {
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (http, url, t, range) = (
+            s.http.clone(),
+            s.url("/contacts"),
+            t.to_string(),
+            range.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in range {
+                let body = format!(r#"{{"name":"Wal {w}-{i}","email":"w{w}-{i}@example.com","tags":["a","b"],"custom":{{"k":{i}}}}}"#);
+                let r = http.post(&url).bearer_auth(&t).body(body).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+                // Reads in between, as agents do.
+                let _ = http.get(format!("{}?limit=5&search=wal", url)).bearer_auth(&t).send().await.unwrap().text().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
 }
 
 /// 200 clients at once all get an answer (2xx, or 503 with Retry-After), none hangs.
