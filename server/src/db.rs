@@ -18,6 +18,7 @@ use sea_query_sqlx::SqlxValues;
 use time::OffsetDateTime;
 
 use crate::config::Settings;
+use crate::reader::{Cells, Readers};
 
 /// A point in time as stored: UTC, microsecond precision.
 ///
@@ -81,6 +82,8 @@ impl From<Ts> for OffsetDateTime {
 pub struct Db {
     conn: DatabaseConnection,
     writer: Arc<Writer>,
+    /// SQLite files: the hot paths' reads (see `reader`).
+    readers: Option<Arc<Readers>>,
 }
 
 impl std::ops::Deref for Db {
@@ -95,7 +98,25 @@ impl Db {
         Db {
             conn,
             writer: Arc::default(),
+            readers: None,
         }
+    }
+
+    /// Runs one read-only statement (`?` placeholders) and maps each row:
+    /// on a SQLite file through a reader connection on this thread, else
+    /// through the pool.
+    pub async fn read<T, E: From<DbErr>>(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+        mut map: impl FnMut(&dyn Cells) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
+        if let Some(r) = &self.readers {
+            return r.rows(sql, &values, map);
+        }
+        let backend = self.conn.get_database_backend();
+        let rows = self.conn.query_all_raw(stmt(backend, sql, values)).await?;
+        rows.iter().map(|r| map(r)).collect()
     }
 
     pub async fn close(self) -> Result<(), DbErr> {
@@ -160,7 +181,11 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
                 .row_buffer_size(512)
         });
     }
-    Ok(Db::new(sea_orm::Database::connect(opt).await?))
+    let mut db = Db::new(sea_orm::Database::connect(opt).await?);
+    if sqlite {
+        db.readers = Readers::for_url(url, max as usize).map(Arc::new);
+    }
+    Ok(db)
 }
 
 /// SQLite has one writer at a time, and with `synchronous=FULL` every commit
@@ -855,6 +880,55 @@ mod tests {
         next.execute_raw(insert("d")).await.unwrap();
         next.commit().await.unwrap();
         assert_eq!(keys(&db).await, ["d"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// Reader connections (the hot paths' reads) see each commit as soon as
+    /// it is acknowledged, compare bound timestamps with the stored text, and
+    /// cannot write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_see_every_acknowledged_write_and_cannot_write() {
+        let (mut db, path) = scratch_db().await;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        db.readers = Readers::for_url(&url, 2).map(Arc::new);
+        assert!(db.readers.is_some(), "a file database gets readers");
+        assert!(Readers::for_url("sqlite::memory:", 2).is_none());
+        db.execute_unprepared("CREATE TABLE ts (at TEXT NOT NULL)")
+            .await
+            .unwrap();
+        let read_keys = |db: Db| async move {
+            db.read("SELECT k FROM t ORDER BY k", vec![], |r| r.text(0))
+                .await
+                .map(|v| v.into_iter().flatten().collect::<Vec<String>>())
+        };
+        for k in ["a", "b", "c"] {
+            let tx = write_tx(&db).await.unwrap();
+            tx.execute_raw(insert(k)).await.unwrap();
+            let at = Ts::now();
+            tx.execute_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Sqlite,
+                "INSERT INTO ts (at) VALUES (?)",
+                vec![at.into()],
+            ))
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            let seen = read_keys(db.clone()).await.unwrap();
+            assert_eq!(seen.last().map(String::as_str), Some(k));
+            let same = db
+                .read("SELECT at FROM ts WHERE at = ?", vec![at.into()], |r| {
+                    r.ts(0)
+                })
+                .await
+                .unwrap();
+            assert_eq!(same, [Some(at)], "a bound time matches its stored text");
+        }
+        let write: Result<Vec<()>, DbErr> = db
+            .read("INSERT INTO t (k) VALUES ('z')", vec![], |_| Ok(()))
+            .await;
+        assert!(write.is_err(), "readers are query_only");
+        assert_eq!(read_keys(db.clone()).await.unwrap(), ["a", "b", "c"]);
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }

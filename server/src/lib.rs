@@ -31,6 +31,8 @@ mod query;
 #[cfg(feature = "service")]
 mod ratelimit;
 #[cfg(feature = "service")]
+mod reader;
+#[cfg(feature = "service")]
 mod records;
 #[cfg(feature = "service")]
 mod routes;

@@ -111,8 +111,13 @@ class Crmkit:
         self.proc.wait(30)
 
     def login(self):
+        self.token = self.sign_in("bench@example.com")
+        # W1 writes into a workspace of its own (a second account), so the
+        # seeded 100k that W2-W5 read stay the same in every run.
+        self.w1_token = self.sign_in("bench-w1@example.com")
+
+    def sign_in(self, email):
         conn = Conn(self.port)
-        email = "bench@example.com"
         conn.request("POST", "/auth/request", {"email": email})
         code = None
         for _ in range(200):
@@ -124,7 +129,7 @@ class Crmkit:
             time.sleep(0.05)
         st, body = conn.request("POST", "/auth/verify?format=json", {"email": email, "code": code, "token_name": "bench"})
         assert st == 201, body
-        self.token = "Bearer " + json.loads(body)["data"]["token"]
+        return "Bearer " + json.loads(body)["data"]["token"]
 
     def headers(self):
         return {"Authorization": self.token}
@@ -176,7 +181,14 @@ class PocketBase:
         st, body = conn.request("POST", "/api/collections/_superusers/auth-with-password", {"identity": "bench@example.com", "password": "bench-password-123"})
         assert st == 200, body
         self.token = json.loads(body)["token"]
-        st, _ = conn.request("GET", "/api/collections/contacts", None, self.headers())
+        self.w1_token = self.token
+        # W1 writes into a second collection with the same fields and
+        # indexes, so the seeded 100k that W2-W5 read stay the same.
+        for name in ("contacts", "contacts_w1"):
+            self.collection(conn, name)
+
+    def collection(self, conn, name):
+        st, _ = conn.request("GET", "/api/collections/" + name, None, self.headers())
         if st == 200:
             return
         fields = [
@@ -187,8 +199,8 @@ class PocketBase:
             {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False},
             {"name": "updated", "type": "autodate", "onCreate": True, "onUpdate": True},
         ]
-        spec = {"name": "contacts", "type": "base", "fields": fields,
-                "indexes": ["CREATE UNIQUE INDEX idx_contacts_email ON contacts (email)", "CREATE INDEX idx_contacts_created ON contacts (created, id)"]}
+        spec = {"name": name, "type": "base", "fields": fields,
+                "indexes": ["CREATE UNIQUE INDEX idx_%s_email ON %s (email)" % (name, name), "CREATE INDEX idx_%s_created ON %s (created, id)" % (name, name)]}
         st, body = conn.request("POST", "/api/collections", spec, self.headers())
         assert st == 200, body
 
@@ -203,7 +215,7 @@ class PocketBase:
     get_prefix = "/api/collections/contacts/records/"
     list_path = "/api/collections/contacts/records?filter=" + urllib.parse.quote("(stage='lead' && amount_cents>=500000)") + "&sort=-created&perPage=50&skipTotal=1"
     search_path = "/api/collections/contacts/records?filter=" + urllib.parse.quote("(name~'acme' || email~'acme')") + "&perPage=50&skipTotal=1"
-    create_path = "/api/collections/contacts/records"
+    create_path = "/api/collections/contacts_w1/records"
     ready = "/api/health"
 
     def walk(self, conn):
@@ -268,10 +280,20 @@ def seed(target, n):
 
 
 def wrk(script, port, seconds, env):
+    """One wrk run: 1 thread, 8 connections, for `seconds`, or until the script
+    creates DONE_FILE (W1's fixed request count), when it is ended with SIGINT."""
     e = dict(os.environ)
     e.update(env)
-    out = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % seconds, "--timeout", "10s", "-s", os.path.join(HERE, script), "http://127.0.0.1:%d" % port],
-                         env=e, capture_output=True, text=True, check=True).stdout
+    done = os.path.join(tempfile.mkdtemp(prefix="crmkit-wrk-"), "done")
+    e["DONE_FILE"] = done
+    proc = subprocess.Popen(["wrk", "-t1", "-c8", "-d%ds" % seconds, "--timeout", "10s", "-s", os.path.join(HERE, script), "http://127.0.0.1:%d" % port],
+                            env=e, stdout=subprocess.PIPE, text=True)
+    while proc.poll() is None and not os.path.exists(done):
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     v = json.loads(line)
     v["rps"] = v["requests"] / (v["duration_us"] / 1e6)
@@ -287,10 +309,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--w6-rows", type=int, default=1000000)
     ap.add_argument("--ceiling", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "target", "release", "crmkit-bench-ceiling"))
+    ap.add_argument("--creates", type=int, default=20000, help="W1 requests per run")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
-        a.rows, a.runs, a.seconds, a.w6_rows = 500, 1, 1, 2000
+        a.rows, a.runs, a.seconds, a.w6_rows, a.creates = 500, 1, 1, 2000, 200
     work = tempfile.mkdtemp(prefix="crmkit-bench-")
     targets = []
     for cls, binary in ((Crmkit, a.crmkit), (PocketBase, a.pocketbase)):
@@ -305,6 +328,8 @@ def main():
             t.login()
             ids[t.name], took = seed(t, a.rows)
             results[t.name]["seed_rows_per_s"] = a.rows / took
+            # The seeded 100k alone, WAL included (W1 later adds its own rows).
+            results[t.name]["db_bytes_per_100k"] = dir_size(t.data) / max(1, a.rows) * 100000
             path = os.path.join(t.data, "ids.txt")
             with open(path, "w") as f:
                 f.write("\n".join(ids[t.name]))
@@ -318,7 +343,7 @@ def main():
             ceiling_w2.append(wrk("get.lua", ceiling.port, a.seconds, {"IDS_FILE": os.path.join(targets[0].data, "ids.txt"), "PATH_PREFIX": "/contacts/", "TOKEN": "-"}))
             for t in targets:  # interleaved run by run
                 env = {"TOKEN": t.headers()["Authorization"], "IDS_FILE": os.path.join(t.data, "ids.txt")}
-                samples[t.name]["W1"].append(wrk("create.lua", t.port, a.seconds, dict(env, PATH_FIXED=t.create_path, RUN="r%d" % run)))
+                samples[t.name]["W1"].append(wrk("create.lua", t.port, 600, dict(env, TOKEN=t.w1_token, PATH_FIXED=t.create_path, RUN="r%d" % run, REQUESTS=str(a.creates))))
                 samples[t.name]["W2"].append(wrk("get.lua", t.port, a.seconds, dict(env, PATH_PREFIX=t.get_prefix)))
                 samples[t.name]["W3"].append(wrk("path.lua", t.port, a.seconds, dict(env, PATH_FIXED=t.list_path)))
                 samples[t.name]["W4"].append(wrk("path.lua", t.port, a.seconds, dict(env, PATH_FIXED=t.search_path)))
@@ -340,7 +365,6 @@ def main():
         for t in targets:
             results[t.name]["peak_rss_mib"] = vm_hwm_kib(t.proc.pid) / 1024
             t.stop()
-            results[t.name]["db_bytes_per_100k"] = dir_size(t.data) / max(1, a.rows) * 100000
             colds = []
             for _ in range(3):
                 colds.append(t.start())

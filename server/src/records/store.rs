@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
 use super::kinds::{FType, FieldDef, KindDef};
 use super::model::{Record, Val};
-use crate::db::{Ts, WriteTx, stmt};
+use crate::db::{Db, Ts, WriteTx, stmt};
 use crate::error::{AppError, AppResult};
+use crate::reader::Cells;
 use crate::wire::handle::Kind;
 
 /// A SQL fragment with its bound values.
@@ -93,33 +94,39 @@ pub fn unique_column(def: &KindDef) -> Option<&'static str> {
 
 /// Reads a record from a row that starts with [`columns`]: by position, not
 /// by name (a name lookup per column per row showed in profiles of long pages).
-pub fn from_row(def: &KindDef, row: &QueryResult) -> AppResult<Record> {
+pub fn from_row(def: &KindDef, row: &dyn Cells) -> AppResult<Record> {
     let mut fields = BTreeMap::new();
     for (i, f) in def.fields.iter().enumerate() {
         let at = i + 1;
         let v = match f.ty {
-            FType::Int => row.try_get_by_index::<Option<i64>>(at)?.map(Val::Int),
-            FType::Time => row.try_get_by_index::<Option<Ts>>(at)?.map(Val::Time),
-            FType::Tags => row
-                .try_get_by_index::<Option<String>>(at)?
-                .map(|s| Val::Tags(tags_from_db(&s))),
-            FType::Custom => match row.try_get_by_index::<Option<serde_json::Value>>(at)? {
+            FType::Int => row.int(at)?.map(Val::Int),
+            FType::Time => row.ts(at)?.map(Val::Time),
+            FType::Tags => row.text(at)?.map(|s| Val::Tags(tags_from_db(&s))),
+            FType::Custom => match row.json(at)? {
                 Some(serde_json::Value::Object(m)) if !m.is_empty() => Some(Val::Json(m)),
                 _ => None,
             },
-            _ => row.try_get_by_index::<Option<String>>(at)?.map(Val::Text),
+            _ => row.text(at)?.map(Val::Text),
         };
         if let Some(v) = v {
             fields.insert(f.name, v);
         }
     }
     let n = def.fields.len();
-    Ok(Record {
-        id: row.try_get_by_index(0)?,
-        fields,
-        created_at: row.try_get_by_index(n + 1)?,
-        updated_at: row.try_get_by_index(n + 2)?,
-    })
+    let id = row.text(0)?;
+    let created_at = row.ts(n + 1)?;
+    let updated_at = row.ts(n + 2)?;
+    match (id, created_at, updated_at) {
+        (Some(id), Some(created_at), Some(updated_at)) => Ok(Record {
+            id,
+            fields,
+            created_at,
+            updated_at,
+        }),
+        _ => Err(
+            sea_orm::DbErr::Type(format!("a {} row without id or times", def.kind.name())).into(),
+        ),
+    }
 }
 
 /// The columns every record query selects first, in this order.
@@ -152,6 +159,19 @@ pub async fn get<C: ConnectionTrait>(
         .query_one_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
         .await?;
     row.map(|r| from_row(def, &r)).transpose()
+}
+
+/// A record by id outside any transaction: the read path of `GET`.
+pub async fn read(db: &Db, def: &'static KindDef, ws: &str, id: &str) -> AppResult<Option<Record>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE workspace_id = ? AND id = ?",
+        columns(def),
+        def.plural
+    );
+    let mut rows = db
+        .read(&sql, vec![ws.into(), id.into()], move |r| from_row(def, r))
+        .await?;
+    Ok(rows.pop())
 }
 
 /// The record holding an upsert key value, if any.

@@ -138,12 +138,8 @@ async fn list(
     let ordered = search_ordered(&q, backend);
     let hits = match search_count_sql(def, &q, backend) {
         Some(count) if !ordered => {
-            let row = db.query_one_raw(count.stmt(backend)).await?;
-            Some(
-                row.map(|r| r.try_get::<i64>("", "n"))
-                    .transpose()?
-                    .unwrap_or(0),
-            )
+            let n = db.read(&count.text, count.vals, |r| r.int(0)).await?;
+            Some(n.into_iter().flatten().next().unwrap_or(0))
         }
         _ => None,
     };
@@ -152,7 +148,9 @@ async fn list(
     } else {
         search_plan(hits)
     };
-    let rows = if hits == Some(0) {
+    // Each row with its search key when the page follows the search index.
+    let key_at = ordered.then(|| def.fields.len() + 3);
+    let mut rows = if hits == Some(0) {
         Vec::new()
     } else {
         let sql = list_sql(
@@ -164,28 +162,21 @@ async fn list(
             backend,
             plan,
         )?;
-        db.query_all_raw(sql.stmt(backend)).await?
+        db.read(&sql.text, sql.vals, move |r| -> AppResult<_> {
+            let key = key_at.map(|i| r.int(i)).transpose()?.flatten();
+            Ok((store::from_row(def, r)?, key))
+        })
+        .await?
     };
-    let mut records = rows
-        .iter()
-        .map(|r| store::from_row(def, r))
-        .collect::<AppResult<Vec<_>>>()?;
-    let more = records.len() as u64 > limit;
-    records.truncate(limit as usize);
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
     let next = if more {
-        let key = if ordered {
-            rows.get(limit as usize - 1)
-                .map(|r| r.try_get::<i64>("", "search_key"))
-                .transpose()?
-        } else {
-            None
-        };
-        records
-            .last()
-            .map(|last| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last, key))
+        rows.last()
+            .map(|(last, key)| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last, *key))
     } else {
         None
     };
+    let records: Vec<_> = rows.into_iter().map(|(r, _)| r).collect();
     Ok(list_reply(
         fmt,
         def.plural,
@@ -247,7 +238,7 @@ async fn fetch(
     PathIds(ids): PathIds,
 ) -> AppResult<Response> {
     let id = path_id(def.kind, &ids)?;
-    let r = store::get(&state.db, def, &caller.workspace_id, &id, false)
+    let r = store::read(&state.db, def, &caller.workspace_id, &id)
         .await?
         .ok_or_else(|| not_found(def.kind, &id))?;
     Ok(fmt.reply(

@@ -1,0 +1,210 @@
+//! Reads of the hot paths (a record by id, list and search pages) on SQLite,
+//! run on the request's own thread through rusqlite instead of through
+//! sqlx's per-connection driver thread.
+//!
+//! sqlx hands every SQLite statement to a thread of its own and every row
+//! back through a channel: on a two-core machine those thread hops cost
+//! several times what SQLite itself spends on a primary-key read (profiles
+//! of `GET /contacts/{id}`). Here a read takes an idle connection, runs one
+//! cached prepared statement and maps each row in place. Both drivers link
+//! the one SQLite library of the process, so these connections see every
+//! commit of the writer (WAL) exactly as the pool's connections do.
+//!
+//! Reader connections are opened `query_only`: nothing can write through
+//! them. A read is one statement in autocommit mode, a consistent snapshot of
+//! its own, as on the pool. Reads are short by construction (index lookups,
+//! a page of at most 200 rows); they run on the request's thread, which SQLite
+//! never holds for longer than that statement. PostgreSQL, and SQLite in
+//! memory (one private database per connection), read through the pool.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::types::{Value as Lite, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+use sea_orm::{DbErr, QueryResult, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::db::Ts;
+
+/// The cells of one result row, whichever driver produced it.
+pub trait Cells {
+    fn int(&self, i: usize) -> Result<Option<i64>, DbErr>;
+    fn text(&self, i: usize) -> Result<Option<String>, DbErr>;
+    fn ts(&self, i: usize) -> Result<Option<Ts>, DbErr>;
+    fn json(&self, i: usize) -> Result<Option<serde_json::Value>, DbErr>;
+}
+
+impl Cells for QueryResult {
+    fn int(&self, i: usize) -> Result<Option<i64>, DbErr> {
+        self.try_get_by_index(i)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, DbErr> {
+        self.try_get_by_index(i)
+    }
+    fn ts(&self, i: usize) -> Result<Option<Ts>, DbErr> {
+        self.try_get_by_index(i)
+    }
+    fn json(&self, i: usize) -> Result<Option<serde_json::Value>, DbErr> {
+        self.try_get_by_index(i)
+    }
+}
+
+fn lite_err(e: rusqlite::Error) -> DbErr {
+    DbErr::Custom(format!("sqlite read: {e}"))
+}
+
+fn cell_err(i: usize, what: &str) -> DbErr {
+    DbErr::Type(format!("column {i}: {what}"))
+}
+
+impl Cells for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, DbErr> {
+        self.get(i).map_err(lite_err)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, DbErr> {
+        self.get(i).map_err(lite_err)
+    }
+    /// Timestamps are RFC 3339 text, as the writer's driver stores them.
+    fn ts(&self, i: usize) -> Result<Option<Ts>, DbErr> {
+        match self.get_ref(i).map_err(lite_err)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+                .map(|t| Some(Ts::new(t)))
+                .ok_or_else(|| cell_err(i, "not an RFC 3339 timestamp")),
+            _ => Err(cell_err(i, "a timestamp stored as other than text")),
+        }
+    }
+    fn json(&self, i: usize) -> Result<Option<serde_json::Value>, DbErr> {
+        match self.get_ref(i).map_err(lite_err)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t)
+                .map(Some)
+                .map_err(|e| cell_err(i, &format!("not JSON: {e}"))),
+            _ => Err(cell_err(i, "JSON stored as a number")),
+        }
+    }
+}
+
+/// Idle reader connections to one SQLite file.
+pub struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+}
+
+impl Readers {
+    /// Readers for the database at `url`, or `None` where connections cannot
+    /// share it (in-memory databases).
+    pub fn for_url(url: &str, keep: usize) -> Option<Readers> {
+        let opts = SqliteConnectOptions::from_str(url).ok()?;
+        let path = opts.get_filename();
+        let name = path.to_string_lossy();
+        if url.contains(":memory:") || url.contains("mode=memory") || name.starts_with("file:") {
+            return None;
+        }
+        Some(Readers {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    fn open(path: &Path) -> Result<Connection, DbErr> {
+        let c = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(lite_err)?;
+        // In WAL mode a reader waits only while a checkpoint resets the log
+        // or after a crash, for a few milliseconds at most.
+        c.busy_timeout(Duration::from_secs(2)).map_err(lite_err)?;
+        c.execute_batch(
+            "PRAGMA query_only = 1; PRAGMA cache_size = -16384; PRAGMA temp_store = memory;",
+        )
+        .map_err(lite_err)?;
+        // List queries differ by filters and sort; keep the common shapes.
+        c.set_prepared_statement_cache_capacity(64);
+        Ok(c)
+    }
+
+    /// Runs one read-only statement and maps each row.
+    pub fn rows<T, E: From<DbErr>>(
+        &self,
+        sql: &str,
+        values: &[Value],
+        mut map: impl FnMut(&dyn Cells) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
+        let taken = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+        let conn = match taken {
+            Some(c) => c,
+            None => Readers::open(&self.path)?,
+        };
+        let out = run(&conn, sql, values, &mut map);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.keep
+        {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+fn run<T, E: From<DbErr>>(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value],
+    map: &mut impl FnMut(&dyn Cells) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
+    let mut st = conn.prepare_cached(sql).map_err(lite_err)?;
+    let params = values.iter().map(lite).collect::<Result<Vec<_>, _>>()?;
+    let mut rows = st
+        .query(rusqlite::params_from_iter(params))
+        .map_err(lite_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(lite_err)? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// A statement value as SQLite stores it through the pool's driver (so that
+/// comparisons with stored text, timestamps above all, hold).
+fn lite(v: &Value) -> Result<Lite, DbErr> {
+    fn or_null<T>(v: &Option<T>, f: impl Fn(&T) -> Lite) -> Lite {
+        v.as_ref().map(f).unwrap_or(Lite::Null)
+    }
+    Ok(match v {
+        Value::Bool(b) => or_null(b, |b| Lite::Integer(i64::from(*b))),
+        Value::TinyInt(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::SmallInt(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::Int(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::BigInt(n) => or_null(n, |n| Lite::Integer(*n)),
+        Value::TinyUnsigned(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::SmallUnsigned(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::Unsigned(n) => or_null(n, |n| Lite::Integer(i64::from(*n))),
+        Value::Double(n) => or_null(n, |n| Lite::Real(*n)),
+        Value::Float(n) => or_null(n, |n| Lite::Real(f64::from(*n))),
+        Value::String(s) => or_null(s, |s| Lite::Text(s.clone())),
+        Value::Bytes(b) => or_null(b, |b| Lite::Blob(b.clone())),
+        Value::Json(j) => or_null(j, |j| Lite::Text(j.to_string())),
+        Value::TimeDateTimeWithTimeZone(t) => match t {
+            Some(t) => Lite::Text(
+                t.format(&Rfc3339)
+                    .map_err(|e| DbErr::Type(format!("timestamp: {e}")))?,
+            ),
+            None => Lite::Null,
+        },
+        other => {
+            return Err(DbErr::Type(format!(
+                "no SQLite reader binding for {other:?}"
+            )));
+        }
+    })
+}
