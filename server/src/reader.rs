@@ -73,9 +73,7 @@ impl Cells for rusqlite::Row<'_> {
     fn ts(&self, i: usize) -> Result<Option<Ts>, DbErr> {
         match self.get_ref(i).map_err(lite_err)? {
             ValueRef::Null => Ok(None),
-            ValueRef::Text(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            ValueRef::Text(t) => parse_stored_time(t)
                 .map(|t| Some(Ts::new(t)))
                 .ok_or_else(|| cell_err(i, "not an RFC 3339 timestamp")),
             _ => Err(cell_err(i, "a timestamp stored as other than text")),
@@ -90,6 +88,41 @@ impl Cells for rusqlite::Row<'_> {
             _ => Err(cell_err(i, "JSON stored as a number")),
         }
     }
+}
+
+/// A stored timestamp. Every one the server writes is UTC with nine fraction
+/// digits (`2026-11-28T10:00:00.000000001Z`, see `Ts`), read digit by digit
+/// here (two per record on every page); anything else goes through the full
+/// RFC 3339 parser.
+fn parse_stored_time(b: &[u8]) -> Option<OffsetDateTime> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    let fixed = b.len() == 30
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[29] == b'Z';
+    if fixed {
+        let month = time::Month::try_from(num(&b[5..7])? as u8).ok()?;
+        let date =
+            time::Date::from_calendar_date(num(&b[0..4])? as i32, month, num(&b[8..10])? as u8)
+                .ok()?;
+        let t = time::Time::from_hms_nano(
+            num(&b[11..13])? as u8,
+            num(&b[14..16])? as u8,
+            num(&b[17..19])? as u8,
+            num(&b[20..29])?,
+        )
+        .ok()?;
+        return Some(date.with_time(t).assume_utc());
+    }
+    OffsetDateTime::parse(std::str::from_utf8(b).ok()?, &Rfc3339).ok()
 }
 
 /// Idle reader connections to one SQLite file.
@@ -207,4 +240,39 @@ fn lite(v: &Value) -> Result<Lite, DbErr> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The digit-by-digit path reads what the writer's driver stores,
+        /// exactly as the full parser does.
+        #[test]
+        fn stored_times_parse_like_the_reference(secs in 0i64..253_402_300_000i64, nanos in 0u32..1_000_000_000) {
+            let t = OffsetDateTime::from_unix_timestamp(secs).unwrap().replace_nanosecond(nanos).unwrap();
+            let text = t.format(&Rfc3339).unwrap();
+            let want = OffsetDateTime::parse(&text, &Rfc3339).ok();
+            proptest::prop_assert_eq!(parse_stored_time(text.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn malformed_stored_times_are_errors_not_guesses() {
+        for bad in [
+            "2026-13-01T00:00:00.000000001Z",
+            "2026-02-30T00:00:00.000000001Z",
+            "2026-01-01T24:00:00.000000001Z",
+            "2026-01-01T00:00:00.00000000aZ",
+            "",
+        ] {
+            assert_eq!(parse_stored_time(bad.as_bytes()), None, "{bad}");
+        }
+        let offset = "2026-01-01T01:00:00.5+01:00";
+        assert_eq!(
+            parse_stored_time(offset.as_bytes()),
+            Some(time::macros::datetime!(2026-01-01 00:00:00.5 UTC))
+        );
+    }
 }
