@@ -93,24 +93,32 @@ fn custom_text(backend: DatabaseBackend, key: &str) -> Sql {
     s
 }
 
-/// `custom.KEY` as a number, NULL when it is not one.
-fn custom_number(backend: DatabaseBackend, key: &str) -> Sql {
-    let mut s = Sql::default();
+/// `custom.KEY OP n` for a number `n`: true only when the value is a JSON
+/// number (not a numeric string, not a boolean) that compares as asked.
+fn custom_number_cmp(out: &mut Sql, backend: DatabaseBackend, key: &str, op: Op, n: f64) {
     if backend == DatabaseBackend::Postgres {
-        s.push("(CASE WHEN jsonb_typeof(custom -> ")
+        out.push("(CASE WHEN jsonb_typeof(custom -> ")
             .bind(key.to_string())
             .push(") = 'number' THEN (custom ->> ")
             .bind(key.to_string())
-            .push(")::float8 END)");
+            .push(")::float8 END)")
+            .push(sql_op(op))
+            .bind(n);
     } else {
+        // The comparison first: it rejects most rows with one JSON parse, and
+        // only the rows it lets through pay for the type check. A string
+        // compares above every number and a boolean as 1 or 0, and the type
+        // check turns both away.
         let path = format!("$.\"{key}\"");
-        s.push("(CASE WHEN json_type(custom, ")
+        out.push("(json_extract(custom, ")
             .bind(path.clone())
-            .push(") IN ('integer', 'real') THEN CAST(json_extract(custom, ")
+            .push(")")
+            .push(sql_op(op))
+            .bind(n)
+            .push(" AND json_type(custom, ")
             .bind(path)
-            .push(") AS REAL) END)");
+            .push(") IN ('integer', 'real'))");
     }
-    s
 }
 
 fn expr_cmp(out: &mut Sql, expr: &Sql, op: Op, operand: &Operand, backend: DatabaseBackend) {
@@ -175,8 +183,7 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
                     return;
                 };
                 let n: f64 = t.parse().unwrap_or(0.0);
-                let expr = custom_number(backend, key);
-                out.append(expr).push(sql_op(f.op)).bind(n);
+                custom_number_cmp(out, backend, key, f.op, n);
             } else {
                 let expr = custom_text(backend, key);
                 expr_cmp(out, &expr, f.op, &f.operand, backend);

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rusqlite::types::{Value as Lite, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
-use sea_orm::{DbErr, QueryResult, Value};
+use sea_orm::{DbErr, QueryResult, RuntimeErr, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -54,8 +54,15 @@ impl Cells for QueryResult {
     }
 }
 
+/// A database that is busy or cannot be opened is unavailable (503 with
+/// Retry-After, as when the pool is exhausted); anything else is a fault.
 fn lite_err(e: rusqlite::Error) -> DbErr {
-    DbErr::Custom(format!("sqlite read: {e}"))
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked};
+    let text = format!("sqlite read: {e}");
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen) => DbErr::Conn(RuntimeErr::Internal(text)),
+        _ => DbErr::Custom(text),
+    }
 }
 
 fn cell_err(i: usize, what: &str) -> DbErr {
@@ -256,6 +263,14 @@ mod tests {
             let want = OffsetDateTime::parse(&text, &Rfc3339).ok();
             proptest::prop_assert_eq!(parse_stored_time(text.as_bytes()), want);
         }
+    }
+
+    #[test]
+    fn a_busy_database_is_unavailable_not_a_fault() {
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        assert!(matches!(lite_err(busy), DbErr::Conn(_)));
+        let bad = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(1), None);
+        assert!(matches!(lite_err(bad), DbErr::Custom(_)));
     }
 
     #[test]

@@ -28,8 +28,8 @@ async fn seeded() -> (Server, String, Vec<String>) {
     let rows = [
         json!({"name": "Ann Lee", "email": "ann@acme.com", "stage": "lead", "tags": ["vip"], "company_id": co, "custom": {"score": 10, "src": "web"}, "follow_up_at": "2026-01-10T09:00:00Z"}),
         json!({"name": "Bob Roy", "email": "bob@beta.io", "stage": "customer", "tags": ["renewal", "vip"], "custom": {"score": 3}}),
-        json!({"name": "Cy 50%_off", "email": "cy@gamma.org", "stage": "lead", "title": "CTO"}),
-        json!({"name": "Dee", "phone": "+1 555 0100"}),
+        json!({"name": "Cy 50%_off", "email": "cy@gamma.org", "stage": "lead", "title": "CTO", "custom": {"score": "99"}}),
+        json!({"name": "Dee", "phone": "+1 555 0100", "custom": {"score": true}}),
     ];
     for r in rows {
         ids.push(create(&s, &t, "contacts", r).await);
@@ -82,6 +82,10 @@ async fn every_operator_filters_as_documented() {
     assert_eq!(q("/contacts?tags=is:null").await, sorted(&[2, 3]));
     assert_eq!(q("/contacts?custom.score=gt:5").await, sorted(&[0]));
     assert_eq!(q("/contacts?custom.score=lte:10").await, sorted(&[0, 1]));
+    // Numeric comparisons take JSON numbers only: not "99", not true.
+    assert_eq!(q("/contacts?custom.score=gte:0").await, sorted(&[0, 1]));
+    assert_eq!(q("/contacts?custom.score=lt:2").await, sorted(&[]));
+    assert_eq!(q("/contacts?custom.score=99").await, sorted(&[2]));
     assert_eq!(q("/contacts?custom.src=web").await, sorted(&[0]));
     assert_eq!(q("/contacts?custom.src=is:null").await, sorted(&[1, 2, 3]));
     assert_eq!(

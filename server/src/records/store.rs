@@ -36,11 +36,6 @@ impl Sql {
         self.vals.push(v.into());
         self
     }
-    pub fn append(&mut self, other: Sql) -> &mut Self {
-        self.text.push_str(&other.text);
-        self.vals.extend(other.vals);
-        self
-    }
     pub fn stmt(self, backend: DatabaseBackend) -> sea_orm::Statement {
         stmt(backend, &self.text, self.vals)
     }
