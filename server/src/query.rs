@@ -505,6 +505,12 @@ pub fn list_sql(
     Ok(s)
 }
 
+/// Where a row of an ordered search (`SearchPlan::Ordered`) carries its
+/// search key: right after the record's [`columns`](crate::records::store::columns).
+pub fn search_key_at(def: &KindDef) -> usize {
+    def.fields.len() + 3
+}
+
 /// A search sorted by creation (SQLite): the FTS5 index yields its hits in
 /// search-key order, each joined to its row by the unique key index; the
 /// page ends after `limit` rows that are in the workspace and pass the

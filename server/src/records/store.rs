@@ -132,6 +132,17 @@ pub fn columns(def: &KindDef) -> String {
     cols.join(", ")
 }
 
+/// `SELECT` [`columns`] of one record by workspace and id.
+fn by_id_sql(def: &KindDef) -> String {
+    format!(
+        "SELECT {} FROM {} WHERE workspace_id = ? AND id = ?",
+        columns(def),
+        def.plural
+    )
+}
+
+/// A record by id inside a transaction; `for_update` locks its row on
+/// PostgreSQL (SQLite's single writer already excludes others).
 pub async fn get<C: ConnectionTrait>(
     db: &C,
     def: &KindDef,
@@ -140,16 +151,10 @@ pub async fn get<C: ConnectionTrait>(
     for_update: bool,
 ) -> AppResult<Option<Record>> {
     let backend = db.get_database_backend();
-    let lock = if for_update && backend == DatabaseBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT {} FROM {} WHERE workspace_id = ? AND id = ?{lock}",
-        columns(def),
-        def.plural
-    );
+    let mut sql = by_id_sql(def);
+    if for_update && backend == DatabaseBackend::Postgres {
+        sql.push_str(" FOR UPDATE");
+    }
     let row = db
         .query_one_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
         .await?;
@@ -158,13 +163,10 @@ pub async fn get<C: ConnectionTrait>(
 
 /// A record by id outside any transaction: the read path of `GET`.
 pub async fn read(db: &Db, def: &'static KindDef, ws: &str, id: &str) -> AppResult<Option<Record>> {
-    let sql = format!(
-        "SELECT {} FROM {} WHERE workspace_id = ? AND id = ?",
-        columns(def),
-        def.plural
-    );
     let mut rows = db
-        .read(&sql, vec![ws.into(), id.into()], move |r| from_row(def, r))
+        .read(&by_id_sql(def), vec![ws.into(), id.into()], move |r| {
+            from_row(def, r)
+        })
         .await?;
     Ok(rows.pop())
 }

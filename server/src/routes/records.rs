@@ -18,7 +18,8 @@ use crate::error::{AppError, AppResult};
 use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
 use crate::negotiate::Fmt;
 use crate::query::{
-    SearchPlan, list_sql, make_cursor, read_cursor, search_count_sql, search_ordered, search_plan,
+    SearchPlan, list_sql, make_cursor, read_cursor, search_count_sql, search_key_at,
+    search_ordered, search_plan,
 };
 use crate::records::kinds::FType;
 use crate::records::model::{self, Record, Val};
@@ -149,7 +150,7 @@ async fn list(
         search_plan(hits)
     };
     // Each row with its search key when the page follows the search index.
-    let key_at = ordered.then(|| def.fields.len() + 3);
+    let key_at = ordered.then(|| search_key_at(def));
     let mut rows = if hits == Some(0) {
         Vec::new()
     } else {
