@@ -18,6 +18,7 @@ mod m20261128_000003_oauth;
 mod m20261128_000004_filter_indexes;
 pub mod m20261129_000005_search_keys;
 pub mod m20261129_000006_ordered_search_keys;
+mod m20261129_000007_drop_stage_indexes;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_filter_indexes::Migration),
             Box::new(m20261129_000005_search_keys::Migration),
             Box::new(m20261129_000006_ordered_search_keys::Migration),
+            Box::new(m20261129_000007_drop_stage_indexes::Migration),
         ]
     }
 }
