@@ -119,7 +119,19 @@ impl Db {
         rows.iter().map(|r| map(r)).collect()
     }
 
+    /// Writers queued for the SQLite writer, and batches opened so far: for
+    /// tests that put writers in one batch.
+    #[cfg(test)]
+    pub(crate) fn writer_queue(&self) -> (usize, u64) {
+        (
+            self.writer.waiting.load(Ordering::SeqCst),
+            self.writer.next_id.load(Ordering::SeqCst),
+        )
+    }
+
     pub async fn close(self) -> Result<(), DbErr> {
+        // The pool's close waits for every connection to come back.
+        self.writer.slot.lock().await.spare.take();
         self.conn.close().await
     }
 }
@@ -216,7 +228,7 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
 /// savepoint: the one before it was released in the same call that opened it.
 #[derive(Default)]
 struct Writer {
-    slot: Arc<tokio::sync::Mutex<Option<Batch>>>,
+    slot: Arc<tokio::sync::Mutex<Lane>>,
     /// Writers (and committers) queued on `slot`.
     waiting: AtomicUsize,
     next_id: AtomicU64,
@@ -224,32 +236,66 @@ struct Writer {
 
 type SqliteConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
+/// What the writer slot guards: the open batch, if any, and between batches
+/// the connection the last batch ended cleanly on. Every batch runs on that
+/// one connection while it stays healthy: SQLite keeps a connection's page
+/// cache across transactions only while no other connection has written, so
+/// a batch on another pooled connection read every page it touched back
+/// from the OS (about 16 `pread` calls per create, measured).
+#[derive(Default)]
+struct Lane {
+    batch: Option<Batch>,
+    spare: Option<SqliteConn>,
+}
+
 /// An open group commit: a pooled connection inside `BEGIN IMMEDIATE` and
-/// `SAVEPOINT crmkit_batch`, driven with plain statements (not sqlx's
+/// `SAVEPOINT crmkit_batch` (from its first statement on), driven with plain statements (not sqlx's
 /// transaction, whose bookkeeping cannot survive SQLite ending the
 /// transaction on its own). Unless it ended cleanly, the connection is closed
 /// rather than returned to the pool in an unknown state.
 struct Batch {
-    /// Only the holder of the slot uses it; the lock lets `&self` calls reach it.
-    conn: tokio::sync::Mutex<SqliteConn>,
+    /// Only the holder of the slot uses it; the lock lets `&self` calls reach
+    /// it. Taken back into `Lane::spare` when the batch ends cleanly.
+    conn: tokio::sync::Mutex<Option<SqliteConn>>,
     ended_cleanly: bool,
     id: u64,
+    /// `BEGIN IMMEDIATE; SAVEPOINT crmkit_batch` was sent: it rides in front
+    /// of the batch's first statement, like a writer's savepoint.
+    begun: AtomicBool,
     poisoned: AtomicBool,
     /// A committed writer's savepoint is still on SQLite's stack.
     release_pending: AtomicBool,
     committer_queued: bool,
+    /// Committed writers' search-index statements, run in order just before
+    /// the batch commits (see [`WriteTx::defer`]).
+    deferred: Vec<Deferred>,
     done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Batch {
+    async fn conn(&self) -> tokio::sync::MappedMutexGuard<'_, SqliteConn> {
+        tokio::sync::MutexGuard::map(self.conn.lock().await, |c| {
+            c.as_mut()
+                .expect("a batch holds its connection until it ends")
+        })
+    }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if !self.ended_cleanly {
-            self.conn.get_mut().close_on_drop();
+        if let Some(conn) = self.conn.get_mut()
+            && !self.ended_cleanly
+        {
+            conn.close_on_drop();
         }
     }
 }
 
-type Slot = tokio::sync::OwnedMutexGuard<Option<Batch>>;
+type Slot = tokio::sync::OwnedMutexGuard<Lane>;
+
+/// A statement held back until its batch commits: SQL with `?` marks, and
+/// its values.
+type Deferred = (String, Vec<Value>);
 
 /// Counts a writer as queued while it waits for the slot (and stops counting
 /// it if it is cancelled while waiting).
@@ -277,23 +323,56 @@ impl Writer {
 
 /// Commits (or, when poisoned, rolls back) the open batch and tells its writers.
 async fn finish_batch(slot: &mut Slot) {
-    let Some(mut batch) = slot.take() else { return };
+    let Some(mut batch) = slot.batch.take() else {
+        return;
+    };
     let poisoned = batch.poisoned.load(Ordering::SeqCst);
-    let conn = batch.conn.get_mut();
+    let conn = batch
+        .conn
+        .get_mut()
+        .as_mut()
+        .expect("a batch holds its connection until it ends");
     // The batch's own savepoint is gone if SQLite ended the transaction on
     // an error (disk full, I/O): then RELEASE fails, COMMIT does not run,
     // and nothing of the batch may be reported kept.
+    let begun = batch.begun.load(Ordering::SeqCst);
     let result = if poisoned {
         Err("an earlier write in the same group commit failed; nothing of it was kept".to_string())
+    } else if !begun && batch.deferred.is_empty() {
+        // Nothing was sent: there is no transaction to end.
+        Ok(())
     } else {
-        sqlx::raw_sql("RELEASE crmkit_batch; COMMIT")
-            .execute(&mut **conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let mut text = String::new();
+        if !begun {
+            text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
+        }
+        let mut values = Vec::new();
+        for (sql, vals) in batch.deferred.drain(..) {
+            text.push_str(&sql);
+            text.push_str(";\n");
+            values.extend(vals);
+        }
+        text.push_str("RELEASE crmkit_batch; COMMIT");
+        let query = sqlx::query_with(
+            sqlx::AssertSqlSafe(text.as_str()),
+            SqlxValues(Values(values)),
+        );
+        // Drained to the end: every statement runs, and the first error
+        // stops the rest (COMMIT included).
+        let mut results = (&mut **conn).fetch_many(query);
+        let mut outcome = Ok(());
+        while let Some(item) = results.next().await {
+            if let Err(e) = item {
+                outcome = Err(e.to_string());
+                break;
+            }
+        }
+        drop(results);
+        outcome
     };
     if result.is_ok() {
         batch.ended_cleanly = true;
+        slot.spare = batch.conn.get_mut().take();
     } else {
         // The connection is closed after this in any case (`Drop`).
         sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await.ok();
@@ -305,7 +384,9 @@ async fn finish_batch(slot: &mut Slot) {
 /// one committer is queued behind the waiting writers. The COMMIT runs in a
 /// task of its own, so a request cancelled by its client cannot cut it short.
 fn leave_batch(writer: &Arc<Writer>, mut slot: Slot) {
-    let Some(batch) = slot.as_mut() else { return };
+    let Some(batch) = slot.batch.as_mut() else {
+        return;
+    };
     if writer.waiting.load(Ordering::SeqCst) == 0 {
         tokio::spawn(async move { finish_batch(&mut slot).await });
         return;
@@ -321,7 +402,7 @@ fn leave_batch(writer: &Arc<Writer>, mut slot: Slot) {
     // this committer finds its batch gone.
     tokio::spawn(async move {
         let mut slot = w.lock().await;
-        if slot.as_ref().is_some_and(|b| b.id == id) {
+        if slot.batch.as_ref().is_some_and(|b| b.id == id) {
             finish_batch(&mut slot).await;
         }
     });
@@ -329,7 +410,7 @@ fn leave_batch(writer: &Arc<Writer>, mut slot: Slot) {
 
 /// Marks the batch failed, saying why in the log.
 fn poison(slot: &Slot, why: &dyn std::fmt::Display) {
-    if let Some(b) = slot.as_ref() {
+    if let Some(b) = slot.batch.as_ref() {
         tracing::warn!(batch = b.id, "write batch will roll back: {why}");
         b.poisoned.store(true, Ordering::SeqCst);
     }
@@ -344,10 +425,10 @@ const SAVEPOINT_UNSURE: u8 = 2;
 
 /// Undoes a writer's work in the batch, leaving the batch as it was before.
 async fn rollback_savepoint(slot: &Slot, state: u8) -> Result<(), DbErr> {
-    match (state, slot.as_ref()) {
+    match (state, slot.batch.as_ref()) {
         (NO_SAVEPOINT, _) => Ok(()),
         (SAVEPOINT_OPEN, Some(batch)) => {
-            let mut conn = batch.conn.lock().await;
+            let mut conn = batch.conn().await;
             let r = sqlx::raw_sql("ROLLBACK TO crmkit_w; RELEASE crmkit_w")
                 .execute(&mut **conn)
                 .await;
@@ -381,6 +462,8 @@ pub struct WriteTx {
     pg: Option<DatabaseTransaction>,
     group: Option<(Arc<Writer>, Slot)>,
     savepoint: AtomicU8,
+    /// This writer's deferred statements; they join the batch on commit.
+    deferred: std::sync::Mutex<Vec<Deferred>>,
 }
 
 impl WriteTx {
@@ -390,10 +473,12 @@ impl WriteTx {
         if let Some(tx) = self.pg.take() {
             return tx.commit().await;
         }
-        let (writer, slot) = self.group.take().expect("open until commit or rollback");
-        let Some(batch) = slot.as_ref() else {
+        let (writer, mut slot) = self.group.take().expect("open until commit or rollback");
+        let Some(batch) = slot.batch.as_mut() else {
             return Err(DbErr::Custom("the write batch was lost".into()));
         };
+        let mine = std::mem::take(&mut *self.deferred.lock().expect("never poisoned"));
+        batch.deferred.extend(mine);
         let mut done = batch.done.subscribe();
         match self.savepoint.load(Ordering::SeqCst) {
             // Released by the next writer's first call, or by the batch's commit.
@@ -431,6 +516,29 @@ impl WriteTx {
         result
     }
 
+    /// Holds a statement back until the batch commits, on SQLite; runs it at
+    /// once on PostgreSQL. For SQLite's FTS5 search index: it writes its
+    /// pending entries out as a new segment whenever a savepoint opens after
+    /// a change, so each writer's savepoint made a segment (and merge work)
+    /// per write. Held back, a batch writes one. Deferred statements run in
+    /// the order their writers committed, after every writer of the batch,
+    /// and only for writers that committed; they must therefore carry their
+    /// own values (no reads of rows a later writer may change) and be right
+    /// whatever ran after them (see `records::store`). If one fails, the
+    /// whole batch fails and nothing of it is acknowledged.
+    pub async fn defer(&self, sql: String, values: Vec<Value>) -> Result<(), DbErr> {
+        if let Some(tx) = &self.pg {
+            tx.execute_raw(stmt(DatabaseBackend::Postgres, &sql, values))
+                .await?;
+            return Ok(());
+        }
+        self.deferred
+            .lock()
+            .expect("never poisoned")
+            .push((sql, values));
+        Ok(())
+    }
+
     /// Marks the batch failed when an error may have ended SQLite's transaction
     /// (anything but a constraint violation, which only aborts its statement).
     fn check<T>(&self, r: Result<T, DbErr>) -> Result<T, DbErr> {
@@ -447,7 +555,7 @@ impl WriteTx {
     async fn run(&self, sql: &str, values: Option<Values>) -> Result<Ran, sqlx::Error> {
         let lost = || sqlx::Error::Protocol("the write batch was lost".into());
         let (_, slot) = self.group.as_ref().ok_or_else(lost)?;
-        let batch = slot.as_ref().ok_or_else(lost)?;
+        let batch = slot.batch.as_ref().ok_or_else(lost)?;
         if batch.poisoned.load(Ordering::SeqCst) {
             return Err(sqlx::Error::Protocol(
                 "an earlier write in the same group commit failed; nothing of it will be kept"
@@ -456,9 +564,14 @@ impl WriteTx {
         }
         // Taken before the savepoint state changes, so nothing is marked
         // unsure by a call that never reached the connection.
-        let mut conn = batch.conn.lock().await;
+        let mut conn = batch.conn().await;
         let mut text = String::new();
         let mut skip = 0;
+        if !batch.begun.swap(true, Ordering::SeqCst) {
+            // Unsure from here until the call returns, as the savepoint below.
+            text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
+            skip += 2;
+        }
         if self.savepoint.load(Ordering::SeqCst) == NO_SAVEPOINT {
             if batch.release_pending.swap(false, Ordering::SeqCst) {
                 text.push_str("RELEASE crmkit_w; ");
@@ -588,9 +701,10 @@ impl ConnectionTrait for WriteTx {
 }
 
 /// Starts a write transaction. On SQLite: waits for the writer slot and opens
-/// the batch with `BEGIN IMMEDIATE` if none is open (the write lock taken up
-/// front, so no "database is locked" when a reader would upgrade); this
-/// writer's savepoint opens with its first statement.
+/// a batch if none is open, on the writer's connection. The batch's
+/// `BEGIN IMMEDIATE` (the write lock taken up front, so no "database is
+/// locked" when a reader would upgrade) and this writer's savepoint are sent
+/// with its first statement, in the same call.
 pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
     if db.get_database_backend() != DatabaseBackend::Sqlite {
         let tx = db.conn.begin().await?;
@@ -598,28 +712,28 @@ pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
             pg: Some(tx),
             group: None,
             savepoint: AtomicU8::new(NO_SAVEPOINT),
+            deferred: Default::default(),
         });
     }
     let writer = db.writer.clone();
     let mut slot = writer.lock().await;
-    if slot.is_none() {
-        let pool = db.conn.get_sqlite_connection_pool();
-        let mut conn = pool.acquire().await.map_err(exec_err)?;
-        let opened = sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch")
-            .execute(&mut *conn)
-            .await;
-        if let Err(e) = opened {
-            // BEGIN may have run: never hand this connection out again.
-            conn.close_on_drop();
-            return Err(exec_err(e));
-        }
-        *slot = Some(Batch {
-            conn: tokio::sync::Mutex::new(conn),
+    if slot.batch.is_none() {
+        let conn = match slot.spare.take() {
+            Some(conn) => conn,
+            None => {
+                let pool = db.conn.get_sqlite_connection_pool();
+                pool.acquire().await.map_err(exec_err)?
+            }
+        };
+        slot.batch = Some(Batch {
+            conn: tokio::sync::Mutex::new(Some(conn)),
             ended_cleanly: false,
             id: writer.next_id.fetch_add(1, Ordering::SeqCst),
+            begun: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             release_pending: AtomicBool::new(false),
             committer_queued: false,
+            deferred: Vec::new(),
             done: tokio::sync::watch::Sender::new(None),
         });
     }
@@ -627,6 +741,7 @@ pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
         pg: None,
         group: Some((writer, slot)),
         savepoint: AtomicU8::new(NO_SAVEPOINT),
+        deferred: Default::default(),
     })
 }
 
@@ -846,6 +961,112 @@ mod tests {
             db.writer.next_id.load(Ordering::SeqCst) - batch <= 2,
             "the writers shared batches"
         );
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// Deferred statements run after every writer of the batch, in the order
+    /// the writers committed, and only for writers that committed; one that
+    /// fails fails the whole batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_statements_run_last_for_committed_writers_in_order() {
+        let (db, path) = scratch_db().await;
+        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
+            .await
+            .unwrap();
+        let log = |k: &str| ("INSERT INTO log (k) VALUES (?)".to_string(), vec![k.into()]);
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        let (sql, vals) = log("a");
+        first.defer(sql, vals).await.unwrap();
+        let mut queued = Vec::new();
+        for (i, (k, keep)) in [("b", false), ("c", true), ("d", true)]
+            .into_iter()
+            .enumerate()
+        {
+            let db = db.clone();
+            queued.push(tokio::spawn(async move {
+                // Queue in this order behind `first`.
+                tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+                let tx = write_tx(&db).await.unwrap();
+                tx.execute_raw(insert(k)).await.unwrap();
+                let (sql, vals) = log(k);
+                tx.defer(sql, vals).await.unwrap();
+                if keep {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+            }));
+        }
+        while db.writer.waiting.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let batch = db.writer.next_id.load(Ordering::SeqCst);
+        first.commit().await.unwrap();
+        for q in queued {
+            q.await.unwrap();
+        }
+        assert_eq!(db.writer.next_id.load(Ordering::SeqCst), batch, "one batch");
+        let logged = db
+            .read("SELECT k FROM log ORDER BY n", vec![], |r| r.text(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            logged,
+            [Some("a".into()), Some("c".into()), Some("d".into())]
+        );
+
+        let failing = write_tx(&db).await.unwrap();
+        failing.execute_raw(insert("x")).await.unwrap();
+        failing
+            .defer("INSERT INTO missing VALUES (1)".into(), vec![])
+            .await
+            .unwrap();
+        assert!(
+            failing.commit().await.is_err(),
+            "nothing may be acknowledged"
+        );
+        assert_eq!(keys(&db).await, ["a", "c", "d"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// Batch after batch runs on one connection (its page cache stays warm):
+    /// a temporary table, private to the connection that made it, is still
+    /// there for the next batch. A failed batch's connection is not reused.
+    #[tokio::test]
+    async fn the_writer_keeps_its_connection_between_batches() {
+        let (db, path) = scratch_db().await;
+        let tx = write_tx(&db).await.unwrap();
+        tx.execute_unprepared("CREATE TEMP TABLE mark (x)")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        for i in 0..5 {
+            let tx = write_tx(&db).await.unwrap();
+            tx.execute_unprepared("INSERT INTO temp.mark VALUES (1)")
+                .await
+                .unwrap_or_else(|e| panic!("batch {i} ran on another connection: {e}"));
+            tx.commit().await.unwrap();
+        }
+        let broken = write_tx(&db).await.unwrap();
+        assert!(
+            broken
+                .execute_unprepared("SELECT * FROM missing")
+                .await
+                .is_err()
+        );
+        assert!(broken.commit().await.is_err());
+        let after = write_tx(&db).await.unwrap();
+        assert!(
+            after
+                .execute_unprepared("INSERT INTO temp.mark VALUES (1)")
+                .await
+                .is_err(),
+            "a failed batch's connection is closed, not reused"
+        );
+        after.rollback().await.unwrap();
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }

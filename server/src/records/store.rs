@@ -271,20 +271,6 @@ pub async fn create(
             vals,
         ));
 
-        // PostgreSQL needs no search entry: its trigram index is on an
-        // expression of the row.
-        if sqlite {
-            let mut vals: Vec<Value> = vec![key.into(), search_text(def, &r.fields).into()];
-            vals.extend(made_vals());
-            parts.push((
-                format!(
-                    "INSERT INTO {}_fts (rowid, body) SELECT ?, ? WHERE {made}",
-                    def.plural
-                ),
-                vals,
-            ));
-        }
-
         let counter = def.counter;
         let mut sql = format!(
             "UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {made} AND {counter} < CASE plan"
@@ -322,14 +308,19 @@ pub async fn create(
         if !steps.iter().any(|s| s == "slot") {
             return Err(cap_reached(db, def, ws, settings).await);
         }
+        // PostgreSQL needs no search entry: its trigram index is on an
+        // expression of the row.
+        if sqlite {
+            search_set(db, def, key, &r.fields).await?;
+        }
         return Ok(Created::Inserted);
     }
     Err(AppError::internal("no free search key after 8 ids"))
 }
 
 /// Writes every field of `fields` (the whole new state) to the record.
-pub async fn update<C: ConnectionTrait>(
-    db: &C,
+pub async fn update(
+    db: &WriteTx,
     def: &KindDef,
     ws: &str,
     id: &str,
@@ -349,32 +340,45 @@ pub async fn update<C: ConnectionTrait>(
     sets.push("updated_at = ?".into());
     vals.push(at.into());
     vals.extend([ws.into(), id.into()]);
-    let sql = format!(
+    let backend = db.get_database_backend();
+    let mut sql = format!(
         "UPDATE {} SET {} WHERE workspace_id = ? AND id = ?",
         def.plural,
         sets.join(", ")
     );
-    db.execute_raw(stmt(db.get_database_backend(), &sql, vals))
-        .await?;
-    search_replace(db, def, ws, id, fields).await
+    if backend != DatabaseBackend::Sqlite {
+        db.execute_raw(stmt(backend, &sql, vals)).await?;
+        return Ok(());
+    }
+    sql.push_str(" RETURNING search_key");
+    if let Some(row) = db.query_one_raw(stmt(backend, &sql, vals)).await? {
+        search_set(db, def, row.try_get("", "search_key")?, fields).await?;
+    }
+    Ok(())
 }
 
-pub async fn delete<C: ConnectionTrait>(
-    db: &C,
-    def: &KindDef,
-    ws: &str,
-    id: &str,
-) -> AppResult<bool> {
+pub async fn delete(db: &WriteTx, def: &KindDef, ws: &str, id: &str) -> AppResult<bool> {
     let backend = db.get_database_backend();
-    search_remove(db, def, ws, id).await?;
-    let sql = format!(
+    let mut sql = format!(
         "DELETE FROM {} WHERE workspace_id = ? AND id = ?",
         def.plural
     );
-    let res = db
-        .execute_raw(stmt(backend, &sql, vec![ws.into(), id.into()]))
-        .await?;
-    Ok(res.rows_affected() == 1)
+    let vals = vec![ws.into(), id.into()];
+    if backend != DatabaseBackend::Sqlite {
+        let res = db.execute_raw(stmt(backend, &sql, vals)).await?;
+        return Ok(res.rows_affected() == 1);
+    }
+    sql.push_str(" RETURNING search_key");
+    let Some(row) = db.query_one_raw(stmt(backend, &sql, vals)).await? else {
+        return Ok(false);
+    };
+    let key: i64 = row.try_get("", "search_key")?;
+    db.defer(
+        format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural),
+        vec![key.into()],
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Whether `id` names a record of `kind` in workspace `ws`.
@@ -465,44 +469,25 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
     parts.join(" ")
 }
 
-/// Runs one statement on SQLite's FTS5 index, in the caller's transaction.
-/// PostgreSQL needs nothing: its trigram index is on an expression of the row.
-async fn search_exec<C: ConnectionTrait>(db: &C, sql: &str, vals: Vec<Value>) -> AppResult<()> {
-    let backend = db.get_database_backend();
-    if backend == DatabaseBackend::Sqlite {
-        db.execute_raw(stmt(backend, sql, vals)).await?;
-    }
-    Ok(())
-}
-
-/// Replaces an existing record's searched text.
-async fn search_replace<C: ConnectionTrait>(
-    db: &C,
+/// Sets the searched text of the record whose search key is `key`, in
+/// SQLite's FTS5 index (PostgreSQL's trigram index is on an expression of
+/// the row and needs nothing). Held back until the batch commits
+/// ([`WriteTx::defer`]), so it names the key itself and writes only if the
+/// record still exists then: a later writer of the batch may have deleted it,
+/// alone or with its workspace, and removed its entry meanwhile.
+async fn search_set(
+    db: &WriteTx,
     def: &KindDef,
-    ws: &str,
-    id: &str,
+    key: i64,
     fields: &BTreeMap<&'static str, Val>,
 ) -> AppResult<()> {
     let sql = format!(
-        "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT search_key, ? FROM {t} WHERE workspace_id = ? AND id = ?",
+        "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM {t} WHERE search_key = ?)",
         t = def.plural
     );
-    let vals = vec![search_text(def, fields).into(), ws.into(), id.into()];
-    search_exec(db, &sql, vals).await
-}
-
-/// Drops a record from the search index; before the row is deleted.
-async fn search_remove<C: ConnectionTrait>(
-    db: &C,
-    def: &KindDef,
-    ws: &str,
-    id: &str,
-) -> AppResult<()> {
-    let sql = format!(
-        "DELETE FROM {t}_fts WHERE rowid = (SELECT search_key FROM {t} WHERE workspace_id = ? AND id = ?)",
-        t = def.plural
-    );
-    search_exec(db, &sql, vec![ws.into(), id.into()]).await
+    let vals = vec![key.into(), search_text(def, fields).into(), key.into()];
+    db.defer(sql, vals).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -600,6 +585,178 @@ mod tests {
                 .filter_map(|rest| rest.split(',').next())
                 .collect();
             assert_eq!(read, def.search, "{}", def.plural);
+        }
+    }
+
+    /// Search entries are written when the batch commits
+    /// ([`WriteTx::defer`]), after all of its writers. Creates, an update, a
+    /// delete, a rolled-back create and a workspace-wide delete, each made by
+    /// another writer of one batch, leave the index exactly as the rows are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn search_follows_writes_made_in_one_batch() {
+        use crate::records::kinds::CONTACT;
+        let path = std::env::temp_dir().join(format!(
+            "crmkit-search-{}.db",
+            crate::secrets::new_id(Kind::Audit)
+        ));
+        let settings = crate::config::Settings::resolve(&crate::config::ServeArgs {
+            database_url: Some(format!("sqlite://{}?mode=rwc", path.display())),
+            ..Default::default()
+        })
+        .unwrap();
+        let settings = std::sync::Arc::new(settings);
+        let db = crate::db::connect(&settings).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        for ws in ["w_one", "w_two"] {
+            db.execute_raw(stmt(
+                DatabaseBackend::Sqlite,
+                "INSERT INTO workspaces (id, name, created_by, created_at) VALUES (?, ?, 'u_x', ?)",
+                vec![ws.into(), ws.into(), Ts::now().into()],
+            ))
+            .await
+            .unwrap();
+        }
+        let record = |name: &str| Record {
+            id: crate::secrets::new_id(Kind::Contact),
+            fields: BTreeMap::from([("name", Val::Text(name.into()))]),
+            created_at: Ts::now(),
+            updated_at: Ts::now(),
+        };
+        let audit = |r: &Record| {
+            crate::routes::audit::entry("w_one", "u_x", "t", "contact.create", &r.id, None)
+        };
+        // Each step is one writer: (workspace, what, committed?).
+        enum Step {
+            Create(Record),
+            Rename(String, &'static str),
+            Delete(String),
+            DeleteWorkspace,
+        }
+        async fn run(
+            db: &Db,
+            settings: &crate::config::Settings,
+            ws: &str,
+            step: Step,
+            keep: bool,
+            audit: impl Fn(&Record) -> Sql,
+        ) {
+            let tx = crate::db::write_tx(db).await.unwrap();
+            match step {
+                Step::Create(mut r) => {
+                    let made = create(&tx, &CONTACT, ws, &mut r, settings, audit)
+                        .await
+                        .unwrap();
+                    assert_eq!(made, Created::Inserted);
+                }
+                Step::Rename(id, name) => {
+                    let fields = BTreeMap::from([("name", Val::Text(name.into()))]);
+                    update(&tx, &CONTACT, ws, &id, &fields, Ts::now())
+                        .await
+                        .unwrap();
+                }
+                Step::Delete(id) => assert!(delete(&tx, &CONTACT, ws, &id).await.unwrap()),
+                Step::DeleteWorkspace => {
+                    tx.execute_unprepared("DELETE FROM contacts_fts WHERE rowid IN (SELECT search_key FROM contacts WHERE workspace_id = 'w_two')")
+                        .await
+                        .unwrap();
+                    tx.execute_unprepared("DELETE FROM contacts WHERE workspace_id = 'w_two'")
+                        .await
+                        .unwrap();
+                }
+            }
+            if keep {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+        }
+
+        let alpha = record("Alpha");
+        let bravo = record("Bravo");
+        let (a, b) = (alpha.id.clone(), bravo.id.clone());
+        let first = crate::db::write_tx(&db).await.unwrap();
+        let mut r = alpha;
+        assert_eq!(
+            create(&first, &CONTACT, "w_one", &mut r, &settings, audit)
+                .await
+                .unwrap(),
+            Created::Inserted
+        );
+        let steps = vec![
+            ("w_one", Step::Create(bravo), true),
+            ("w_one", Step::Rename(a.clone(), "Alpine"), true),
+            ("w_one", Step::Create(record("Charlie")), false),
+            ("w_one", Step::Delete(b), true),
+            ("w_two", Step::Create(record("Delta")), true),
+            ("w_two", Step::DeleteWorkspace, true),
+            ("w_one", Step::Create(record("Echo")), true),
+        ];
+        let n = steps.len();
+        let mut queued = Vec::new();
+        for (i, (ws, step, keep)) in steps.into_iter().enumerate() {
+            let (db, settings) = (db.clone(), settings.clone());
+            queued.push(tokio::spawn(async move {
+                // Queue in this order behind `first`.
+                tokio::time::sleep(std::time::Duration::from_millis(20 * i as u64)).await;
+                run(&db, &settings, ws, step, keep, audit).await;
+            }));
+        }
+        while db.writer_queue().0 < n {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let batch = db.writer_queue().1;
+        first.commit().await.unwrap();
+        for q in queued {
+            q.await.unwrap();
+        }
+        assert_eq!(db.writer_queue().1, batch, "all in one batch");
+
+        // What the index holds for a word, with and without a row behind it.
+        let hits = |word: &str| {
+            let db = db.clone();
+            let word = word.to_string();
+            async move {
+                let entries = db
+                    .read(
+                        "SELECT rowid FROM contacts_fts WHERE contacts_fts MATCH ?",
+                        vec![word.clone().into()],
+                        |r| r.int(0),
+                    )
+                    .await
+                    .unwrap()
+                    .len();
+                let names = db
+                    .read(
+                        "SELECT c.name FROM contacts_fts JOIN contacts c ON c.search_key = contacts_fts.rowid WHERE contacts_fts MATCH ?",
+                        vec![word.into()],
+                        |r| r.text(0),
+                    )
+                    .await
+                    .unwrap();
+                (entries, names.into_iter().flatten().collect::<Vec<_>>())
+            }
+        };
+        assert_eq!(hits("alpine").await, (1, vec!["Alpine".to_string()]));
+        assert_eq!(
+            hits("alpha").await,
+            (0, vec![]),
+            "the rename replaced the entry"
+        );
+        assert_eq!(hits("bravo").await, (0, vec![]), "the delete removed it");
+        assert_eq!(
+            hits("charlie").await,
+            (0, vec![]),
+            "rolled back: never indexed"
+        );
+        assert_eq!(
+            hits("delta").await,
+            (0, vec![]),
+            "its workspace was deleted"
+        );
+        assert_eq!(hits("echo").await, (1, vec!["Echo".to_string()]));
+        db.close().await.unwrap();
+        for ext in ["", "-wal", "-shm"] {
+            std::fs::remove_file(format!("{}{ext}", path.display())).ok();
         }
     }
 }
