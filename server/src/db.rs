@@ -232,6 +232,20 @@ struct Writer {
     /// Writers (and committers) queued on `slot`.
     waiting: AtomicUsize,
     next_id: AtomicU64,
+    /// Self-contained writes waiting for a combiner (see [`submit`]).
+    jobs: std::sync::Mutex<Vec<Job>>,
+    /// A combiner task is spawned and has not yet taken the jobs.
+    combiner: AtomicBool,
+}
+
+/// How a batch ended, as its writers learn it.
+type Outcome = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
+/// A write that needs no decision between its statements (see [`submit`]).
+struct Job {
+    parts: Vec<(String, Vec<Value>)>,
+    deferred: Vec<Deferred>,
+    reply: tokio::sync::oneshot::Sender<Result<(Vec<SqliteRow>, Outcome), DbErr>>,
 }
 
 type SqliteConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
@@ -268,7 +282,7 @@ struct Batch {
     committer_queued: bool,
     /// Committed writers' search-index statements, run in order just before
     /// the batch commits (see [`WriteTx::defer`]).
-    deferred: Vec<Deferred>,
+    deferred: std::sync::Mutex<Vec<Deferred>>,
     done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
 }
 
@@ -321,6 +335,222 @@ impl Writer {
     }
 }
 
+/// Opens a batch on the writer's connection (or a pooled one) if none is open.
+async fn open_batch(
+    writer: &Writer,
+    pool: &sqlx::SqlitePool,
+    slot: &mut Slot,
+) -> Result<(), DbErr> {
+    if slot.batch.is_some() {
+        return Ok(());
+    }
+    let conn = match slot.spare.take() {
+        Some(conn) => conn,
+        None => pool.acquire().await.map_err(exec_err)?,
+    };
+    slot.batch = Some(Batch {
+        conn: tokio::sync::Mutex::new(Some(conn)),
+        ended_cleanly: false,
+        id: writer.next_id.fetch_add(1, Ordering::SeqCst),
+        begun: AtomicBool::new(false),
+        poisoned: AtomicBool::new(false),
+        release_pending: AtomicBool::new(false),
+        committer_queued: false,
+        deferred: Default::default(),
+        done: tokio::sync::watch::Sender::new(None),
+    });
+    Ok(())
+}
+
+/// Runs a self-contained write as one writer of a group commit and returns
+/// the rows its statements RETURN, once the batch holding it is committed.
+///
+/// A write made through [`write_tx`] holds the writer slot from its first
+/// statement to its commit, with a round trip to SQLite's driver thread
+/// (and back to the request's task) for each call in between; the next
+/// writer waits through all of it. A write whose statements need no decision
+/// between them, and which undoes nothing after they ran (each statement
+/// guards itself, like `store::create`'s script), can skip that: it is queued
+/// here, and one combiner task takes every queued write at once and sends
+/// them to SQLite in one call, each in a savepoint of its own
+/// (`SAVEPOINT crmkit_j; …; RELEASE crmkit_j`). A write whose statement fails
+/// on a constraint has its savepoint rolled back and gets the error; the
+/// writes after it go in the next call. Any other error fails the batch, as
+/// for [`WriteTx`]. `deferred` statements join the batch's (see
+/// [`WriteTx::defer`]) if the write's statements all ran. PostgreSQL runs
+/// the write in a transaction of its own.
+pub async fn submit(
+    db: &Db,
+    parts: Vec<(String, Vec<Value>)>,
+    deferred: Vec<Deferred>,
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    if db.get_database_backend() != DatabaseBackend::Sqlite {
+        let tx = write_tx(db).await?;
+        let rows = script(&tx, parts).await?;
+        for (sql, values) in deferred {
+            tx.defer(sql, values).await?;
+        }
+        tx.commit().await?;
+        return Ok(rows);
+    }
+    let writer = db.writer.clone();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    writer.jobs.lock().expect("never poisoned").push(Job {
+        parts,
+        deferred,
+        reply,
+    });
+    if !writer.combiner.swap(true, Ordering::SeqCst) {
+        let pool = db.conn.get_sqlite_connection_pool().clone();
+        tokio::spawn(combine(writer, pool));
+    }
+    let lost = || DbErr::Custom("the write batch was lost".into());
+    let (rows, mut done) = answer.await.map_err(|_| lost())??;
+    let outcome = done
+        .wait_for(Option::is_some)
+        .await
+        .map(|v| v.clone())
+        .ok()
+        .flatten();
+    match outcome {
+        Some(Ok(())) => Ok(rows.into_iter().map(Into::into).collect()),
+        Some(Err(e)) => Err(DbErr::Custom(format!("commit failed: {e}"))),
+        None => Err(lost()),
+    }
+}
+
+/// Takes every queued job and runs them in the open batch (see [`submit`]).
+async fn combine(writer: Arc<Writer>, pool: sqlx::SqlitePool) {
+    let mut slot = writer.lock().await;
+    // Jobs queued from here on spawn the next combiner.
+    writer.combiner.store(false, Ordering::SeqCst);
+    let jobs = std::mem::take(&mut *writer.jobs.lock().expect("never poisoned"));
+    if jobs.is_empty() {
+        // Taken by an earlier combiner; the batch is left as it was.
+        return;
+    }
+    let mut jobs = std::collections::VecDeque::from(jobs);
+    if let Err(e) = open_batch(&writer, &pool, &mut slot).await {
+        let why = e.to_string();
+        for job in jobs {
+            job.reply.send(Err(DbErr::Custom(why.clone()))).ok();
+        }
+        return;
+    }
+    while !jobs.is_empty() {
+        run_jobs(&slot, &mut jobs).await;
+    }
+    if writer.waiting.load(Ordering::SeqCst) == 0 {
+        // Nobody to join the batch: commit it from this task, no hop.
+        finish_batch(&mut slot).await;
+    } else {
+        leave_batch(&writer, slot);
+    }
+}
+
+/// Sends the queued jobs in one call. Every job the call finished is
+/// answered (and leaves `jobs`); so is the first one that failed, after its
+/// savepoint is rolled back. A failure outside any job, or one that may have
+/// ended the transaction, fails the batch and every job left.
+async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
+    let batch = slot.batch.as_ref().expect("opened by the combiner");
+    let fail_all = |jobs: &mut std::collections::VecDeque<Job>, why: &str| {
+        for job in jobs.drain(..) {
+            job.reply.send(Err(DbErr::Custom(why.to_string()))).ok();
+        }
+    };
+    if batch.poisoned.load(Ordering::SeqCst) {
+        fail_all(
+            jobs,
+            "an earlier write in the same group commit failed; nothing of it will be kept",
+        );
+        return;
+    }
+    let mut conn = batch.conn().await;
+    let mut text = String::new();
+    let mut values = Vec::new();
+    let mut prefix = 0;
+    if !batch.begun.swap(true, Ordering::SeqCst) {
+        text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
+        prefix += 2;
+    }
+    if batch.release_pending.swap(false, Ordering::SeqCst) {
+        text.push_str("RELEASE crmkit_w; ");
+        prefix += 1;
+    }
+    // Where each job's statements end, counted from the call's first.
+    let mut ends = Vec::with_capacity(jobs.len());
+    let mut n = prefix;
+    for job in jobs.iter() {
+        text.push_str("SAVEPOINT crmkit_j; ");
+        for (sql, vals) in &job.parts {
+            text.push_str(sql);
+            text.push_str(";\n");
+            values.extend(vals.iter().cloned());
+        }
+        text.push_str("RELEASE crmkit_j; ");
+        n += job.parts.len() + 2;
+        ends.push(n);
+    }
+    let query = sqlx::query_with(
+        sqlx::AssertSqlSafe(text.as_str()),
+        SqlxValues(Values(values)),
+    );
+    let mut results = (&mut **conn).fetch_many(query);
+    let mut finished = 0; // statements finished
+    let mut rows = Vec::new();
+    let mut failed = None;
+    while let Some(item) = results.next().await {
+        match item {
+            Ok(Either::Left(_)) => {
+                finished += 1;
+                if finished > prefix && ends.first() == Some(&finished) {
+                    // A whole job ran: its rows are its answer.
+                    ends.remove(0);
+                    let job = jobs.pop_front().expect("one job per end");
+                    answer(slot, job, std::mem::take(&mut rows));
+                }
+            }
+            Ok(Either::Right(row)) => rows.push(row),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(results);
+    let Some(e) = failed else { return };
+    let err = exec_err(e);
+    if finished < prefix || !statement_level(&err) {
+        poison(slot, &err);
+        fail_all(jobs, &err.to_string());
+        return;
+    }
+    // A constraint failed inside the first job left: undo it alone.
+    let undone = sqlx::raw_sql("ROLLBACK TO crmkit_j; RELEASE crmkit_j")
+        .execute(&mut **conn)
+        .await;
+    let job = jobs.pop_front().expect("the failing job");
+    job.reply.send(Err(err)).ok();
+    if let Err(e) = undone {
+        let e = exec_err(e);
+        poison(slot, &e);
+        fail_all(jobs, &e.to_string());
+    }
+}
+
+/// A job's statements all ran: its deferred statements join the batch and
+/// it learns its rows and how to hear the batch's outcome.
+fn answer(slot: &Slot, job: Job, rows: Vec<SqliteRow>) {
+    let batch = slot.batch.as_ref().expect("open while jobs run");
+    batch
+        .deferred
+        .lock()
+        .expect("never poisoned")
+        .extend(job.deferred);
+    job.reply.send(Ok((rows, batch.done.subscribe()))).ok();
+}
+
 /// Commits (or, when poisoned, rolls back) the open batch and tells its writers.
 async fn finish_batch(slot: &mut Slot) {
     let Some(mut batch) = slot.batch.take() else {
@@ -338,7 +568,7 @@ async fn finish_batch(slot: &mut Slot) {
     let begun = batch.begun.load(Ordering::SeqCst);
     let result = if poisoned {
         Err("an earlier write in the same group commit failed; nothing of it was kept".to_string())
-    } else if !begun && batch.deferred.is_empty() {
+    } else if !begun && batch.deferred.get_mut().expect("never poisoned").is_empty() {
         // Nothing was sent: there is no transaction to end.
         Ok(())
     } else {
@@ -347,7 +577,8 @@ async fn finish_batch(slot: &mut Slot) {
             text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
         }
         let mut values = Vec::new();
-        for (sql, vals) in batch.deferred.drain(..) {
+        let deferred = std::mem::take(batch.deferred.get_mut().expect("never poisoned"));
+        for (sql, vals) in deferred {
             text.push_str(&sql);
             text.push_str(";\n");
             values.extend(vals);
@@ -478,7 +709,11 @@ impl WriteTx {
             return Err(DbErr::Custom("the write batch was lost".into()));
         };
         let mine = std::mem::take(&mut *self.deferred.lock().expect("never poisoned"));
-        batch.deferred.extend(mine);
+        batch
+            .deferred
+            .get_mut()
+            .expect("never poisoned")
+            .extend(mine);
         let mut done = batch.done.subscribe();
         match self.savepoint.load(Ordering::SeqCst) {
             // Released by the next writer's first call, or by the batch's commit.
@@ -717,26 +952,7 @@ pub async fn write_tx(db: &Db) -> Result<WriteTx, DbErr> {
     }
     let writer = db.writer.clone();
     let mut slot = writer.lock().await;
-    if slot.batch.is_none() {
-        let conn = match slot.spare.take() {
-            Some(conn) => conn,
-            None => {
-                let pool = db.conn.get_sqlite_connection_pool();
-                pool.acquire().await.map_err(exec_err)?
-            }
-        };
-        slot.batch = Some(Batch {
-            conn: tokio::sync::Mutex::new(Some(conn)),
-            ended_cleanly: false,
-            id: writer.next_id.fetch_add(1, Ordering::SeqCst),
-            begun: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
-            release_pending: AtomicBool::new(false),
-            committer_queued: false,
-            deferred: Vec::new(),
-            done: tokio::sync::watch::Sender::new(None),
-        });
-    }
+    open_batch(&writer, db.conn.get_sqlite_connection_pool(), &mut slot).await?;
     Ok(WriteTx {
         pg: None,
         group: Some((writer, slot)),
@@ -1028,6 +1244,110 @@ mod tests {
             "nothing may be acknowledged"
         );
         assert_eq!(keys(&db).await, ["a", "c", "d"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// Submitted writes queued together go to SQLite in one call, inside the
+    /// batch of the writer they waited for, each keeping its own outcome: one
+    /// whose statement breaks a constraint gets the error and keeps nothing
+    /// (not even its statements before that one), and the ones after it still
+    /// run. Deferred statements come with the writes that ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submitted_writes_join_one_batch_and_keep_their_own_outcomes() {
+        let (db, path) = scratch_db().await;
+        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
+            .await
+            .unwrap();
+        let put = |k: &str| {
+            (
+                format!("INSERT INTO t (k) VALUES ('{k}') RETURNING k"),
+                vec![],
+            )
+        };
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        let jobs = [
+            (vec![put("j1")], vec![]),
+            (vec![put("j2"), put("a")], vec![]),
+            (
+                vec![put("j3")],
+                vec![("INSERT INTO log (k) VALUES ('j3')".to_string(), vec![])],
+            ),
+        ];
+        let mut answers = Vec::new();
+        for (i, (parts, deferred)) in jobs.into_iter().enumerate() {
+            let db = db.clone();
+            answers.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+                submit(&db, parts, deferred).await
+            }));
+        }
+        while db.writer.jobs.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let batch = db.writer.next_id.load(Ordering::SeqCst);
+        first.commit().await.unwrap();
+        let mut got = Vec::new();
+        for a in answers {
+            got.push(a.await.unwrap());
+        }
+        let returned = |r: &Result<Vec<sea_orm::QueryResult>, DbErr>| -> Vec<String> {
+            r.as_ref()
+                .unwrap()
+                .iter()
+                .map(|row| row.try_get("", "k").unwrap())
+                .collect()
+        };
+        assert_eq!(returned(&got[0]), ["j1"]);
+        assert!(is_unique_violation(got[1].as_ref().unwrap_err()));
+        assert_eq!(returned(&got[2]), ["j3"]);
+        assert_eq!(keys(&db).await, ["a", "j1", "j3"]);
+        let logged = db
+            .read("SELECT k FROM log", vec![], |r| r.text(0))
+            .await
+            .unwrap();
+        assert_eq!(logged, [Some("j3".into())]);
+        assert_eq!(db.writer.next_id.load(Ordering::SeqCst), batch, "one batch");
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// A submitted write that fails other than on a constraint fails its
+    /// whole batch: no write of it is acknowledged or kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_submitted_write_fails_its_batch() {
+        let (db, path) = scratch_db().await;
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        let mut answers = Vec::new();
+        for (i, sql) in ["INSERT INTO t (k) VALUES ('b')", "SELECT * FROM missing"]
+            .into_iter()
+            .enumerate()
+        {
+            let db = db.clone();
+            answers.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+                submit(&db, vec![(sql.to_string(), vec![])], vec![]).await
+            }));
+        }
+        while db.writer.jobs.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(first.commit().await.is_err(), "nothing may be acknowledged");
+        for a in answers {
+            assert!(a.await.unwrap().is_err(), "nothing may be acknowledged");
+        }
+        assert!(keys(&db).await.is_empty());
+        // The writer goes on with a fresh batch.
+        submit(
+            &db,
+            vec![("INSERT INTO t (k) VALUES ('c')".into(), vec![])],
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(keys(&db).await, ["c"]);
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }

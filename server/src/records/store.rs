@@ -208,19 +208,162 @@ pub enum Created {
     KeyTaken,
 }
 
-/// Creates a record and everything that goes with it, in the caller's
-/// transaction: its search-index entry (SQLite), its plan slot and its audit
-/// entry (`audit` makes its `INSERT … SELECT`, without a WHERE, for the record
-/// as finally inserted: a search-key collision changes its id). With an upsert key a
-/// taken key writes nothing (`INSERT … ON CONFLICT DO NOTHING`), so racing
-/// creates of one email make exactly one row.
+/// The statements that create a record and everything that goes with it:
+/// its plan slot, its audit entry (`audit` makes its `INSERT … SELECT`,
+/// without a WHERE, for the record as finally inserted: a search-key
+/// collision changes its id) and, on SQLite, its search entry (deferred, see
+/// [`WriteTx::defer`]).
 ///
-/// The statements are one script ([`crate::db::script`]: on SQLite a single
-/// call to the database). Each statement after the row's INSERT acts only if
-/// that INSERT made the row (`EXISTS` on its fresh id), and RETURNING rows say
-/// what happened. The plan slot is an UPDATE that matches no row when the cap
-/// is reached (the configured plans' caps are a CASE over `workspaces.plan`),
-/// so the caller's rollback gives nothing away.
+/// Each statement guards itself, so the script never needs undoing:
+/// - the first returns a `full` row if the workspace's plan has no room
+///   (the configured plans' caps are a CASE over `workspaces.plan`) and the
+///   upsert key, if any, is free (a taken key is an update, not a create);
+/// - the row's INSERT runs only if there is room, and with an upsert key a
+///   taken key writes nothing (`ON CONFLICT DO NOTHING`), so racing creates
+///   of one email make exactly one row; it returns a `row` row if it wrote;
+/// - every statement after it acts only if it made the row (`EXISTS` on its
+///   fresh id), as does the search entry; the plan slot's UPDATE checks the
+///   room again and returns a `slot` row.
+///
+/// On SQLite the script runs alone, so a `row` always comes with its `slot`.
+/// On PostgreSQL, under read committed, concurrent creates can all pass the
+/// INSERT's check; the UPDATE waits for the row lock and re-checks, and a
+/// `row` without a `slot` must be rolled back by the caller.
+struct CreateScript {
+    parts: Vec<(String, Vec<Value>)>,
+    deferred: Vec<(String, Vec<Value>)>,
+}
+
+fn create_script(
+    backend: DatabaseBackend,
+    def: &KindDef,
+    ws: &str,
+    r: &Record,
+    settings: &crate::config::Settings,
+    audit: &impl Fn(&Record) -> Sql,
+) -> CreateScript {
+    let sqlite = backend == DatabaseBackend::Sqlite;
+    let made = format!(
+        "EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND id = ?)",
+        def.plural
+    );
+    let made_vals = || -> Vec<Value> { vec![ws.into(), r.id.clone().into()] };
+    let counter = def.counter;
+    // `{counter} < cap`, the cap by plan.
+    let mut room = format!("{counter} < CASE plan");
+    let mut room_vals: Vec<Value> = Vec::new();
+    for (name, plan) in &settings.plans {
+        room.push_str(" WHEN ? THEN ?");
+        room_vals.push(name.clone().into());
+        room_vals.push((def.cap)(plan).into());
+    }
+    room.push_str(" ELSE ? END");
+    room_vals.push((def.cap)(&settings.plan("default")).into());
+
+    let mut parts = Vec::new();
+    let mut vals: Vec<Value> = vec![ws.into()];
+    vals.extend(room_vals.iter().cloned());
+    // A taken upsert key makes this an update, which needs no room.
+    let mut key_free = String::new();
+    if let Some(col) = unique_column(def) {
+        key_free = format!(
+            " AND NOT EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND {col} = ?)",
+            def.plural
+        );
+        vals.extend([ws.into(), unique_key(def, &r.fields).into()]);
+    }
+    parts.push((
+        format!("SELECT 'full' AS step FROM workspaces WHERE id = ? AND NOT ({room}){key_free}"),
+        vals,
+    ));
+
+    let mut cols = vec!["workspace_id", "id"];
+    let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
+    for f in def.fields {
+        cols.push(f.name);
+        vals.push(db_value(f, r.get(f.name)));
+    }
+    if def.upsert_key == Some("email") {
+        cols.push("email_key");
+        vals.push(unique_key(def, &r.fields).into());
+    }
+    cols.extend(["created_at", "updated_at"]);
+    vals.extend([r.created_at.into(), r.updated_at.into()]);
+    let key = search_key(r);
+    if sqlite {
+        cols.push("search_key");
+        vals.push(key.into());
+    }
+    vals.push(ws.into());
+    vals.extend(room_vals.iter().cloned());
+    let conflict = match unique_column(def) {
+        Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
+        None => String::new(),
+    };
+    parts.push((
+        format!(
+            "INSERT INTO {} ({}) SELECT {} WHERE EXISTS (SELECT 1 FROM workspaces WHERE id = ? AND {room}){conflict} RETURNING 'row' AS step",
+            def.plural,
+            cols.join(", "),
+            vec!["?"; cols.len()].join(", ")
+        ),
+        vals,
+    ));
+
+    // The room is checked again here, on the row this UPDATE locks: on
+    // PostgreSQL concurrent creates may all have seen room above, and the
+    // ones that find none here are rolled back by the caller.
+    let mut vals: Vec<Value> = vec![ws.into()];
+    vals.extend(made_vals());
+    vals.extend(room_vals);
+    parts.push((
+        format!(
+            "UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {made} AND {room} RETURNING 'slot' AS step"
+        ),
+        vals,
+    ));
+
+    let entry = audit(r);
+    let mut vals = entry.vals;
+    vals.extend(made_vals());
+    parts.push((format!("{} WHERE {made}", entry.text), vals));
+
+    // PostgreSQL needs no search entry: its trigram index is on an
+    // expression of the row.
+    let deferred = if sqlite {
+        vec![search_set_sql(def, key, &r.fields)]
+    } else {
+        Vec::new()
+    };
+    CreateScript { parts, deferred }
+}
+
+/// What a create script's rows say: `None` when the plan has no room (and
+/// whatever the script wrote must be rolled back).
+fn create_outcome(rows: &[sea_orm::QueryResult]) -> AppResult<Option<Created>> {
+    let mut steps = Vec::new();
+    for row in rows {
+        steps.push(row.try_get::<String>("", "step")?);
+    }
+    let has = |step: &str| steps.iter().any(|s| s == step);
+    Ok(if has("row") && has("slot") {
+        Some(Created::Inserted)
+    } else if has("row") || has("full") {
+        None
+    } else {
+        Some(Created::KeyTaken)
+    })
+}
+
+/// On SQLite the search key must be unique in the table; a collision (same
+/// microsecond, same top 8 bits of the id) takes another id.
+fn search_key_taken(backend: DatabaseBackend, e: &sea_orm::DbErr) -> bool {
+    backend == DatabaseBackend::Sqlite && e.to_string().contains(".search_key")
+}
+
+/// Creates a record and everything that goes with it (see
+/// [`create_script`]) in the caller's transaction, as one script
+/// ([`crate::db::script`]: on SQLite a single call to the database).
 pub async fn create(
     db: &WriteTx,
     def: &KindDef,
@@ -229,91 +372,67 @@ pub async fn create(
     settings: &crate::config::Settings,
     audit: impl Fn(&Record) -> Sql,
 ) -> AppResult<Created> {
-    let sqlite = db.get_database_backend() == DatabaseBackend::Sqlite;
-    let made = format!(
-        "EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND id = ?)",
-        def.plural
-    );
-    // On SQLite the search key must be unique in the table; a collision
-    // (same microsecond, same top 8 bits of the id) takes another id.
+    let backend = db.get_database_backend();
     for _ in 0..8 {
-        let made_vals = || -> Vec<Value> { vec![ws.into(), r.id.clone().into()] };
-        let mut parts = Vec::new();
-
-        let mut cols = vec!["workspace_id", "id"];
-        let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
-        for f in def.fields {
-            cols.push(f.name);
-            vals.push(db_value(f, r.get(f.name)));
-        }
-        if def.upsert_key == Some("email") {
-            cols.push("email_key");
-            vals.push(unique_key(def, &r.fields).into());
-        }
-        cols.extend(["created_at", "updated_at"]);
-        vals.extend([r.created_at.into(), r.updated_at.into()]);
-        let key = search_key(r);
-        if sqlite {
-            cols.push("search_key");
-            vals.push(key.into());
-        }
-        let conflict = match unique_column(def) {
-            Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
-            None => String::new(),
-        };
-        parts.push((
-            format!(
-                "INSERT INTO {} ({}) VALUES ({}){conflict} RETURNING 'row' AS step",
-                def.plural,
-                cols.join(", "),
-                vec!["?"; cols.len()].join(", ")
-            ),
-            vals,
-        ));
-
-        let counter = def.counter;
-        let mut sql = format!(
-            "UPDATE workspaces SET {counter} = {counter} + 1 WHERE id = ? AND {made} AND {counter} < CASE plan"
-        );
-        let mut vals: Vec<Value> = vec![ws.into()];
-        vals.extend(made_vals());
-        for (name, plan) in &settings.plans {
-            sql.push_str(" WHEN ? THEN ?");
-            vals.push(name.clone().into());
-            vals.push((def.cap)(plan).into());
-        }
-        sql.push_str(" ELSE ? END RETURNING 'slot' AS step");
-        vals.push((def.cap)(&settings.plan("default")).into());
-        parts.push((sql, vals));
-
-        let entry = audit(r);
-        let mut vals = entry.vals;
-        vals.extend(made_vals());
-        parts.push((format!("{} WHERE {made}", entry.text), vals));
-
-        let rows = match crate::db::script(db, parts).await {
-            Err(e) if sqlite && e.to_string().contains(".search_key") => {
+        let script = create_script(backend, def, ws, r, settings, &audit);
+        let rows = match crate::db::script(db, script.parts).await {
+            Err(e) if search_key_taken(backend, &e) => {
                 r.id = crate::secrets::new_id(def.kind);
                 continue;
             }
             rows => rows?,
         };
-        let mut steps = Vec::new();
-        for row in &rows {
-            steps.push(row.try_get::<String>("", "step")?);
-        }
-        if !steps.iter().any(|s| s == "row") {
-            return Ok(Created::KeyTaken);
-        }
-        if !steps.iter().any(|s| s == "slot") {
+        let Some(created) = create_outcome(&rows)? else {
             return Err(cap_reached(db, def, ws, settings).await);
+        };
+        if created == Created::Inserted {
+            for (sql, vals) in script.deferred {
+                db.defer(sql, vals).await?;
+            }
         }
-        // PostgreSQL needs no search entry: its trigram index is on an
-        // expression of the row.
-        if sqlite {
-            search_set(db, def, key, &r.fields).await?;
+        return Ok(created);
+    }
+    Err(AppError::internal("no free search key after 8 ids"))
+}
+
+/// [`create`] as a write of its own, answered once durable. On SQLite the
+/// script needs no decision between its statements, so it joins the group
+/// commit without holding the writer between them ([`crate::db::submit`]);
+/// on PostgreSQL it runs in a transaction of its own. `KeyTaken` wrote
+/// nothing; the caller merges into the record holding the key in a
+/// transaction of its own.
+pub async fn create_now(
+    db: &Db,
+    def: &KindDef,
+    ws: &str,
+    r: &mut Record,
+    settings: &crate::config::Settings,
+    audit: impl Fn(&Record) -> Sql,
+) -> AppResult<Created> {
+    let backend = db.get_database_backend();
+    if backend != DatabaseBackend::Sqlite {
+        // A create refused by the cap may have written its row: it needs a
+        // transaction it can roll back.
+        let tx = crate::db::write_tx(db).await?;
+        let created = create(&tx, def, ws, r, settings, audit).await?;
+        if created == Created::Inserted {
+            tx.commit().await?;
         }
-        return Ok(Created::Inserted);
+        return Ok(created);
+    }
+    for _ in 0..8 {
+        let script = create_script(backend, def, ws, r, settings, &audit);
+        let rows = match crate::db::submit(db, script.parts, script.deferred).await {
+            Err(e) if search_key_taken(backend, &e) => {
+                r.id = crate::secrets::new_id(def.kind);
+                continue;
+            }
+            rows => rows?,
+        };
+        return match create_outcome(&rows)? {
+            Some(created) => Ok(created),
+            None => Err(cap_reached(db, def, ws, settings).await),
+        };
     }
     Err(AppError::internal("no free search key after 8 ids"))
 }
@@ -352,7 +471,8 @@ pub async fn update(
     }
     sql.push_str(" RETURNING search_key");
     if let Some(row) = db.query_one_raw(stmt(backend, &sql, vals)).await? {
-        search_set(db, def, row.try_get("", "search_key")?, fields).await?;
+        let (sql, vals) = search_set_sql(def, row.try_get("", "search_key")?, fields);
+        db.defer(sql, vals).await?;
     }
     Ok(())
 }
@@ -469,25 +589,26 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
     parts.join(" ")
 }
 
-/// Sets the searched text of the record whose search key is `key`, in
-/// SQLite's FTS5 index (PostgreSQL's trigram index is on an expression of
-/// the row and needs nothing). Held back until the batch commits
-/// ([`WriteTx::defer`]), so it names the key itself and writes only if the
-/// record still exists then: a later writer of the batch may have deleted it,
-/// alone or with its workspace, and removed its entry meanwhile.
-async fn search_set(
-    db: &WriteTx,
+/// The statement that sets the searched text of the record whose search
+/// key is `key`, in SQLite's FTS5 index (PostgreSQL's trigram index is on an
+/// expression of the row and needs nothing). It is held back until the
+/// batch commits ([`WriteTx::defer`]), so it names the key itself and writes
+/// only if the record still exists then: a later writer of the batch may
+/// have deleted it, alone or with its workspace, and removed its entry
+/// meanwhile.
+fn search_set_sql(
     def: &KindDef,
     key: i64,
     fields: &BTreeMap<&'static str, Val>,
-) -> AppResult<()> {
+) -> (String, Vec<Value>) {
     let sql = format!(
         "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM {t} WHERE search_key = ?)",
         t = def.plural
     );
-    let vals = vec![key.into(), search_text(def, fields).into(), key.into()];
-    db.defer(sql, vals).await?;
-    Ok(())
+    (
+        sql,
+        vec![key.into(), search_text(def, fields).into(), key.into()],
+    )
 }
 
 #[cfg(test)]

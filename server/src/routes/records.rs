@@ -312,8 +312,6 @@ async fn create(
     let fields = model::with_defaults(def, model::apply(None, &changes));
     check_whole(def, &fields)?;
     let ws = caller.workspace_id.as_str();
-    let tx = write_tx(&state.db).await?;
-    check_refs(&tx, ws, &changes).await?;
     let mut fresh = Record {
         id: secrets::new_id(def.kind),
         fields,
@@ -332,7 +330,26 @@ async fn create(
             changes_json(model::diff(def, None, &r.fields)),
         )
     };
-    let created = store::create(&tx, def, ws, &mut fresh, &state.settings, audit).await?;
+    let refs = changes.iter().any(|(f, _)| matches!(f.ty, FType::Ref(_)));
+    if !refs {
+        // Nothing to check first: the create goes to the database as one
+        // self-contained write.
+        let created =
+            store::create_now(&state.db, def, ws, &mut fresh, &state.settings, &audit).await?;
+        if created == store::Created::Inserted {
+            return Ok(record_reply(
+                fmt,
+                def,
+                &fresh,
+                StatusCode::CREATED,
+                "created",
+                &[],
+            ));
+        }
+    }
+    let tx = write_tx(&state.db).await?;
+    check_refs(&tx, ws, &changes).await?;
+    let created = store::create(&tx, def, ws, &mut fresh, &state.settings, &audit).await?;
     if created == store::Created::Inserted {
         tx.commit().await?;
         return Ok(record_reply(
