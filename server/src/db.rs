@@ -1123,6 +1123,13 @@ mod tests {
         rows.iter().map(|r| r.try_get("", "k").unwrap()).collect()
     }
 
+    /// A table `log (n, k)` whose `n` gives the order rows were written in.
+    async fn make_log(db: &Db) {
+        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
+            .await
+            .unwrap();
+    }
+
     fn insert(k: &str) -> Statement {
         Statement::from_sql_and_values(
             DatabaseBackend::Sqlite,
@@ -1187,9 +1194,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deferred_statements_run_last_for_committed_writers_in_order() {
         let (db, path) = scratch_db().await;
-        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
-            .await
-            .unwrap();
+        make_log(&db).await;
         let log = |k: &str| ("INSERT INTO log (k) VALUES (?)".to_string(), vec![k.into()]);
         let first = write_tx(&db).await.unwrap();
         first.execute_raw(insert("a")).await.unwrap();
@@ -1256,9 +1261,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn submitted_writes_join_one_batch_and_keep_their_own_outcomes() {
         let (db, path) = scratch_db().await;
-        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
-            .await
-            .unwrap();
+        make_log(&db).await;
         let put = |k: &str| {
             (
                 format!("INSERT INTO t (k) VALUES ('{k}') RETURNING k"),

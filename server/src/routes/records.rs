@@ -331,27 +331,28 @@ async fn create(
         )
     };
     let refs = changes.iter().any(|(f, _)| matches!(f.ty, FType::Ref(_)));
-    if !refs {
-        // Nothing to check first: the create goes to the database as one
-        // self-contained write.
-        let created =
-            store::create_now(&state.db, def, ws, &mut fresh, &state.settings, &audit).await?;
-        if created == store::Created::Inserted {
-            return Ok(record_reply(
-                fmt,
-                def,
-                &fresh,
-                StatusCode::CREATED,
-                "created",
-                &[],
-            ));
+    // Nothing to check first: the create goes to the database as one
+    // self-contained write. Otherwise, or when the upsert key is taken (the
+    // merge below needs a transaction), it runs in a transaction.
+    let quick = if refs {
+        None
+    } else {
+        Some(store::create_now(&state.db, def, ws, &mut fresh, &state.settings, &audit).await?)
+    };
+    let tx = if quick == Some(store::Created::Inserted) {
+        None
+    } else {
+        let tx = write_tx(&state.db).await?;
+        check_refs(&tx, ws, &changes).await?;
+        match store::create(&tx, def, ws, &mut fresh, &state.settings, &audit).await? {
+            store::Created::Inserted => {
+                tx.commit().await?;
+                None
+            }
+            store::Created::KeyTaken => Some(tx),
         }
-    }
-    let tx = write_tx(&state.db).await?;
-    check_refs(&tx, ws, &changes).await?;
-    let created = store::create(&tx, def, ws, &mut fresh, &state.settings, &audit).await?;
-    if created == store::Created::Inserted {
-        tx.commit().await?;
+    };
+    let Some(tx) = tx else {
         return Ok(record_reply(
             fmt,
             def,
@@ -360,7 +361,7 @@ async fn create(
             "created",
             &[],
         ));
-    }
+    };
 
     // The upsert key is taken: merge what was sent into that record.
     let key = store::unique_key(def, &fresh.fields).unwrap_or_default();
