@@ -362,7 +362,8 @@ async fn open_batch(
     Ok(())
 }
 
-/// Runs a self-contained write as one writer of a group commit and returns
+/// Runs a self-contained write (each part exactly one statement) as one
+/// writer of a group commit and returns
 /// the rows its statements RETURN, once the batch holding it is committed.
 ///
 /// A write made through [`write_tx`] holds the writer slot from its first
@@ -519,7 +520,19 @@ async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
         }
     }
     drop(results);
-    let Some(e) = failed else { return };
+    let Some(e) = failed else {
+        if finished != n || !jobs.is_empty() {
+            // The call ran another number of statements than it holds parts:
+            // a part was not exactly one statement (an empty one is skipped,
+            // two count as two), so rows and outcomes may belong to another
+            // write. Nothing of the batch may be kept (the writes answered
+            // already learn it from the batch), and nothing is sent again.
+            let why = "a submitted write was not one statement per part";
+            poison(slot, &why);
+            fail_all(jobs, why);
+        }
+        return;
+    };
     let err = exec_err(e);
     if finished < prefix || !statement_level(&err) {
         poison(slot, &err);
@@ -1351,6 +1364,32 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(keys(&db).await, ["c"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    /// A submitted part that is not exactly one statement cannot be told
+    /// apart from the next: the write fails, and so does its batch, rather
+    /// than any of it being sent twice or kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submitted_part_must_be_one_statement() {
+        let (db, path) = scratch_db().await;
+        for parts in [
+            vec![
+                ("INSERT INTO t (k) VALUES ('x')".to_string(), vec![]),
+                (" ".to_string(), vec![]),
+            ],
+            vec![(
+                "INSERT INTO t (k) VALUES ('y'); INSERT INTO t (k) VALUES ('z')".to_string(),
+                vec![],
+            )],
+        ] {
+            let r = tokio::time::timeout(Duration::from_secs(10), submit(&db, parts, vec![]))
+                .await
+                .expect("answered, not sent again and again");
+            assert!(r.is_err());
+        }
+        assert!(keys(&db).await.is_empty());
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }
