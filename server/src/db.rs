@@ -287,6 +287,16 @@ struct Batch {
 }
 
 impl Batch {
+    /// [`OPEN_BATCH`] and its number of statements if this call is the
+    /// batch's first (marking it sent), else nothing.
+    fn opening(&self) -> (&'static str, usize) {
+        if self.begun.swap(true, Ordering::SeqCst) {
+            ("", 0)
+        } else {
+            (OPEN_BATCH, 2)
+        }
+    }
+
     async fn conn(&self) -> tokio::sync::MappedMutexGuard<'_, SqliteConn> {
         tokio::sync::MutexGuard::map(self.conn.lock().await, |c| {
             c.as_mut()
@@ -310,6 +320,42 @@ type Slot = tokio::sync::OwnedMutexGuard<Lane>;
 /// A statement held back until its batch commits: SQL with `?` marks, and
 /// its values.
 type Deferred = (String, Vec<Value>);
+
+/// What opens a batch's transaction; sent in front of its first statement.
+const OPEN_BATCH: &str = "BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ";
+
+const BATCH_FAILED: &str =
+    "an earlier write in the same group commit failed; nothing of it will be kept";
+
+/// Appends one statement to a multi-statement call and its values to the
+/// call's (they bind in order).
+fn push_statement(text: &mut String, values: &mut Vec<Value>, sql: &str, vals: &[Value]) {
+    text.push_str(sql);
+    text.push_str(";\n");
+    values.extend(vals.iter().cloned());
+}
+
+/// Waits for the batch's COMMIT and says how it went.
+async fn batch_outcome(mut done: Outcome) -> Result<(), DbErr> {
+    let outcome = done
+        .wait_for(Option::is_some)
+        .await
+        .map(|v| v.clone())
+        .ok()
+        .flatten();
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(DbErr::Custom(format!("commit failed: {e}"))),
+        None => Err(DbErr::Custom("the write batch was lost".into())),
+    }
+}
+
+/// Answers every job left with the same error.
+fn fail_jobs(jobs: impl IntoIterator<Item = Job>, why: &str) {
+    for job in jobs {
+        job.reply.send(Err(DbErr::Custom(why.to_string()))).ok();
+    }
+}
 
 /// Counts a writer as queued while it waits for the slot (and stops counting
 /// it if it is cancelled while waiting).
@@ -378,21 +424,20 @@ async fn open_batch(
 /// on a constraint has its savepoint rolled back and gets the error; the
 /// writes after it go in the next call. Any other error fails the batch, as
 /// for [`WriteTx`]. `deferred` statements join the batch's (see
-/// [`WriteTx::defer`]) if the write's statements all ran. PostgreSQL runs
-/// the write in a transaction of its own.
+/// [`WriteTx::defer`]) if the write's statements all ran.
+///
+/// SQLite only: on PostgreSQL writes run concurrently and a self-guarding
+/// script is not enough (see `store::create_script`), so writes there take
+/// a [`write_tx`].
 pub async fn submit(
     db: &Db,
     parts: Vec<(String, Vec<Value>)>,
     deferred: Vec<Deferred>,
 ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
     if db.get_database_backend() != DatabaseBackend::Sqlite {
-        let tx = write_tx(db).await?;
-        let rows = script(&tx, parts).await?;
-        for (sql, values) in deferred {
-            tx.defer(sql, values).await?;
-        }
-        tx.commit().await?;
-        return Ok(rows);
+        return Err(DbErr::Custom(
+            "submitted writes are for SQLite; use a write transaction".into(),
+        ));
     }
     let writer = db.writer.clone();
     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -405,19 +450,11 @@ pub async fn submit(
         let pool = db.conn.get_sqlite_connection_pool().clone();
         tokio::spawn(combine(writer, pool));
     }
-    let lost = || DbErr::Custom("the write batch was lost".into());
-    let (rows, mut done) = answer.await.map_err(|_| lost())??;
-    let outcome = done
-        .wait_for(Option::is_some)
+    let (rows, done) = answer
         .await
-        .map(|v| v.clone())
-        .ok()
-        .flatten();
-    match outcome {
-        Some(Ok(())) => Ok(rows.into_iter().map(Into::into).collect()),
-        Some(Err(e)) => Err(DbErr::Custom(format!("commit failed: {e}"))),
-        None => Err(lost()),
-    }
+        .map_err(|_| DbErr::Custom("the write batch was lost".into()))??;
+    batch_outcome(done).await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// Takes every queued job and runs them in the open batch (see [`submit`]).
@@ -432,10 +469,7 @@ async fn combine(writer: Arc<Writer>, pool: sqlx::SqlitePool) {
     }
     let mut jobs = std::collections::VecDeque::from(jobs);
     if let Err(e) = open_batch(&writer, &pool, &mut slot).await {
-        let why = e.to_string();
-        for job in jobs {
-            job.reply.send(Err(DbErr::Custom(why.clone()))).ok();
-        }
+        fail_jobs(jobs, &e.to_string());
         return;
     }
     while !jobs.is_empty() {
@@ -455,26 +489,14 @@ async fn combine(writer: Arc<Writer>, pool: sqlx::SqlitePool) {
 /// ended the transaction, fails the batch and every job left.
 async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
     let batch = slot.batch.as_ref().expect("opened by the combiner");
-    let fail_all = |jobs: &mut std::collections::VecDeque<Job>, why: &str| {
-        for job in jobs.drain(..) {
-            job.reply.send(Err(DbErr::Custom(why.to_string()))).ok();
-        }
-    };
     if batch.poisoned.load(Ordering::SeqCst) {
-        fail_all(
-            jobs,
-            "an earlier write in the same group commit failed; nothing of it will be kept",
-        );
+        fail_jobs(jobs.drain(..), BATCH_FAILED);
         return;
     }
     let mut conn = batch.conn().await;
-    let mut text = String::new();
+    let (open, mut prefix) = batch.opening();
+    let mut text = open.to_string();
     let mut values = Vec::new();
-    let mut prefix = 0;
-    if !batch.begun.swap(true, Ordering::SeqCst) {
-        text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
-        prefix += 2;
-    }
     if batch.release_pending.swap(false, Ordering::SeqCst) {
         text.push_str("RELEASE crmkit_w; ");
         prefix += 1;
@@ -485,9 +507,7 @@ async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
     for job in jobs.iter() {
         text.push_str("SAVEPOINT crmkit_j; ");
         for (sql, vals) in &job.parts {
-            text.push_str(sql);
-            text.push_str(";\n");
-            values.extend(vals.iter().cloned());
+            push_statement(&mut text, &mut values, sql, vals);
         }
         text.push_str("RELEASE crmkit_j; ");
         n += job.parts.len() + 2;
@@ -529,14 +549,14 @@ async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
             // already learn it from the batch), and nothing is sent again.
             let why = "a submitted write was not one statement per part";
             poison(slot, &why);
-            fail_all(jobs, why);
+            fail_jobs(jobs.drain(..), why);
         }
         return;
     };
     let err = exec_err(e);
     if finished < prefix || !statement_level(&err) {
         poison(slot, &err);
-        fail_all(jobs, &err.to_string());
+        fail_jobs(jobs.drain(..), &err.to_string());
         return;
     }
     // A constraint failed inside the first job left: undo it alone.
@@ -548,7 +568,7 @@ async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
     if let Err(e) = undone {
         let e = exec_err(e);
         poison(slot, &e);
-        fail_all(jobs, &e.to_string());
+        fail_jobs(jobs.drain(..), &e.to_string());
     }
 }
 
@@ -570,6 +590,10 @@ async fn finish_batch(slot: &mut Slot) {
         return;
     };
     let poisoned = batch.poisoned.load(Ordering::SeqCst);
+    let deferred = std::mem::take(batch.deferred.get_mut().expect("never poisoned"));
+    // Nothing sent and nothing held back: there is no transaction to end.
+    let idle = !batch.begun.load(Ordering::SeqCst) && deferred.is_empty();
+    let (open, _) = batch.opening();
     let conn = batch
         .conn
         .get_mut()
@@ -578,23 +602,15 @@ async fn finish_batch(slot: &mut Slot) {
     // The batch's own savepoint is gone if SQLite ended the transaction on
     // an error (disk full, I/O): then RELEASE fails, COMMIT does not run,
     // and nothing of the batch may be reported kept.
-    let begun = batch.begun.load(Ordering::SeqCst);
     let result = if poisoned {
         Err("an earlier write in the same group commit failed; nothing of it was kept".to_string())
-    } else if !begun && batch.deferred.get_mut().expect("never poisoned").is_empty() {
-        // Nothing was sent: there is no transaction to end.
+    } else if idle {
         Ok(())
     } else {
-        let mut text = String::new();
-        if !begun {
-            text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
-        }
+        let mut text = open.to_string();
         let mut values = Vec::new();
-        let deferred = std::mem::take(batch.deferred.get_mut().expect("never poisoned"));
-        for (sql, vals) in deferred {
-            text.push_str(&sql);
-            text.push_str(";\n");
-            values.extend(vals);
+        for (sql, vals) in &deferred {
+            push_statement(&mut text, &mut values, sql, vals);
         }
         text.push_str("RELEASE crmkit_batch; COMMIT");
         let query = sqlx::query_with(
@@ -727,7 +743,7 @@ impl WriteTx {
             .get_mut()
             .expect("never poisoned")
             .extend(mine);
-        let mut done = batch.done.subscribe();
+        let done = batch.done.subscribe();
         match self.savepoint.load(Ordering::SeqCst) {
             // Released by the next writer's first call, or by the batch's commit.
             SAVEPOINT_OPEN => batch.release_pending.store(true, Ordering::SeqCst),
@@ -738,17 +754,7 @@ impl WriteTx {
             ),
         }
         leave_batch(&writer, slot);
-        let outcome = done
-            .wait_for(Option::is_some)
-            .await
-            .map(|v| v.clone())
-            .ok()
-            .flatten();
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(DbErr::Custom(format!("commit failed: {e}"))),
-            None => Err(DbErr::Custom("the write batch was lost".into())),
-        }
+        batch_outcome(done).await
     }
 
     pub async fn rollback(mut self) -> Result<(), DbErr> {
@@ -805,21 +811,14 @@ impl WriteTx {
         let (_, slot) = self.group.as_ref().ok_or_else(lost)?;
         let batch = slot.batch.as_ref().ok_or_else(lost)?;
         if batch.poisoned.load(Ordering::SeqCst) {
-            return Err(sqlx::Error::Protocol(
-                "an earlier write in the same group commit failed; nothing of it will be kept"
-                    .into(),
-            ));
+            return Err(sqlx::Error::Protocol(BATCH_FAILED.into()));
         }
         // Taken before the savepoint state changes, so nothing is marked
         // unsure by a call that never reached the connection.
         let mut conn = batch.conn().await;
-        let mut text = String::new();
-        let mut skip = 0;
-        if !batch.begun.swap(true, Ordering::SeqCst) {
-            // Unsure from here until the call returns, as the savepoint below.
-            text.push_str("BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ");
-            skip += 2;
-        }
+        // Unsure from here until the call returns, as the savepoint below.
+        let (open, mut skip) = batch.opening();
+        let mut text = open.to_string();
         if self.savepoint.load(Ordering::SeqCst) == NO_SAVEPOINT {
             if batch.release_pending.swap(false, Ordering::SeqCst) {
                 text.push_str("RELEASE crmkit_w; ");
@@ -986,10 +985,8 @@ pub async fn script(
     if backend == DatabaseBackend::Sqlite {
         let mut sql = String::new();
         let mut values = Vec::new();
-        for (text, vals) in parts {
-            sql.push_str(&text);
-            sql.push_str(";\n");
-            values.extend(vals);
+        for (text, vals) in &parts {
+            push_statement(&mut sql, &mut values, text, vals);
         }
         return tx
             .query_all_raw(Statement::from_sql_and_values(backend, sql, values))

@@ -214,21 +214,20 @@ pub enum Created {
 /// collision changes its id) and, on SQLite, its search entry (deferred, see
 /// [`WriteTx::defer`]).
 ///
-/// Each statement guards itself, so the script never needs undoing:
-/// - the first returns a `full` row if the workspace's plan has no room
-///   (the configured plans' caps are a CASE over `workspaces.plan`) and the
-///   upsert key, if any, is free (a taken key is an update, not a create);
-/// - the row's INSERT runs only if there is room, and with an upsert key a
-///   taken key writes nothing (`ON CONFLICT DO NOTHING`), so racing creates
-///   of one email make exactly one row; it returns a `row` row if it wrote;
+/// Each statement guards itself:
+/// - on SQLite the first returns a `full` row if the workspace's plan has no
+///   room (the configured plans' caps are a CASE over `workspaces.plan`) and
+///   the upsert key, if any, is free (a taken key is an update, not a
+///   create), and the row's INSERT runs only with room, so on SQLite, where
+///   the script runs alone, it never needs undoing;
+/// - with an upsert key a taken key writes nothing (`ON CONFLICT DO
+///   NOTHING`), so racing creates of one email make exactly one row; the
+///   INSERT returns a `row` row if it wrote;
 /// - every statement after it acts only if it made the row (`EXISTS` on its
-///   fresh id), as does the search entry; the plan slot's UPDATE checks the
-///   room again and returns a `slot` row.
-///
-/// On SQLite the script runs alone, so a `row` always comes with its `slot`.
-/// On PostgreSQL, under read committed, concurrent creates can all pass the
-/// INSERT's check; the UPDATE waits for the row lock and re-checks, and a
-/// `row` without a `slot` must be rolled back by the caller.
+///   fresh id), as does the search entry; the plan slot's UPDATE takes a slot
+///   only with room and returns a `slot` row. On PostgreSQL, under read
+///   committed, it waits for the workspace row's lock and re-checks, and a
+///   `row` without a `slot` must be rolled back by the caller.
 struct CreateScript {
     parts: Vec<(String, Vec<Value>)>,
     deferred: Vec<(String, Vec<Value>)>,
@@ -260,22 +259,33 @@ fn create_script(
     room.push_str(" ELSE ? END");
     room_vals.push((def.cap)(&settings.plan("default")).into());
 
+    let upsert_key = unique_key(def, &r.fields);
     let mut parts = Vec::new();
-    let mut vals: Vec<Value> = vec![ws.into()];
-    vals.extend(room_vals.iter().cloned());
-    // A taken upsert key makes this an update, which needs no room.
-    let mut key_free = String::new();
-    if let Some(col) = unique_column(def) {
-        key_free = format!(
-            " AND NOT EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND {col} = ?)",
-            def.plural
-        );
-        vals.extend([ws.into(), unique_key(def, &r.fields).into()]);
+    // SQLite: the room is checked before the INSERT, which runs only with
+    // room, so the script never needs undoing. Not on PostgreSQL: there
+    // another create may commit between two statements, and an INSERT that
+    // found no room would pass for a taken key.
+    let mut room_first = String::new();
+    if sqlite {
+        let mut vals: Vec<Value> = vec![ws.into()];
+        vals.extend(room_vals.iter().cloned());
+        // A taken upsert key makes this an update, which needs no room.
+        let mut key_free = String::new();
+        if let Some(col) = unique_column(def) {
+            key_free = format!(
+                " AND NOT EXISTS (SELECT 1 FROM {} WHERE workspace_id = ? AND {col} = ?)",
+                def.plural
+            );
+            vals.extend([ws.into(), upsert_key.clone().into()]);
+        }
+        parts.push((
+            format!(
+                "SELECT 'full' AS step FROM workspaces WHERE id = ? AND NOT ({room}){key_free}"
+            ),
+            vals,
+        ));
+        room_first = format!(" WHERE EXISTS (SELECT 1 FROM workspaces WHERE id = ? AND {room})");
     }
-    parts.push((
-        format!("SELECT 'full' AS step FROM workspaces WHERE id = ? AND NOT ({room}){key_free}"),
-        vals,
-    ));
 
     let mut cols = vec!["workspace_id", "id"];
     let mut vals: Vec<Value> = vec![ws.into(), r.id.clone().into()];
@@ -285,7 +295,7 @@ fn create_script(
     }
     if def.upsert_key == Some("email") {
         cols.push("email_key");
-        vals.push(unique_key(def, &r.fields).into());
+        vals.push(upsert_key.into());
     }
     cols.extend(["created_at", "updated_at"]);
     vals.extend([r.created_at.into(), r.updated_at.into()]);
@@ -294,15 +304,17 @@ fn create_script(
         cols.push("search_key");
         vals.push(key.into());
     }
-    vals.push(ws.into());
-    vals.extend(room_vals.iter().cloned());
+    if sqlite {
+        vals.push(ws.into());
+        vals.extend(room_vals.iter().cloned());
+    }
     let conflict = match unique_column(def) {
         Some(col) => format!(" ON CONFLICT (workspace_id, {col}) DO NOTHING"),
         None => String::new(),
     };
     parts.push((
         format!(
-            "INSERT INTO {} ({}) SELECT {} WHERE EXISTS (SELECT 1 FROM workspaces WHERE id = ? AND {room}){conflict} RETURNING 'row' AS step",
+            "INSERT INTO {} ({}) SELECT {}{room_first}{conflict} RETURNING 'row' AS step",
             def.plural,
             cols.join(", "),
             vec!["?"; cols.len()].join(", ")
@@ -310,9 +322,9 @@ fn create_script(
         vals,
     ));
 
-    // The room is checked again here, on the row this UPDATE locks: on
-    // PostgreSQL concurrent creates may all have seen room above, and the
-    // ones that find none here are rolled back by the caller.
+    // The room, on the row this UPDATE locks: on PostgreSQL concurrent
+    // creates may all have inserted, and the ones that find none here are
+    // rolled back by the caller.
     let mut vals: Vec<Value> = vec![ws.into()];
     vals.extend(made_vals());
     vals.extend(room_vals);
@@ -395,12 +407,13 @@ pub async fn create(
     Err(AppError::internal("no free search key after 8 ids"))
 }
 
-/// [`create`] as a write of its own, answered once durable. On SQLite the
-/// script needs no decision between its statements, so it joins the group
-/// commit without holding the writer between them ([`crate::db::submit`]);
-/// on PostgreSQL it runs in a transaction of its own. `KeyTaken` wrote
-/// nothing; the caller merges into the record holding the key in a
-/// transaction of its own.
+/// [`create`] as a write of its own on SQLite, answered once durable: the
+/// script needs no decision between its statements there, so it joins the
+/// group commit without holding the writer between them
+/// ([`crate::db::submit`]). `KeyTaken` wrote nothing; the caller merges
+/// into the record holding the key in a transaction. On PostgreSQL a create
+/// refused by the cap may have written its row and needs a transaction to
+/// roll back: use [`create`].
 pub async fn create_now(
     db: &Db,
     def: &KindDef,
@@ -410,16 +423,6 @@ pub async fn create_now(
     audit: impl Fn(&Record) -> Sql,
 ) -> AppResult<Created> {
     let backend = db.get_database_backend();
-    if backend != DatabaseBackend::Sqlite {
-        // A create refused by the cap may have written its row: it needs a
-        // transaction it can roll back.
-        let tx = crate::db::write_tx(db).await?;
-        let created = create(&tx, def, ws, r, settings, audit).await?;
-        if created == Created::Inserted {
-            tx.commit().await?;
-        }
-        return Ok(created);
-    }
     for _ in 0..8 {
         let script = create_script(backend, def, ws, r, settings, &audit);
         let rows = match crate::db::submit(db, script.parts, script.deferred).await {

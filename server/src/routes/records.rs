@@ -331,10 +331,10 @@ async fn create(
         )
     };
     let refs = changes.iter().any(|(f, _)| matches!(f.ty, FType::Ref(_)));
-    // Nothing to check first: the create goes to the database as one
-    // self-contained write. Otherwise, or when the upsert key is taken (the
-    // merge below needs a transaction), it runs in a transaction.
-    let quick = if refs {
+    // On SQLite with nothing to check first, the create goes to the database
+    // as one self-contained write. Otherwise, or when the upsert key is
+    // taken (the merge below needs a transaction), it runs in a transaction.
+    let quick = if refs || state.db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
         None
     } else {
         Some(store::create_now(&state.db, def, ws, &mut fresh, &state.settings, &audit).await?)
