@@ -317,9 +317,53 @@ impl Drop for Batch {
 
 type Slot = tokio::sync::OwnedMutexGuard<Lane>;
 
-/// A statement held back until its batch commits: SQL with `?` marks, and
-/// its values.
-type Deferred = (String, Vec<Value>);
+/// A statement held back until its batch commits (see [`WriteTx::defer`]).
+#[derive(Debug, Clone)]
+pub enum Deferred {
+    /// SQL with `?` marks, and its values.
+    Statement(String, Vec<Value>),
+    /// One row for a statement that takes its rows as a JSON array bound to
+    /// its one `?` (`… FROM json_each(?) …`, handling them in array order).
+    /// Rows for the same statement held back one after another go to SQLite
+    /// as one statement holding all of them (see [`send_order`]).
+    Row(String, serde_json::Value),
+}
+
+/// The statements a batch's deferred list becomes, in order: each
+/// `Statement` as it is, and each run of `Row`s for the same statement as
+/// that statement once, with their rows in one JSON array.
+///
+/// FTS5 writes its pending entries out as a new segment of the index
+/// whenever a statement that may need undoing on its own starts (one that
+/// writes the rows of a SELECT does): with a statement per record, every
+/// record of a batch made a segment, and the merges that follow. One
+/// statement per batch makes one.
+fn send_order(deferred: Vec<Deferred>) -> Vec<(String, Vec<Value>)> {
+    fn flush(out: &mut Vec<(String, Vec<Value>)>, run: Option<(String, Vec<serde_json::Value>)>) {
+        if let Some((sql, rows)) = run {
+            out.push((sql, vec![serde_json::Value::Array(rows).to_string().into()]));
+        }
+    }
+    let mut out = Vec::new();
+    let mut run: Option<(String, Vec<serde_json::Value>)> = None;
+    for d in deferred {
+        match d {
+            Deferred::Row(sql, row) => match &mut run {
+                Some((same, rows)) if *same == sql => rows.push(row),
+                _ => {
+                    flush(&mut out, run.take());
+                    run = Some((sql, vec![row]));
+                }
+            },
+            Deferred::Statement(sql, values) => {
+                flush(&mut out, run.take());
+                out.push((sql, values));
+            }
+        }
+    }
+    flush(&mut out, run);
+    out
+}
 
 /// What opens a batch's transaction; sent in front of its first statement.
 const OPEN_BATCH: &str = "BEGIN IMMEDIATE; SAVEPOINT crmkit_batch; ";
@@ -609,7 +653,7 @@ async fn finish_batch(slot: &mut Slot) {
     } else {
         let mut text = open.to_string();
         let mut values = Vec::new();
-        for (sql, vals) in &deferred {
+        for (sql, vals) in &send_order(deferred) {
             push_statement(&mut text, &mut values, sql, vals);
         }
         text.push_str("RELEASE crmkit_batch; COMMIT");
@@ -771,25 +815,27 @@ impl WriteTx {
     }
 
     /// Holds a statement back until the batch commits, on SQLite; runs it at
-    /// once on PostgreSQL. For SQLite's FTS5 search index: it writes its
-    /// pending entries out as a new segment whenever a savepoint opens after
-    /// a change, so each writer's savepoint made a segment (and merge work)
-    /// per write. Held back, a batch writes one. Deferred statements run in
-    /// the order their writers committed, after every writer of the batch,
-    /// and only for writers that committed; they must therefore carry their
+    /// once on PostgreSQL (where a `Row` is refused). For SQLite's FTS5
+    /// search index: it writes its pending entries out as a new segment
+    /// whenever a savepoint opens after a change, so each writer's savepoint
+    /// made a segment (and merge work) per write. Held back, and with the
+    /// batch's rows for one statement sent as one ([`send_order`]), a batch
+    /// writes one. Deferred statements run in the order their writers
+    /// committed, after every writer of the batch, and only for writers that
+    /// committed; they must therefore carry their
     /// own values (no reads of rows a later writer may change) and be right
     /// whatever ran after them (see `records::store`). If one fails, the
     /// whole batch fails and nothing of it is acknowledged.
-    pub async fn defer(&self, sql: String, values: Vec<Value>) -> Result<(), DbErr> {
+    pub async fn defer(&self, deferred: Deferred) -> Result<(), DbErr> {
         if let Some(tx) = &self.pg {
+            let Deferred::Statement(sql, values) = deferred else {
+                return Err(DbErr::Custom("deferred rows are for SQLite".into()));
+            };
             tx.execute_raw(stmt(DatabaseBackend::Postgres, &sql, values))
                 .await?;
             return Ok(());
         }
-        self.deferred
-            .lock()
-            .expect("never poisoned")
-            .push((sql, values));
+        self.deferred.lock().expect("never poisoned").push(deferred);
         Ok(())
     }
 
@@ -1133,11 +1179,13 @@ mod tests {
         rows.iter().map(|r| r.try_get("", "k").unwrap()).collect()
     }
 
-    /// A table `log (n, k)` whose `n` gives the order rows were written in.
+    /// A table `log (n, k, run)` whose `n` gives the order rows were written in.
     async fn make_log(db: &Db) {
-        db.execute_unprepared("CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL)")
-            .await
-            .unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE log (n INTEGER PRIMARY KEY, k TEXT NOT NULL, run INTEGER)",
+        )
+        .await
+        .unwrap();
     }
 
     fn insert(k: &str) -> Statement {
@@ -1199,30 +1247,45 @@ mod tests {
     }
 
     /// Deferred statements run after every writer of the batch, in the order
-    /// the writers committed, and only for writers that committed; one that
-    /// fails fails the whole batch.
+    /// the writers committed, and only for writers that committed; rows for
+    /// the same statement held back one after another go as one statement
+    /// (in order), and one that fails fails the whole batch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deferred_statements_run_last_for_committed_writers_in_order() {
         let (db, path) = scratch_db().await;
         make_log(&db).await;
-        let log = |k: &str| ("INSERT INTO log (k) VALUES (?)".to_string(), vec![k.into()]);
+        // `run`: how many rows the statement that logged the row held.
+        let log = |k: &str, row: bool| {
+            if row {
+                Deferred::Row(
+                    "INSERT INTO log (k, run) SELECT j.value, (SELECT count(*) FROM json_each(x.a)) \
+                     FROM (SELECT ? AS a) AS x, json_each(x.a) AS j ORDER BY j.key"
+                        .into(),
+                    k.into(),
+                )
+            } else {
+                Deferred::Statement("INSERT INTO log (k) VALUES (?)".into(), vec![k.into()])
+            }
+        };
         let first = write_tx(&db).await.unwrap();
         first.execute_raw(insert("a")).await.unwrap();
-        let (sql, vals) = log("a");
-        first.defer(sql, vals).await.unwrap();
+        first.defer(log("a", true)).await.unwrap();
         let mut queued = Vec::new();
-        for (i, (k, keep)) in [("b", false), ("c", true), ("d", true)]
-            .into_iter()
-            .enumerate()
-        {
+        let writers = [
+            ("b", true, false),
+            ("c", true, true),
+            ("d", false, true),
+            ("e", true, true),
+            ("f", true, true),
+        ];
+        for (i, (k, row, keep)) in writers.into_iter().enumerate() {
             let db = db.clone();
             queued.push(tokio::spawn(async move {
                 // Queue in this order behind `first`.
                 tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
                 let tx = write_tx(&db).await.unwrap();
                 tx.execute_raw(insert(k)).await.unwrap();
-                let (sql, vals) = log(k);
-                tx.defer(sql, vals).await.unwrap();
+                tx.defer(log(k, row)).await.unwrap();
                 if keep {
                     tx.commit().await.unwrap();
                 } else {
@@ -1230,7 +1293,7 @@ mod tests {
                 }
             }));
         }
-        while db.writer.waiting.load(Ordering::SeqCst) < 3 {
+        while db.writer.waiting.load(Ordering::SeqCst) < writers.len() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let batch = db.writer.next_id.load(Ordering::SeqCst);
@@ -1240,25 +1303,36 @@ mod tests {
         }
         assert_eq!(db.writer.next_id.load(Ordering::SeqCst), batch, "one batch");
         let logged = db
-            .read("SELECT k FROM log ORDER BY n", vec![], |r| r.text(0))
+            .read("SELECT k, run FROM log ORDER BY n", vec![], |r| {
+                Ok::<_, DbErr>((r.text(0)?.unwrap_or_default(), r.int(1)?))
+            })
             .await
             .unwrap();
-        assert_eq!(
-            logged,
-            [Some("a".into()), Some("c".into()), Some("d".into())]
-        );
+        // b rolled back; the statement d splits the rows into two runs.
+        let expected = [
+            ("a", Some(2)),
+            ("c", Some(2)),
+            ("d", None),
+            ("e", Some(2)),
+            ("f", Some(2)),
+        ];
+        let expected: Vec<_> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        assert_eq!(logged, expected);
 
         let failing = write_tx(&db).await.unwrap();
         failing.execute_raw(insert("x")).await.unwrap();
         failing
-            .defer("INSERT INTO missing VALUES (1)".into(), vec![])
+            .defer(Deferred::Statement(
+                "INSERT INTO missing VALUES (1)".into(),
+                vec![],
+            ))
             .await
             .unwrap();
         assert!(
             failing.commit().await.is_err(),
             "nothing may be acknowledged"
         );
-        assert_eq!(keys(&db).await, ["a", "c", "d"]);
+        assert_eq!(keys(&db).await, ["a", "c", "d", "e", "f"]);
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }
@@ -1285,7 +1359,10 @@ mod tests {
             (vec![put("j2"), put("a")], vec![]),
             (
                 vec![put("j3")],
-                vec![("INSERT INTO log (k) VALUES ('j3')".to_string(), vec![])],
+                vec![Deferred::Statement(
+                    "INSERT INTO log (k) VALUES ('j3')".to_string(),
+                    vec![],
+                )],
             ),
         ];
         let mut answers = Vec::new();

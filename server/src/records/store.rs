@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
 use super::kinds::{FType, FieldDef, KindDef};
 use super::model::{Record, Val};
-use crate::db::{Db, Ts, WriteTx, stmt};
+use crate::db::{Db, Deferred, Ts, WriteTx, stmt};
 use crate::error::{AppError, AppResult};
 use crate::reader::Cells;
 use crate::wire::handle::Kind;
@@ -230,7 +230,7 @@ pub enum Created {
 ///   `row` without a `slot` must be rolled back by the caller.
 struct CreateScript {
     parts: Vec<(String, Vec<Value>)>,
-    deferred: Vec<(String, Vec<Value>)>,
+    deferred: Vec<crate::db::Deferred>,
 }
 
 fn create_script(
@@ -343,7 +343,7 @@ fn create_script(
     // PostgreSQL needs no search entry: its trigram index is on an
     // expression of the row.
     let deferred = if sqlite {
-        vec![search_set_sql(def, key, &r.fields)]
+        vec![search_set(def, key, &r.fields)]
     } else {
         Vec::new()
     };
@@ -398,8 +398,8 @@ pub async fn create(
             return Err(cap_reached(db, def, ws, settings).await);
         };
         if created == Created::Inserted {
-            for (sql, vals) in script.deferred {
-                db.defer(sql, vals).await?;
+            for d in script.deferred {
+                db.defer(d).await?;
             }
         }
         return Ok(created);
@@ -474,8 +474,8 @@ pub async fn update(
     }
     sql.push_str(" RETURNING search_key");
     if let Some(row) = db.query_one_raw(stmt(backend, &sql, vals)).await? {
-        let (sql, vals) = search_set_sql(def, row.try_get("", "search_key")?, fields);
-        db.defer(sql, vals).await?;
+        db.defer(search_set(def, row.try_get("", "search_key")?, fields))
+            .await?;
     }
     Ok(())
 }
@@ -496,10 +496,13 @@ pub async fn delete(db: &WriteTx, def: &KindDef, ws: &str, id: &str) -> AppResul
         return Ok(false);
     };
     let key: i64 = row.try_get("", "search_key")?;
-    db.defer(
-        format!("DELETE FROM {}_fts WHERE rowid = ?", def.plural),
-        vec![key.into()],
-    )
+    db.defer(Deferred::Row(
+        format!(
+            "DELETE FROM {}_fts WHERE rowid IN (SELECT j.value FROM json_each(?) AS j)",
+            def.plural
+        ),
+        key.into(),
+    ))
     .await?;
     Ok(true)
 }
@@ -592,26 +595,21 @@ pub fn search_text(def: &KindDef, fields: &BTreeMap<&'static str, Val>) -> Strin
     parts.join(" ")
 }
 
-/// The statement that sets the searched text of the record whose search
+/// The deferred row that sets the searched text of the record whose search
 /// key is `key`, in SQLite's FTS5 index (PostgreSQL's trigram index is on an
 /// expression of the row and needs nothing). It is held back until the
 /// batch commits ([`WriteTx::defer`]), so it names the key itself and writes
 /// only if the record still exists then: a later writer of the batch may
 /// have deleted it, alone or with its workspace, and removed its entry
 /// meanwhile.
-fn search_set_sql(
-    def: &KindDef,
-    key: i64,
-    fields: &BTreeMap<&'static str, Val>,
-) -> (String, Vec<Value>) {
+fn search_set(def: &KindDef, key: i64, fields: &BTreeMap<&'static str, Val>) -> Deferred {
     let sql = format!(
-        "INSERT OR REPLACE INTO {t}_fts (rowid, body) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM {t} WHERE search_key = ?)",
+        "INSERT OR REPLACE INTO {t}_fts (rowid, body) \
+         SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) AS j \
+         WHERE EXISTS (SELECT 1 FROM {t} WHERE search_key = j.value ->> 0) ORDER BY j.key",
         t = def.plural
     );
-    (
-        sql,
-        vec![key.into(), search_text(def, fields).into(), key.into()],
-    )
+    Deferred::Row(sql, serde_json::json!([key, search_text(def, fields)]))
 }
 
 #[cfg(test)]
