@@ -373,21 +373,47 @@ fn search_key_taken(backend: DatabaseBackend, e: &sea_orm::DbErr) -> bool {
     backend == DatabaseBackend::Sqlite && e.to_string().contains(".search_key")
 }
 
+/// Where a create's script runs ([`create`]).
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    /// In the caller's transaction, as one script ([`crate::db::script`]:
+    /// on SQLite a single call to the database); a create refused by the
+    /// cap may have written its row and is rolled back with the transaction.
+    Tx(&'a WriteTx),
+    /// As a write of its own on SQLite, answered once durable: the script
+    /// needs no decision between its statements there, so it joins the
+    /// group commit without holding the writer between them
+    /// ([`crate::db::submit`]). `KeyTaken` wrote nothing; the caller merges
+    /// into the record holding the key in a transaction. Not on PostgreSQL
+    /// (see `Tx`).
+    Now(&'a Db),
+}
+
 /// Creates a record and everything that goes with it (see
-/// [`create_script`]) in the caller's transaction, as one script
-/// ([`crate::db::script`]: on SQLite a single call to the database).
+/// [`create_script`]), and on a search key collision tries again with
+/// another id.
 pub async fn create(
-    db: &WriteTx,
+    via: Via<'_>,
     def: &KindDef,
     ws: &str,
     r: &mut Record,
     settings: &crate::config::Settings,
     audit: impl Fn(&Record) -> Sql,
 ) -> AppResult<Created> {
-    let backend = db.get_database_backend();
+    let backend = match via {
+        Via::Tx(tx) => tx.get_database_backend(),
+        Via::Now(db) => db.get_database_backend(),
+    };
     for _ in 0..8 {
-        let script = create_script(backend, def, ws, r, settings, &audit);
-        let rows = match crate::db::script(db, script.parts).await {
+        let CreateScript { parts, deferred } = create_script(backend, def, ws, r, settings, &audit);
+        // A submitted write takes its deferred statements with it; in a
+        // transaction they are held back once the create is known to have
+        // inserted.
+        let (ran, held) = match via {
+            Via::Tx(tx) => (crate::db::script(tx, parts).await, deferred),
+            Via::Now(db) => (crate::db::submit(db, parts, deferred).await, Vec::new()),
+        };
+        let rows = match ran {
             Err(e) if search_key_taken(backend, &e) => {
                 r.id = crate::secrets::new_id(def.kind);
                 continue;
@@ -395,47 +421,19 @@ pub async fn create(
             rows => rows?,
         };
         let Some(created) = create_outcome(&rows)? else {
-            return Err(cap_reached(db, def, ws, settings).await);
+            return Err(match via {
+                Via::Tx(tx) => cap_reached(tx, def, ws, settings).await,
+                Via::Now(db) => cap_reached(db, def, ws, settings).await,
+            });
         };
-        if created == Created::Inserted {
-            for d in script.deferred {
-                db.defer(d).await?;
+        if let Via::Tx(tx) = via
+            && created == Created::Inserted
+        {
+            for d in held {
+                tx.defer(d).await?;
             }
         }
         return Ok(created);
-    }
-    Err(AppError::internal("no free search key after 8 ids"))
-}
-
-/// [`create`] as a write of its own on SQLite, answered once durable: the
-/// script needs no decision between its statements there, so it joins the
-/// group commit without holding the writer between them
-/// ([`crate::db::submit`]). `KeyTaken` wrote nothing; the caller merges
-/// into the record holding the key in a transaction. On PostgreSQL a create
-/// refused by the cap may have written its row and needs a transaction to
-/// roll back: use [`create`].
-pub async fn create_now(
-    db: &Db,
-    def: &KindDef,
-    ws: &str,
-    r: &mut Record,
-    settings: &crate::config::Settings,
-    audit: impl Fn(&Record) -> Sql,
-) -> AppResult<Created> {
-    let backend = db.get_database_backend();
-    for _ in 0..8 {
-        let script = create_script(backend, def, ws, r, settings, &audit);
-        let rows = match crate::db::submit(db, script.parts, script.deferred).await {
-            Err(e) if search_key_taken(backend, &e) => {
-                r.id = crate::secrets::new_id(def.kind);
-                continue;
-            }
-            rows => rows?,
-        };
-        return match create_outcome(&rows)? {
-            Some(created) => Ok(created),
-            None => Err(cap_reached(db, def, ws, settings).await),
-        };
     }
     Err(AppError::internal("no free search key after 8 ids"))
 }
@@ -765,7 +763,7 @@ mod tests {
             let tx = crate::db::write_tx(db).await.unwrap();
             match step {
                 Step::Create(mut r) => {
-                    let made = create(&tx, &CONTACT, ws, &mut r, settings, audit)
+                    let made = create(Via::Tx(&tx), &CONTACT, ws, &mut r, settings, audit)
                         .await
                         .unwrap();
                     assert_eq!(made, Created::Inserted);
@@ -799,7 +797,7 @@ mod tests {
         let first = crate::db::write_tx(&db).await.unwrap();
         let mut r = alpha;
         assert_eq!(
-            create(&first, &CONTACT, "w_one", &mut r, &settings, audit)
+            create(Via::Tx(&first), &CONTACT, "w_one", &mut r, &settings, audit)
                 .await
                 .unwrap(),
             Created::Inserted

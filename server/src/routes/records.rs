@@ -337,14 +337,33 @@ async fn create(
     let quick = if refs || state.db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
         None
     } else {
-        Some(store::create_now(&state.db, def, ws, &mut fresh, &state.settings, &audit).await?)
+        Some(
+            store::create(
+                store::Via::Now(&state.db),
+                def,
+                ws,
+                &mut fresh,
+                &state.settings,
+                &audit,
+            )
+            .await?,
+        )
     };
     let tx = if quick == Some(store::Created::Inserted) {
         None
     } else {
         let tx = write_tx(&state.db).await?;
         check_refs(&tx, ws, &changes).await?;
-        match store::create(&tx, def, ws, &mut fresh, &state.settings, &audit).await? {
+        match store::create(
+            store::Via::Tx(&tx),
+            def,
+            ws,
+            &mut fresh,
+            &state.settings,
+            &audit,
+        )
+        .await?
+        {
             store::Created::Inserted => {
                 tx.commit().await?;
                 None
