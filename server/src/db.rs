@@ -20,6 +20,9 @@ use time::OffsetDateTime;
 use crate::config::Settings;
 use crate::reader::{Cells, Readers};
 
+mod submit;
+pub use submit::{Row, submit};
+
 /// A point in time as stored: UTC, microsecond precision.
 ///
 /// SQLite keeps timestamps as RFC3339 text, and the text encoder drops trailing
@@ -129,7 +132,19 @@ impl Db {
         )
     }
 
+    /// The SQLite file that [`submit`] writes to, where it can: not on
+    /// PostgreSQL, nor on an in-memory database (which only the pool's
+    /// connections share).
+    pub fn submits(&self) -> Option<&std::path::Path> {
+        self.readers.as_ref().map(|r| r.path())
+    }
+
     pub async fn close(self) -> Result<(), DbErr> {
+        // Every queued write runs first; the thread's connection closes.
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || submit::stop(&writer))
+            .await
+            .ok();
         // The pool's close waits for every connection to come back.
         self.writer.slot.lock().await.spare.take();
         self.conn.close().await
@@ -226,27 +241,25 @@ pub async fn connect(settings: &Settings) -> Result<Db, DbErr> {
 /// call releases it (`RELEASE crmkit_w; SAVEPOINT crmkit_w; …`) or the batch
 /// commits. A rollback (`ROLLBACK TO crmkit_w`) always finds the writer's own
 /// savepoint: the one before it was released in the same call that opened it.
+///
+/// Self-contained writes (creates on a SQLite file) skip all of this: the
+/// writer thread ([`submit`]) takes its turn on `slot` like a writer, and
+/// runs every queued write in a transaction of its own on its own connection.
 #[derive(Default)]
 struct Writer {
     slot: Arc<tokio::sync::Mutex<Lane>>,
     /// Writers (and committers) queued on `slot`.
     waiting: AtomicUsize,
+    /// Batches opened so far (the writer thread's included).
     next_id: AtomicU64,
-    /// Self-contained writes waiting for a combiner (see [`submit`]).
-    jobs: std::sync::Mutex<Vec<Job>>,
-    /// A combiner task is spawned and has not yet taken the jobs.
-    combiner: AtomicBool,
+    /// Self-contained writes waiting for the writer thread (see [`submit`]).
+    queue: std::sync::Mutex<submit::Queue>,
+    /// Wakes the writer thread when writes are queued.
+    ready: std::sync::Condvar,
 }
 
 /// How a batch ended, as its writers learn it.
 type Outcome = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
-
-/// A write that needs no decision between its statements (see [`submit`]).
-struct Job {
-    parts: Vec<(String, Vec<Value>)>,
-    deferred: Vec<Deferred>,
-    reply: tokio::sync::oneshot::Sender<Result<(Vec<SqliteRow>, Outcome), DbErr>>,
-}
 
 type SqliteConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
@@ -405,13 +418,6 @@ async fn batch_outcome(mut done: Outcome) -> Result<(), DbErr> {
     }
 }
 
-/// Answers every job left with the same error.
-fn fail_jobs(jobs: impl IntoIterator<Item = Job>, why: &str) {
-    for job in jobs {
-        job.reply.send(Err(DbErr::Custom(why.to_string()))).ok();
-    }
-}
-
 /// Counts a writer as queued while it waits for the slot (and stops counting
 /// it if it is cancelled while waiting).
 struct Queued<'a>(&'a AtomicUsize);
@@ -468,182 +474,6 @@ async fn open_batch(
         done: tokio::sync::watch::Sender::new(None),
     });
     Ok(())
-}
-
-/// Runs a self-contained write (each part exactly one statement) as one
-/// writer of a group commit and returns
-/// the rows its statements RETURN, once the batch holding it is committed.
-///
-/// A write made through [`write_tx`] holds the writer slot from its first
-/// statement to its commit, with a round trip to SQLite's driver thread
-/// (and back to the request's task) for each call in between; the next
-/// writer waits through all of it. A write whose statements need no decision
-/// between them, and which undoes nothing after they ran (each statement
-/// guards itself, like `store::create`'s script), can skip that: it is queued
-/// here, and one combiner task takes every queued write at once and sends
-/// them to SQLite in one call, each in a savepoint of its own
-/// (`SAVEPOINT crmkit_j; …; RELEASE crmkit_j`). A write whose statement fails
-/// on a constraint has its savepoint rolled back and gets the error; the
-/// writes after it go in the next call. Any other error fails the batch, as
-/// for [`WriteTx`]. `deferred` statements join the batch's (see
-/// [`WriteTx::defer`]) if the write's statements all ran.
-///
-/// SQLite only: on PostgreSQL writes run concurrently and a self-guarding
-/// script is not enough (see `store::create_script`), so writes there take
-/// a [`write_tx`].
-pub async fn submit(
-    db: &Db,
-    parts: Vec<(String, Vec<Value>)>,
-    deferred: Vec<Deferred>,
-) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-    if db.get_database_backend() != DatabaseBackend::Sqlite {
-        return Err(DbErr::Custom(
-            "submitted writes are for SQLite; use a write transaction".into(),
-        ));
-    }
-    let writer = db.writer.clone();
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    writer.jobs.lock().expect("never poisoned").push(Job {
-        parts,
-        deferred,
-        reply,
-    });
-    if !writer.combiner.swap(true, Ordering::SeqCst) {
-        let pool = db.conn.get_sqlite_connection_pool().clone();
-        tokio::spawn(combine(writer, pool));
-    }
-    let (rows, done) = answer
-        .await
-        .map_err(|_| DbErr::Custom("the write batch was lost".into()))??;
-    batch_outcome(done).await?;
-    Ok(rows.into_iter().map(Into::into).collect())
-}
-
-/// Takes every queued job and runs them in the open batch (see [`submit`]).
-async fn combine(writer: Arc<Writer>, pool: sqlx::SqlitePool) {
-    let mut slot = writer.lock().await;
-    // Jobs queued from here on spawn the next combiner.
-    writer.combiner.store(false, Ordering::SeqCst);
-    let jobs = std::mem::take(&mut *writer.jobs.lock().expect("never poisoned"));
-    if jobs.is_empty() {
-        // Taken by an earlier combiner; the batch is left as it was.
-        return;
-    }
-    let mut jobs = std::collections::VecDeque::from(jobs);
-    if let Err(e) = open_batch(&writer, &pool, &mut slot).await {
-        fail_jobs(jobs, &e.to_string());
-        return;
-    }
-    while !jobs.is_empty() {
-        run_jobs(&slot, &mut jobs).await;
-    }
-    if writer.waiting.load(Ordering::SeqCst) == 0 {
-        // Nobody to join the batch: commit it from this task, no hop.
-        finish_batch(&mut slot).await;
-    } else {
-        leave_batch(&writer, slot);
-    }
-}
-
-/// Sends the queued jobs in one call. Every job the call finished is
-/// answered (and leaves `jobs`); so is the first one that failed, after its
-/// savepoint is rolled back. A failure outside any job, or one that may have
-/// ended the transaction, fails the batch and every job left.
-async fn run_jobs(slot: &Slot, jobs: &mut std::collections::VecDeque<Job>) {
-    let batch = slot.batch.as_ref().expect("opened by the combiner");
-    if batch.poisoned.load(Ordering::SeqCst) {
-        fail_jobs(jobs.drain(..), BATCH_FAILED);
-        return;
-    }
-    let mut conn = batch.conn().await;
-    let (open, mut prefix) = batch.opening();
-    let mut text = open.to_string();
-    let mut values = Vec::new();
-    if batch.release_pending.swap(false, Ordering::SeqCst) {
-        text.push_str("RELEASE crmkit_w; ");
-        prefix += 1;
-    }
-    // Where each job's statements end, counted from the call's first.
-    let mut ends = Vec::with_capacity(jobs.len());
-    let mut n = prefix;
-    for job in jobs.iter() {
-        text.push_str("SAVEPOINT crmkit_j; ");
-        for (sql, vals) in &job.parts {
-            push_statement(&mut text, &mut values, sql, vals);
-        }
-        text.push_str("RELEASE crmkit_j; ");
-        n += job.parts.len() + 2;
-        ends.push(n);
-    }
-    let query = sqlx::query_with(
-        sqlx::AssertSqlSafe(text.as_str()),
-        SqlxValues(Values(values)),
-    );
-    let mut results = (&mut **conn).fetch_many(query);
-    let mut finished = 0; // statements finished
-    let mut rows = Vec::new();
-    let mut failed = None;
-    while let Some(item) = results.next().await {
-        match item {
-            Ok(Either::Left(_)) => {
-                finished += 1;
-                if finished > prefix && ends.first() == Some(&finished) {
-                    // A whole job ran: its rows are its answer.
-                    ends.remove(0);
-                    let job = jobs.pop_front().expect("one job per end");
-                    answer(slot, job, std::mem::take(&mut rows));
-                }
-            }
-            Ok(Either::Right(row)) => rows.push(row),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    drop(results);
-    let Some(e) = failed else {
-        if finished != n || !jobs.is_empty() {
-            // The call ran another number of statements than it holds parts:
-            // a part was not exactly one statement (an empty one is skipped,
-            // two count as two), so rows and outcomes may belong to another
-            // write. Nothing of the batch may be kept (the writes answered
-            // already learn it from the batch), and nothing is sent again.
-            let why = "a submitted write was not one statement per part";
-            poison(slot, &why);
-            fail_jobs(jobs.drain(..), why);
-        }
-        return;
-    };
-    let err = exec_err(e);
-    if finished < prefix || !statement_level(&err) {
-        poison(slot, &err);
-        fail_jobs(jobs.drain(..), &err.to_string());
-        return;
-    }
-    // A constraint failed inside the first job left: undo it alone.
-    let undone = sqlx::raw_sql("ROLLBACK TO crmkit_j; RELEASE crmkit_j")
-        .execute(&mut **conn)
-        .await;
-    let job = jobs.pop_front().expect("the failing job");
-    job.reply.send(Err(err)).ok();
-    if let Err(e) = undone {
-        let e = exec_err(e);
-        poison(slot, &e);
-        fail_jobs(jobs.drain(..), &e.to_string());
-    }
-}
-
-/// A job's statements all ran: its deferred statements join the batch and
-/// it learns its rows and how to hear the batch's outcome.
-fn answer(slot: &Slot, job: Job, rows: Vec<SqliteRow>) {
-    let batch = slot.batch.as_ref().expect("open while jobs run");
-    batch
-        .deferred
-        .lock()
-        .expect("never poisoned")
-        .extend(job.deferred);
-    job.reply.send(Ok((rows, batch.done.subscribe()))).ok();
 }
 
 /// Commits (or, when poisoned, rolls back) the open batch and tells its writers.
@@ -1147,6 +977,12 @@ pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statemen
 /// True when the error is a unique-constraint violation (an upsert race or a
 /// taken email/domain).
 pub fn is_unique_violation(e: &DbErr) -> bool {
+    if let DbErr::Exec(RuntimeErr::SqlxError(x)) | DbErr::Query(RuntimeErr::SqlxError(x)) = e
+        && let sqlx::Error::Database(d) = &**x
+    {
+        // The pool's drivers' errors and the writer thread's ([`submit`]).
+        return d.is_unique_violation();
+    }
     matches!(
         e.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
@@ -1176,10 +1012,12 @@ mod tests {
             "crmkit-writer-{}.db",
             crate::secrets::new_id(crate::wire::handle::Kind::Audit)
         ));
-        let mut opt = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut opt = ConnectOptions::new(url.clone());
         opt.max_connections(4).sqlx_logging(false);
         opt.map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal));
-        let db = Db::new(sea_orm::Database::connect(opt).await.unwrap());
+        let mut db = Db::new(sea_orm::Database::connect(opt).await.unwrap());
+        db.readers = Readers::for_url(&url, 2).map(Arc::new);
         db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)")
             .await
             .unwrap();
@@ -1355,8 +1193,9 @@ mod tests {
         std::fs::remove_file(&path).ok();
     }
 
-    /// Submitted writes queued together go to SQLite in one call, inside the
-    /// batch of the writer they waited for, each keeping its own outcome: one
+    /// Writes submitted while a write transaction holds the writer wait for
+    /// it, then run together in one transaction of the writer thread, each
+    /// keeping its own outcome: one
     /// whose statement breaks a constraint gets the error and keeps nothing
     /// (not even its statements before that one), and the ones after it still
     /// run. Deferred statements come with the writes that ran.
@@ -1391,7 +1230,7 @@ mod tests {
                 submit(&db, parts, deferred).await
             }));
         }
-        while db.writer.jobs.lock().unwrap().len() < 3 {
+        while db.writer.queue.lock().unwrap().jobs.len() < 3 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let batch = db.writer.next_id.load(Ordering::SeqCst);
@@ -1400,11 +1239,11 @@ mod tests {
         for a in answers {
             got.push(a.await.unwrap());
         }
-        let returned = |r: &Result<Vec<sea_orm::QueryResult>, DbErr>| -> Vec<String> {
+        let returned = |r: &Result<Vec<Row>, DbErr>| -> Vec<String> {
             r.as_ref()
                 .unwrap()
                 .iter()
-                .map(|row| row.try_get("", "k").unwrap())
+                .map(|row| row.text("k").unwrap().to_string())
                 .collect()
         };
         assert_eq!(returned(&got[0]), ["j1"]);
@@ -1416,13 +1255,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(logged, [Some("j3".into())]);
-        assert_eq!(db.writer.next_id.load(Ordering::SeqCst), batch, "one batch");
+        assert_eq!(
+            db.writer.next_id.load(Ordering::SeqCst),
+            batch + 1,
+            "one batch after the transaction's"
+        );
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }
 
     /// A submitted write that fails other than on a constraint fails its
-    /// whole batch: no write of it is acknowledged or kept.
+    /// whole batch: no write of it is acknowledged or kept. The write
+    /// transaction they waited for is not theirs and keeps its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broken_submitted_write_fails_its_batch() {
         let (db, path) = scratch_db().await;
@@ -1439,14 +1283,14 @@ mod tests {
                 submit(&db, vec![(sql.to_string(), vec![])], vec![]).await
             }));
         }
-        while db.writer.jobs.lock().unwrap().len() < 2 {
+        while db.writer.queue.lock().unwrap().jobs.len() < 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(first.commit().await.is_err(), "nothing may be acknowledged");
+        first.commit().await.unwrap();
         for a in answers {
             assert!(a.await.unwrap().is_err(), "nothing may be acknowledged");
         }
-        assert!(keys(&db).await.is_empty());
+        assert_eq!(keys(&db).await, ["a"]);
         // The writer goes on with a fresh batch.
         submit(
             &db,
@@ -1455,7 +1299,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(keys(&db).await, ["c"]);
+        assert_eq!(keys(&db).await, ["a", "c"]);
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
     }
@@ -1577,9 +1421,7 @@ mod tests {
     /// cannot write.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_see_every_acknowledged_write_and_cannot_write() {
-        let (mut db, path) = scratch_db().await;
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        db.readers = Readers::for_url(&url, 2).map(Arc::new);
+        let (db, path) = scratch_db().await;
         assert!(db.readers.is_some(), "a file database gets readers");
         assert!(Readers::for_url("sqlite::memory:", 2).is_none());
         db.execute_unprepared("CREATE TABLE ts (at TEXT NOT NULL)")

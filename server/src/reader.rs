@@ -156,6 +156,11 @@ impl Readers {
         })
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn open(path: &Path) -> Result<Connection, DbErr> {
         let c = Connection::open_with_flags(
             path,
@@ -216,7 +221,7 @@ fn run<T, E: From<DbErr>>(
 
 /// A statement value as SQLite stores it through the pool's driver (so that
 /// comparisons with stored text, timestamps above all, hold).
-fn lite(v: &Value) -> Result<Lite, DbErr> {
+pub(crate) fn lite(v: &Value) -> Result<Lite, DbErr> {
     fn or_null<T>(v: &Option<T>, f: impl Fn(&T) -> Lite) -> Lite {
         v.as_ref().map(f).unwrap_or(Lite::Null)
     }

@@ -12,6 +12,7 @@ use crate::db::{Db, Deferred, Ts, WriteTx, stmt};
 use crate::error::{AppError, AppResult};
 use crate::reader::Cells;
 use crate::wire::handle::Kind;
+use sea_orm::DbErr;
 
 /// A SQL fragment with its bound values.
 #[derive(Default, Debug)]
@@ -350,27 +351,31 @@ fn create_script(
     CreateScript { parts, deferred }
 }
 
-/// What a create script's rows say: `None` when the plan has no room (and
-/// whatever the script wrote must be rolled back).
-fn create_outcome(rows: &[sea_orm::QueryResult]) -> AppResult<Option<Created>> {
-    let mut steps = Vec::new();
-    for row in rows {
-        steps.push(row.try_get::<String>("", "step")?);
-    }
+/// What a create script's rows say (their `step` column): `None` when the
+/// plan has no room (and whatever the script wrote must be rolled back).
+fn create_outcome(steps: &[String]) -> Option<Created> {
     let has = |step: &str| steps.iter().any(|s| s == step);
-    Ok(if has("row") && has("slot") {
+    if has("row") && has("slot") {
         Some(Created::Inserted)
     } else if has("row") || has("full") {
         None
     } else {
         Some(Created::KeyTaken)
-    })
+    }
 }
 
 /// On SQLite the search key must be unique in the table; a collision (same
 /// microsecond, same top 8 bits of the id) takes another id.
 fn search_key_taken(backend: DatabaseBackend, e: &sea_orm::DbErr) -> bool {
     backend == DatabaseBackend::Sqlite && e.to_string().contains(".search_key")
+}
+
+/// The `step` column of a script's rows.
+fn steps_of(rows: Result<Vec<sea_orm::QueryResult>, DbErr>) -> Result<Vec<String>, DbErr> {
+    rows?
+        .iter()
+        .map(|row| row.try_get::<String>("", "step"))
+        .collect()
 }
 
 /// Where a create's script runs ([`create`]).
@@ -410,17 +415,24 @@ pub async fn create(
         // transaction they are held back once the create is known to have
         // inserted.
         let (ran, held) = match via {
-            Via::Tx(tx) => (crate::db::script(tx, parts).await, deferred),
-            Via::Now(db) => (crate::db::submit(db, parts, deferred).await, Vec::new()),
+            Via::Tx(tx) => (steps_of(crate::db::script(tx, parts).await), deferred),
+            Via::Now(db) => (
+                crate::db::submit(db, parts, deferred).await.map(|rows| {
+                    rows.iter()
+                        .filter_map(|row| row.text("step").map(str::to_string))
+                        .collect()
+                }),
+                Vec::new(),
+            ),
         };
-        let rows = match ran {
+        let steps = match ran {
             Err(e) if search_key_taken(backend, &e) => {
                 r.id = crate::secrets::new_id(def.kind);
                 continue;
             }
-            rows => rows?,
+            steps => steps?,
         };
-        let Some(created) = create_outcome(&rows)? else {
+        let Some(created) = create_outcome(&steps) else {
             return Err(match via {
                 Via::Tx(tx) => cap_reached(tx, def, ws, settings).await,
                 Via::Now(db) => cap_reached(db, def, ws, settings).await,

@@ -331,10 +331,11 @@ async fn create(
         )
     };
     let refs = changes.iter().any(|(f, _)| matches!(f.ty, FType::Ref(_)));
-    // On SQLite with nothing to check first, the create goes to the database
-    // as one self-contained write. Otherwise, or when the upsert key is
-    // taken (the merge below needs a transaction), it runs in a transaction.
-    let quick = if refs || state.db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+    // On a SQLite file with nothing to check first, the create goes to the
+    // writer thread as one self-contained write. Otherwise, or when the
+    // upsert key is taken (the merge below needs a transaction), it runs in a
+    // transaction.
+    let quick = if refs || state.db.submits().is_none() {
         None
     } else {
         Some(

@@ -1,0 +1,427 @@
+//! Self-contained writes on SQLite, run by one thread of their own with a
+//! connection of its own (see [`submit`]).
+//!
+//! A create is four statements plus its search entry. Sent through the
+//! pool's driver, every call was a round trip to the driver's thread and
+//! every statement and row a message back, and between calls the writer's
+//! connection sat idle while the request's task took the results and sent the
+//! next call: with sustained creates the driver's thread was busy two thirds
+//! of the time although writes were always queued (measured). Here one thread
+//! takes every queued write, runs them with cached prepared statements in one
+//! transaction and commits, and takes the next queue at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rusqlite::types::Value as Lite;
+use rusqlite::{Connection, OpenFlags};
+use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
+use sea_orm::{DbErr, RuntimeErr, Value};
+use tokio::sync::oneshot;
+
+use super::{BATCH_FAILED, Db, Deferred, Queued, WRITER_CACHE, Writer, finish_batch, send_order};
+
+/// A write waiting for the writer thread.
+pub(super) struct Job {
+    parts: Vec<(String, Vec<Value>)>,
+    deferred: Vec<Deferred>,
+    reply: oneshot::Sender<Result<Vec<Row>, DbErr>>,
+}
+
+/// What the writer thread takes its work from.
+#[derive(Default)]
+pub(super) struct Queue {
+    pub(super) jobs: Vec<Job>,
+    /// Started by the first submitted write.
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The database is closing: the thread ends once the queue is empty.
+    closing: bool,
+}
+
+/// A row a submitted statement returned: its columns by name.
+#[derive(Debug, Clone)]
+pub struct Row(Vec<(String, Lite)>);
+
+impl Row {
+    /// The column's value if it is text.
+    pub fn text(&self, column: &str) -> Option<&str> {
+        self.0.iter().find_map(|(name, v)| match v {
+            Lite::Text(s) if name == column => Some(s.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// Runs a self-contained write (each part exactly one statement) and returns
+/// the rows its statements RETURN, once the transaction holding it is
+/// committed.
+///
+/// A write whose statements need no decision between them, and which undoes
+/// nothing after they ran (each statement guards itself, like
+/// `store::create`'s script), is queued here. The writer thread takes every
+/// queued write at once and runs them in one transaction (`BEGIN
+/// IMMEDIATE`), each in a savepoint of its own: a write whose statement fails
+/// on a constraint has its savepoint rolled back and gets the error at once;
+/// any other error fails the whole transaction and every write in it. The
+/// others are answered after the one COMMIT (one fsync) that makes them all
+/// durable, never before. `deferred` statements run just before that COMMIT
+/// if the write's statements all ran (see [`super::WriteTx::defer`]).
+///
+/// The thread holds the writer slot while it runs, so writes through
+/// [`super::write_tx`] and submitted ones take turns in the order they
+/// queued; one left open by a [`super::WriteTx`] is committed first.
+///
+/// SQLite files only: on PostgreSQL writes run concurrently and a
+/// self-guarding script is not enough (see `store::create_script`), and an
+/// in-memory database cannot be opened by a second connection; those take a
+/// [`super::write_tx`] (see [`Db::submits`]).
+pub async fn submit(
+    db: &Db,
+    parts: Vec<(String, Vec<Value>)>,
+    deferred: Vec<Deferred>,
+) -> Result<Vec<Row>, DbErr> {
+    let Some(path) = db.submits() else {
+        return Err(DbErr::Custom(
+            "submitted writes are for SQLite files; use a write transaction".into(),
+        ));
+    };
+    let writer = &db.writer;
+    let (reply, answer) = oneshot::channel();
+    {
+        let mut q = writer.queue.lock().expect("never poisoned");
+        if q.closing {
+            return Err(DbErr::Conn(RuntimeErr::Internal(
+                "the database is closing".into(),
+            )));
+        }
+        q.jobs.push(Job {
+            parts,
+            deferred,
+            reply,
+        });
+        // Started by the first write, and again should it ever have ended
+        // (a panic): the writes it held learn they were lost.
+        if q.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            let (w, path) = (writer.clone(), path.to_path_buf());
+            let rt = tokio::runtime::Handle::current();
+            let thread = std::thread::Builder::new()
+                .name("crmkit-writer".into())
+                .spawn(move || run(w, path, rt))
+                .map_err(|e| DbErr::Custom(format!("cannot start the writer: {e}")))?;
+            q.thread = Some(thread);
+        }
+    }
+    writer.ready.notify_one();
+    answer
+        .await
+        .map_err(|_| DbErr::Custom("the write batch was lost".into()))?
+}
+
+/// Stops the writer thread once it has run every queued write.
+pub(super) fn stop(writer: &Writer) {
+    let thread = {
+        let mut q = writer.queue.lock().expect("never poisoned");
+        q.closing = true;
+        q.thread.take()
+    };
+    writer.ready.notify_all();
+    if let Some(t) = thread {
+        t.join().ok();
+    }
+}
+
+/// The writer thread: waits for writes, takes the writer slot, and runs the
+/// queue batch after batch until it is empty or a [`super::WriteTx`] waits.
+fn run(writer: Arc<Writer>, path: PathBuf, rt: tokio::runtime::Handle) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        {
+            let mut q = writer.queue.lock().expect("never poisoned");
+            while q.jobs.is_empty() && !q.closing {
+                q = writer.ready.wait(q).expect("never poisoned");
+            }
+            if q.jobs.is_empty() {
+                return;
+            }
+        }
+        let mut slot = {
+            let _queued = Queued::new(&writer.waiting);
+            writer.slot.clone().blocking_lock_owned()
+        };
+        if slot.batch.is_some() {
+            // A write transaction's batch waits for its committer.
+            rt.block_on(finish_batch(&mut slot));
+        }
+        loop {
+            let jobs = std::mem::take(&mut writer.queue.lock().expect("never poisoned").jobs);
+            if jobs.is_empty() {
+                break;
+            }
+            let c = match conn.take() {
+                Some(c) => c,
+                None => match open(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        fail_jobs(jobs, &e);
+                        continue;
+                    }
+                },
+            };
+            writer.next_id.fetch_add(1, Ordering::SeqCst);
+            // A connection whose batch failed is not trusted again.
+            if run_batch(&c, &writer, jobs) {
+                conn = Some(c);
+            }
+            if writer.waiting.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, DbErr> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(write_err)?;
+    c.busy_timeout(Duration::from_secs(10)).map_err(write_err)?;
+    // The durability promise (`synchronous` is per connection), and the
+    // pool's other settings a write relies on.
+    c.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = memory; {WRITER_CACHE};"
+    ))
+    .map_err(write_err)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+fn fail_jobs(jobs: Vec<Job>, why: &dyn std::fmt::Display) {
+    for job in jobs {
+        job.reply.send(Err(DbErr::Custom(why.to_string()))).ok();
+    }
+}
+
+/// Writes one transaction takes at most: their answers wait for its COMMIT.
+const BATCH_MAX: usize = 256;
+
+/// Runs `jobs`, and the writes queued while they ran, in one transaction and
+/// answers each; false when the transaction failed as a whole.
+fn run_batch(conn: &Connection, writer: &Writer, jobs: Vec<Job>) -> bool {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE", &[]) {
+        fail_jobs(jobs, &e);
+        return false;
+    }
+    let mut ran = Vec::with_capacity(jobs.len());
+    let mut deferred = Vec::new();
+    let mut broken: Option<DbErr> = None;
+    let mut queue = std::collections::VecDeque::from(jobs);
+    let mut taken = queue.len();
+    loop {
+        let Some(job) = queue.pop_front().or_else(|| {
+            // Writes that came in meanwhile join before the COMMIT, which
+            // costs the same for one write or many.
+            if broken.is_some() || taken >= BATCH_MAX {
+                return None;
+            }
+            let mut q = writer.queue.lock().expect("never poisoned");
+            let n = q.jobs.len().min(BATCH_MAX - taken);
+            queue.extend(q.jobs.drain(..n));
+            taken += n;
+            queue.pop_front()
+        }) else {
+            break;
+        };
+        if broken.is_some() {
+            job.reply.send(Err(DbErr::Custom(BATCH_FAILED.into()))).ok();
+            continue;
+        }
+        match run_job(conn, &job.parts) {
+            Ok(rows) => {
+                deferred.extend(job.deferred);
+                ran.push((job.reply, rows));
+            }
+            Err(Failed::Alone(e)) => {
+                job.reply.send(Err(e)).ok();
+            }
+            Err(Failed::Batch(e)) => {
+                job.reply.send(Err(DbErr::Custom(e.to_string()))).ok();
+                broken = Some(e);
+            }
+        }
+    }
+    if broken.is_none() {
+        for (sql, values) in send_order(deferred) {
+            if let Err(e) = exec(conn, &sql, &values) {
+                broken = Some(e);
+                break;
+            }
+        }
+    }
+    if broken.is_none()
+        && let Err(e) = exec(conn, "COMMIT", &[])
+    {
+        broken = Some(e);
+    }
+    let Some(e) = broken else {
+        for (reply, rows) in ran {
+            reply.send(Ok(rows)).ok();
+        }
+        return true;
+    };
+    tracing::warn!("write batch rolled back: {e}");
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK").ok();
+    }
+    for (reply, _) in ran {
+        let why = format!("commit failed: {BATCH_FAILED} ({e})");
+        reply.send(Err(DbErr::Custom(why))).ok();
+    }
+    false
+}
+
+/// How a write failed: alone (a constraint; its savepoint is rolled back and
+/// the transaction goes on) or with its whole transaction.
+enum Failed {
+    Alone(DbErr),
+    Batch(DbErr),
+}
+
+fn run_job(conn: &Connection, parts: &[(String, Vec<Value>)]) -> Result<Vec<Row>, Failed> {
+    exec(conn, "SAVEPOINT crmkit_j", &[]).map_err(Failed::Batch)?;
+    let mut rows = Vec::new();
+    for (sql, values) in parts {
+        if let Err(e) = query(conn, sql, values, &mut rows) {
+            let alone = e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+                && !conn.is_autocommit()
+                && conn
+                    .execute_batch("ROLLBACK TO crmkit_j; RELEASE crmkit_j")
+                    .is_ok();
+            let e = write_err(e);
+            return Err(if alone {
+                Failed::Alone(e)
+            } else {
+                Failed::Batch(e)
+            });
+        }
+    }
+    exec(conn, "RELEASE crmkit_j", &[]).map_err(Failed::Batch)?;
+    Ok(rows)
+}
+
+/// Runs one statement (exactly one: an empty part or two statements in one
+/// are refused) and appends the rows it returns.
+fn query(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value],
+    rows: &mut Vec<Row>,
+) -> Result<(), rusqlite::Error> {
+    if sql.trim().is_empty() {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    let mut st = conn.prepare_cached(sql)?;
+    let params = bind(values)?;
+    let names: Vec<String> = st.column_names().iter().map(|n| n.to_string()).collect();
+    let mut out = st.query(rusqlite::params_from_iter(params))?;
+    while let Some(row) = out.next()? {
+        let mut cols = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            cols.push((name.clone(), row.get::<_, Lite>(i)?));
+        }
+        rows.push(Row(cols));
+    }
+    Ok(())
+}
+
+fn exec(conn: &Connection, sql: &str, values: &[Value]) -> Result<(), DbErr> {
+    query(conn, sql, values, &mut Vec::new()).map_err(write_err)
+}
+
+fn bind(values: &[Value]) -> Result<Vec<Lite>, rusqlite::Error> {
+    values
+        .iter()
+        .map(|v| {
+            crate::reader::lite(v).map_err(|e| {
+                rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })
+        })
+        .collect()
+}
+
+/// SQLite's error as the pool's driver reports it: a database error with
+/// SQLite's extended code, so that `db::is_unique_violation` and the
+/// constraint checks read it the same; a busy database is unavailable (503
+/// with Retry-After), as for the pool.
+fn write_err(e: rusqlite::Error) -> DbErr {
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked};
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            if matches!(f.code, DatabaseBusy | DatabaseLocked | CannotOpen) {
+                return DbErr::Conn(RuntimeErr::Internal(format!("sqlite write: {e}")));
+            }
+            let kind = match f.extended_code {
+                2067 | 1555 => ErrorKind::UniqueViolation,
+                787 => ErrorKind::ForeignKeyViolation,
+                1299 => ErrorKind::NotNullViolation,
+                275 => ErrorKind::CheckViolation,
+                _ => ErrorKind::Other,
+            };
+            let err = WriteError {
+                code: f.extended_code.to_string(),
+                message: msg.clone().unwrap_or_else(|| f.to_string()),
+                kind,
+            };
+            DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
+                sea_orm::sqlx::Error::Database(Box::new(err)),
+            )))
+        }
+        _ => DbErr::Custom(format!("sqlite write: {e}")),
+    }
+}
+
+#[derive(Debug)]
+struct WriteError {
+    code: String,
+    message: String,
+    kind: ErrorKind,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+impl DatabaseError for WriteError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.code.as_str().into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> ErrorKind {
+        match self.kind {
+            ErrorKind::UniqueViolation => ErrorKind::UniqueViolation,
+            ErrorKind::ForeignKeyViolation => ErrorKind::ForeignKeyViolation,
+            ErrorKind::NotNullViolation => ErrorKind::NotNullViolation,
+            ErrorKind::CheckViolation => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
