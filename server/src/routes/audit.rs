@@ -51,14 +51,15 @@ pub fn entry(
     target: &str,
     changes: Option<Value>,
 ) -> Sql {
+    let at = Ts::now();
     Sql {
         text: "INSERT INTO audit (workspace_id, id, at, user_id, token_name, action, target, changes) \
                SELECT ?, ?, ?, ?, ?, ?, ?, ?"
             .into(),
         vals: vec![
             workspace_id.into(),
-            secrets::new_id(Kind::Audit).into(),
-            Ts::now().into(),
+            secrets::new_audit_id(at).into(),
+            at.into(),
             user_id.into(),
             token_name.into(),
             action.into(),
