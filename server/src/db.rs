@@ -1264,6 +1264,34 @@ mod tests {
         std::fs::remove_file(&path).ok();
     }
 
+    /// The writer thread's connection keeps the durability promise
+    /// (`synchronous=FULL`; it is per connection), enforces foreign keys like
+    /// the pool's, and has the writer's page cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_writes_with_the_pools_guarantees() {
+        let (db, path) = scratch_db().await;
+        let rows = submit(
+            &db,
+            vec![(
+                "SELECT CAST(s.synchronous AS TEXT) AS sync, CAST(f.foreign_keys AS TEXT) AS fk, \
+                 CAST(c.cache_size AS TEXT) AS cache \
+                 FROM pragma_synchronous() AS s, pragma_foreign_keys() AS f, pragma_cache_size() AS c"
+                    .into(),
+                vec![],
+            )],
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].text("sync"), Some("2"), "synchronous=FULL");
+        assert_eq!(rows[0].text("fk"), Some("1"));
+        let cache = WRITER_CACHE.rsplit(' ').next().unwrap();
+        assert_eq!(rows[0].text("cache"), Some(cache));
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
     /// A submitted write that fails other than on a constraint fails its
     /// whole batch: no write of it is acknowledged or kept. The write
     /// transaction they waited for is not theirs and keeps its own.

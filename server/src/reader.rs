@@ -162,21 +162,14 @@ impl Readers {
     }
 
     fn open(path: &Path) -> Result<Connection, DbErr> {
-        let c = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(lite_err)?;
         // In WAL mode a reader waits only while a checkpoint resets the log
         // or after a crash, for a few milliseconds at most.
-        c.busy_timeout(Duration::from_secs(2)).map_err(lite_err)?;
-        c.execute_batch(
+        open_file(
+            path,
+            Duration::from_secs(2),
             "PRAGMA query_only = 1; PRAGMA cache_size = -16384; PRAGMA temp_store = memory;",
         )
-        .map_err(lite_err)?;
-        // List queries differ by filters and sort; keep the common shapes.
-        c.set_prepared_statement_cache_capacity(64);
-        Ok(c)
+        .map_err(lite_err)
     }
 
     /// Runs one read-only statement and maps each row.
@@ -199,6 +192,25 @@ impl Readers {
         }
         out
     }
+}
+
+/// A connection to the database file for one thread at a time (SQLite's
+/// own mutexes off): it waits up to `busy` for a lock, runs `pragmas` first,
+/// and keeps 64 prepared statements (list queries differ by filters and
+/// sort; the common shapes stay). For readers and the writer thread.
+pub(crate) fn open_file(
+    path: &Path,
+    busy: Duration,
+    pragmas: &str,
+) -> Result<Connection, rusqlite::Error> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(busy)?;
+    c.execute_batch(pragmas)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
 }
 
 fn run<T, E: From<DbErr>>(

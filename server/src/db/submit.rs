@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rusqlite::Connection;
 use rusqlite::types::Value as Lite;
-use rusqlite::{Connection, OpenFlags};
 use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
 use sea_orm::{DbErr, RuntimeErr, Value};
 use tokio::sync::oneshot;
@@ -182,20 +182,16 @@ fn run(writer: Arc<Writer>, path: PathBuf, rt: tokio::runtime::Handle) {
 }
 
 fn open(path: &Path) -> Result<Connection, DbErr> {
-    let c = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(write_err)?;
-    c.busy_timeout(Duration::from_secs(10)).map_err(write_err)?;
     // The durability promise (`synchronous` is per connection), and the
     // pool's other settings a write relies on.
-    c.execute_batch(&format!(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = memory; {WRITER_CACHE};"
-    ))
-    .map_err(write_err)?;
-    c.set_prepared_statement_cache_capacity(64);
-    Ok(c)
+    crate::reader::open_file(
+        path,
+        Duration::from_secs(10),
+        &format!(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = memory; {WRITER_CACHE};"
+        ),
+    )
+    .map_err(write_err)
 }
 
 fn fail_jobs(jobs: Vec<Job>, why: &dyn std::fmt::Display) {
