@@ -360,17 +360,9 @@ fn write_err(e: rusqlite::Error) -> DbErr {
             if matches!(f.code, DatabaseBusy | DatabaseLocked | CannotOpen) {
                 return DbErr::Conn(RuntimeErr::Internal(format!("sqlite write: {e}")));
             }
-            let kind = match f.extended_code {
-                2067 | 1555 => ErrorKind::UniqueViolation,
-                787 => ErrorKind::ForeignKeyViolation,
-                1299 => ErrorKind::NotNullViolation,
-                275 => ErrorKind::CheckViolation,
-                _ => ErrorKind::Other,
-            };
             let err = WriteError {
-                code: f.extended_code.to_string(),
+                code: f.extended_code,
                 message: msg.clone().unwrap_or_else(|| f.to_string()),
-                kind,
             };
             DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
                 sea_orm::sqlx::Error::Database(Box::new(err)),
@@ -380,11 +372,12 @@ fn write_err(e: rusqlite::Error) -> DbErr {
     }
 }
 
+/// A SQLite error from the writer thread: its extended result code and
+/// message.
 #[derive(Debug)]
 struct WriteError {
-    code: String,
+    code: i32,
     message: String,
-    kind: ErrorKind,
 }
 
 impl std::fmt::Display for WriteError {
@@ -400,7 +393,7 @@ impl DatabaseError for WriteError {
         &self.message
     }
     fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(self.code.as_str().into())
+        Some(self.code.to_string().into())
     }
     fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         self
@@ -412,11 +405,11 @@ impl DatabaseError for WriteError {
         self
     }
     fn kind(&self) -> ErrorKind {
-        match self.kind {
-            ErrorKind::UniqueViolation => ErrorKind::UniqueViolation,
-            ErrorKind::ForeignKeyViolation => ErrorKind::ForeignKeyViolation,
-            ErrorKind::NotNullViolation => ErrorKind::NotNullViolation,
-            ErrorKind::CheckViolation => ErrorKind::CheckViolation,
+        match self.code {
+            2067 | 1555 => ErrorKind::UniqueViolation,
+            787 => ErrorKind::ForeignKeyViolation,
+            1299 => ErrorKind::NotNullViolation,
+            275 => ErrorKind::CheckViolation,
             _ => ErrorKind::Other,
         }
     }

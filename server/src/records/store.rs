@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Value};
 
 use super::kinds::{FType, FieldDef, KindDef};
 use super::model::{Record, Val};
@@ -12,7 +12,6 @@ use crate::db::{Db, Deferred, Ts, WriteTx, stmt};
 use crate::error::{AppError, AppResult};
 use crate::reader::Cells;
 use crate::wire::handle::Kind;
-use sea_orm::DbErr;
 
 /// A SQL fragment with its bound values.
 #[derive(Default, Debug)]
@@ -385,9 +384,9 @@ pub enum Via<'a> {
     /// on SQLite a single call to the database); a create refused by the
     /// cap may have written its row and is rolled back with the transaction.
     Tx(&'a WriteTx),
-    /// As a write of its own on SQLite, answered once durable: the script
-    /// needs no decision between its statements there, so it joins the
-    /// group commit without holding the writer between them
+    /// As a write of its own on a SQLite file, answered once durable: the
+    /// script needs no decision between its statements there, so the writer
+    /// thread runs it with the other queued writes in one transaction
     /// ([`crate::db::submit`]). `KeyTaken` wrote nothing; the caller merges
     /// into the record holding the key in a transaction. Not on PostgreSQL
     /// (see `Tx`).
