@@ -1,7 +1,8 @@
 //! A real SMTP server on loopback for the tests: it speaks enough of RFC 5321
 //! for lettre's SMTP transport (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and
 //! keeps every message it accepts. `Mode::Refuse` answers 550 to every
-//! recipient, to prove the server's `email_failed` path.
+//! recipient, to prove the server's `email_failed` path; `Mode::Hold` keeps
+//! a sender waiting, to prove that a slow mail server holds nothing else up.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,8 @@ pub enum Mode {
     Refuse,
     /// Takes the whole message (kept in the inbox for inspection), then answers 554.
     RefuseAfterData,
+    /// Answers nothing to `MAIL FROM` until the mode changes.
+    Hold,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +31,8 @@ pub struct SmtpServer {
     pub port: u16,
     pub inbox: Arc<Mutex<Vec<Received>>>,
     pub mode: Arc<Mutex<Mode>>,
+    /// Senders kept waiting by `Mode::Hold` so far.
+    pub held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpServer {
@@ -38,6 +43,7 @@ impl SmtpServer {
             port,
             inbox: Arc::new(Mutex::new(Vec::new())),
             mode: Arc::new(Mutex::new(mode)),
+            held: Arc::default(),
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -71,6 +77,12 @@ impl SmtpServer {
             if upper.starts_with("EHLO") || upper.starts_with("HELO") {
                 w.write_all(b"250-localhost\r\n250 8BITMIME\r\n").await?;
             } else if upper.starts_with("MAIL FROM") {
+                if *self.mode.lock().unwrap() == Mode::Hold {
+                    self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while *self.mode.lock().unwrap() == Mode::Hold {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
                 rcpt.clear();
                 w.write_all(b"250 ok\r\n").await?;
             } else if upper.starts_with("RCPT TO") {

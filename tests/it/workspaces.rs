@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, field};
 use crate::records::create;
+use crate::smtp::Mode;
 
 async fn ws_of(s: &Server, t: &str) -> String {
     s.get("/whoami?format=json", t).await.json()["data"]["workspace"]
@@ -753,4 +754,111 @@ async fn operators_change_plans_from_the_command_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// The pending invites' lines of the members list.
+async fn pending_invites(s: &Server, t: &str, ws: &str) -> Vec<String> {
+    let members = s.get(&format!("/workspaces/{ws}/members"), t).await;
+    members
+        .text
+        .lines()
+        .filter(|l| l.starts_with("invite/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_invite_whose_mail_fails_is_taken_back() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let ws = ws_of(&s, &a).await;
+    let (s, a) = (&s, a.as_str());
+    let path = format!("/workspaces/{ws}/invites");
+    let path = path.as_str();
+    let invite = |email: &str, role: &str| {
+        let body = json!({"email": email, "role": role}).to_string();
+        async move { s.post(path, Some(a), &body).await }
+    };
+    // A new invite: answered 502, no invite left, no seat taken.
+    s.smtp().set_mode(Mode::Refuse);
+    invite("bounce@example.com", "member")
+        .await
+        .assert_error(502, "email_failed");
+    assert_eq!(pending_invites(s, a, &ws).await, Vec::<String>::new());
+    assert!(s.get("/whoami", a).await.text.contains("# members: 1 / 10"));
+    // A re-invite that changes the role: the pending invite keeps its role.
+    s.smtp().set_mode(Mode::Accept);
+    assert_eq!(invite("later@example.com", "member").await.status, 201);
+    s.smtp().set_mode(Mode::RefuseAfterData);
+    invite("later@example.com", "admin")
+        .await
+        .assert_error(502, "email_failed");
+    let pending = pending_invites(s, a, &ws).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(
+        field(&pending[0], "role").as_deref() == Some("member"),
+        "{pending:?}"
+    );
+    assert!(s.get("/whoami", a).await.text.contains("# members: 2 / 10"));
+    // The audit log tells what happened.
+    let audit = s.get("/audit?format=json", a).await.json();
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions[..4],
+        [
+            "invite.update",
+            "invite.create",
+            "invite.create",
+            "invite.withdraw"
+        ],
+        "{actions:?}"
+    );
+    // Mail works again: the invite goes through.
+    s.smtp().set_mode(Mode::Accept);
+    assert_eq!(invite("bounce@example.com", "member").await.status, 201);
+    assert_eq!(pending_invites(s, a, &ws).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_mail_server_holds_up_no_other_write() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let ws = ws_of(&s, &a).await;
+    s.smtp().set_mode(Mode::Hold);
+    let path = format!("/workspaces/{ws}/invites");
+    let invite = s.post(&path, Some(&a), r#"{"email":"slow@example.com"}"#);
+    tokio::pin!(invite);
+    // The invite request is waiting on the mail server.
+    let held = async {
+        while s.smtp().held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut invite => panic!("answered with the mail held: {}", r.text),
+        _ = held => {}
+    }
+    // Other writes go on meanwhile: a create, an update, a delete.
+    let writes = async {
+        let id = create(&s, &a, "contacts", json!({"name": "During the invite"})).await;
+        let r = s
+            .patch(&format!("/contacts/{id}"), &a, r#"{"name":"Renamed"}"#)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        id
+    };
+    let id = tokio::select! {
+        r = &mut invite => panic!("answered with the mail held: {}", r.text),
+        r = tokio::time::timeout(std::time::Duration::from_secs(10), writes) => r.expect("writes waited for the mail server"),
+    };
+    s.smtp().set_mode(Mode::Accept);
+    let r = invite.await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(s.smtp().mails_to("slow@example.com").len(), 1);
+    assert_eq!(s.get(&format!("/contacts/{id}"), &a).await.status, 200);
 }

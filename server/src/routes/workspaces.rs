@@ -360,15 +360,26 @@ async fn invite(
     let (ws_name, plan) = ws_plan(&tx, &ws).await?;
     let now = Ts::now();
     // Re-inviting a pending address updates its role and takes no new seat.
-    let updated = tx
+    let pending = tx
         .query_one_raw(stmt(
             backend,
-            "UPDATE invites SET role = ? WHERE workspace_id = ? AND email = ? RETURNING id",
-            vec![role.clone().into(), ws.clone().into(), email.clone().into()],
+            "SELECT id, role FROM invites WHERE workspace_id = ? AND email = ?",
+            vec![ws.clone().into(), email.clone().into()],
         ))
         .await?;
-    let (invite_id, result) = match updated {
-        Some(row) => (row.try_get::<String>("", "id")?, "updated"),
+    let mut previous_role = None;
+    let (invite_id, result) = match pending {
+        Some(row) => {
+            let id: String = row.try_get("", "id")?;
+            previous_role = Some(row.try_get::<String>("", "role")?);
+            tx.execute_raw(stmt(
+                backend,
+                "UPDATE invites SET role = ? WHERE workspace_id = ? AND id = ?",
+                vec![role.clone().into(), ws.clone().into(), id.clone().into()],
+            ))
+            .await?;
+            (id, "updated")
+        }
         None => {
             let cap = state.settings.plan(&plan).members;
             let took = tx
@@ -421,9 +432,23 @@ async fn invite(
             "to={email} invite to workspace {ws} as {role}: sign in at {base}/auth/request"
         ),
     };
-    // Mail first, then commit: a failed send leaves no half-made invite.
-    state.mailer.send(mail).await?;
+    // Commit, then mail: a transaction held across SMTP would hold the
+    // database's one writer (every write of the server) for as long as the
+    // mail server takes. A failed send takes the invite back.
     tx.commit().await?;
+    if let Err(e) = state.mailer.send(mail).await {
+        let taken_back = TakenBack {
+            ws: &ws,
+            id: &invite_id,
+            email: &email,
+            role: &role,
+            previous_role: previous_role.as_deref(),
+        };
+        if let Err(undo) = take_back_invite(&state, &caller, taken_back).await {
+            tracing::error!(invite = %invite_id, error = %undo.message, "an invite whose mail failed could not be taken back");
+        }
+        return Err(e);
+    }
     let h = handle(Kind::Invite, &invite_id);
     let status = if result == "created" {
         StatusCode::CREATED
@@ -439,6 +464,74 @@ async fn invite(
         },
         || json!({"data": {"handle": h, "id": invite_id, "email": email, "role": role, "status": "invited", "workspace": handle(Kind::Workspace, &ws)}, "result": result}),
     ))
+}
+
+/// An invite whose mail failed, as the invite request left it.
+struct TakenBack<'a> {
+    ws: &'a str,
+    id: &'a str,
+    email: &'a str,
+    role: &'a str,
+    /// The role of the pending invite that the request updated, if any.
+    previous_role: Option<&'a str>,
+}
+
+/// Undoes an invite whose mail failed, unless it changed since: a new
+/// invite is withdrawn and frees its seat, an updated one gets its role back.
+/// An invite accepted meanwhile stays accepted.
+async fn take_back_invite(state: &AppState, caller: &Caller, t: TakenBack<'_>) -> AppResult<()> {
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let target = handle(Kind::Invite, t.id);
+    match t.previous_role {
+        None => {
+            let gone = tx
+                .query_one_raw(stmt(
+                    backend,
+                    "DELETE FROM invites WHERE workspace_id = ? AND id = ? AND role = ? RETURNING id",
+                    vec![t.ws.into(), t.id.into(), t.role.into()],
+                ))
+                .await?;
+            if gone.is_some() {
+                tx.execute_raw(stmt(backend, "UPDATE workspaces SET members_count = members_count - 1 WHERE id = ? AND members_count > 0", vec![t.ws.into()])).await?;
+                let change = json!({"email": [t.email, null]});
+                audit::record(
+                    &tx,
+                    t.ws,
+                    &caller.user_id,
+                    &caller.token_name,
+                    "invite.withdraw",
+                    &target,
+                    Some(change),
+                )
+                .await?;
+            }
+        }
+        Some(previous) => {
+            let back = tx
+                .execute_raw(stmt(
+                    backend,
+                    "UPDATE invites SET role = ? WHERE workspace_id = ? AND id = ? AND role = ?",
+                    vec![previous.into(), t.ws.into(), t.id.into(), t.role.into()],
+                ))
+                .await?;
+            if back.rows_affected() == 1 {
+                let change = json!({"role": [t.role, previous]});
+                audit::record(
+                    &tx,
+                    t.ws,
+                    &caller.user_id,
+                    &caller.token_name,
+                    "invite.update",
+                    &target,
+                    Some(change),
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn withdraw(
