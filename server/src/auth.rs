@@ -240,15 +240,10 @@ async fn renew(state: &AppState, token_id: &str, now: Ts) -> Result<(), AppError
         token_id.into(),
         now.into(),
     ];
-    if db.submits().is_some() {
-        // Through the writer thread, like creates: a write of its own on a
-        // pool connection waited in SQLite's busy handler (sleeps of up to
-        // 100 ms a try) while the writer thread's transactions followed one
-        // another, and stalled requests for up to 1.5 s under sustained
-        // creates (measured).
-        crate::db::submit(db, vec![(sql.to_string(), values)], Vec::new()).await?;
-        return Ok(());
-    }
+    // On SQLite this queues for the writer like any write made through `Db`
+    // (see `Db::alone`): on a pool connection of its own it waited in SQLite's
+    // busy handler while group commits followed one another, and stalled
+    // requests for up to 1.5 s under sustained creates (measured).
     db.execute_raw(stmt(db.get_database_backend(), sql, values))
         .await?;
     Ok(())

@@ -80,7 +80,8 @@ impl From<Ts> for OffsetDateTime {
 
 /// The database handle every part of the server uses: the connection pool
 /// and, on SQLite, the process's single writer with its group commit.
-/// Derefs to the pool for reads and one-statement writes.
+/// Reads through it go to the pool; on SQLite a write through it is a write
+/// transaction of its own ([`Db::alone`]).
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
@@ -151,22 +152,104 @@ impl Db {
     }
 }
 
+/// How long a write made through [`Db`] waits for the writer slot before it
+/// is answered 503: as long as the pool's busy timeout, which bounded the
+/// same wait when such writes went to SQLite's busy handler.
+const ALONE_WAIT: Duration = Duration::from_secs(10);
+
+impl Db {
+    /// On SQLite, a write made through the handle rather than a [`WriteTx`]
+    /// (a sign-in code, a rate-limit count, a step-up or OAuth grant) runs in
+    /// a write transaction of its own: it queues on the writer slot with the
+    /// other writers and joins a group commit. On a pool connection it would
+    /// wait in SQLite's busy handler (sleeps of up to 100 ms a try) while
+    /// group commits hold the lock back to back, and under sustained creates
+    /// that took seconds. `None` on PostgreSQL, whose writers do not queue.
+    ///
+    /// A caller holding a `WriteTx` must write through it, never through the
+    /// handle: the handle would wait for that caller's own slot (and give up
+    /// after [`ALONE_WAIT`]).
+    async fn alone(&self) -> Result<Option<WriteTx>, DbErr> {
+        if self.get_database_backend() != DatabaseBackend::Sqlite {
+            return Ok(None);
+        }
+        match tokio::time::timeout(ALONE_WAIT, write_tx(self)).await {
+            Ok(tx) => tx.map(Some),
+            Err(_) => Err(DbErr::Conn(RuntimeErr::Internal(format!(
+                "the database's writer stayed busy for {} s",
+                ALONE_WAIT.as_secs()
+            )))),
+        }
+    }
+}
+
+/// Commits a write made [alone](Db::alone) if it succeeded.
+async fn settle<T>(tx: WriteTx, ran: Result<T, DbErr>) -> Result<T, DbErr> {
+    match ran {
+        Ok(v) => tx.commit().await.map(|()| v),
+        Err(e) => {
+            tx.rollback().await.ok();
+            Err(e)
+        }
+    }
+}
+
+/// Whether a statement writes (reads through the handle stay on the pool).
+fn writes(sql: &str) -> bool {
+    let head = sql.trim_start().get(..7).unwrap_or_default();
+    ["INSERT", "UPDATE", "DELETE", "REPLACE"]
+        .iter()
+        .any(|k| head.len() >= k.len() && head[..k.len()].eq_ignore_ascii_case(k))
+}
+
+/// Reads go to the pool; on SQLite, writes go through the writer slot (see
+/// [`Db::alone`]).
 #[async_trait::async_trait]
 impl ConnectionTrait for Db {
     fn get_database_backend(&self) -> DatabaseBackend {
         self.conn.get_database_backend()
     }
     async fn execute_raw(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
-        self.conn.execute_raw(stmt).await
+        match self.alone().await? {
+            Some(tx) => {
+                let ran = tx.execute_raw(stmt).await;
+                settle(tx, ran).await
+            }
+            None => self.conn.execute_raw(stmt).await,
+        }
     }
     async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
-        self.conn.execute_unprepared(sql).await
+        match self.alone().await? {
+            Some(tx) => {
+                let ran = tx.execute_unprepared(sql).await;
+                settle(tx, ran).await
+            }
+            None => self.conn.execute_unprepared(sql).await,
+        }
     }
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
-        self.conn.query_one_raw(stmt).await
+        if !writes(&stmt.sql) {
+            return self.conn.query_one_raw(stmt).await;
+        }
+        match self.alone().await? {
+            Some(tx) => {
+                let ran = tx.query_one_raw(stmt).await;
+                settle(tx, ran).await
+            }
+            None => self.conn.query_one_raw(stmt).await,
+        }
     }
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-        self.conn.query_all_raw(stmt).await
+        if !writes(&stmt.sql) {
+            return self.conn.query_all_raw(stmt).await;
+        }
+        match self.alone().await? {
+            Some(tx) => {
+                let ran = tx.query_all_raw(stmt).await;
+                settle(tx, ran).await
+            }
+            None => self.conn.query_all_raw(stmt).await,
+        }
     }
     fn support_returning(&self) -> bool {
         self.conn.support_returning()
@@ -1262,6 +1345,73 @@ mod tests {
         );
         db.close().await.unwrap();
         std::fs::remove_file(&path).ok();
+    }
+
+    /// A write made through the handle (a sign-in code, a rate-limit count)
+    /// queues on the writer slot like a transaction and joins the next group
+    /// commit, rather than waiting in SQLite's busy handler while another
+    /// writer holds the lock; a read through the handle does not wait at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_through_the_handle_queue_for_the_writer() {
+        let (db, path) = scratch_db().await;
+        let first = write_tx(&db).await.unwrap();
+        first.execute_raw(insert("a")).await.unwrap();
+        assert_eq!(keys(&db).await, Vec::<String>::new(), "reads do not wait");
+        let alone = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let returned = db
+                    .query_one_raw(Statement::from_string(
+                        DatabaseBackend::Sqlite,
+                        "INSERT INTO t (k) VALUES ('b') RETURNING k",
+                    ))
+                    .await?;
+                let executed = db.execute_raw(insert("c")).await?;
+                Ok::<_, DbErr>((returned, executed.rows_affected()))
+            })
+        };
+        let queued = async {
+            while db.writer_queue().0 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("the write did not queue for the writer slot");
+        assert!(!alone.is_finished());
+        first.commit().await.unwrap();
+        let (returned, executed) = alone.await.unwrap().unwrap();
+        assert_eq!(returned.unwrap().try_get::<String>("", "k").unwrap(), "b");
+        assert_eq!(executed, 1);
+        assert_eq!(keys(&db).await, ["a", "b", "c"]);
+        // A failing write is undone alone and leaves the writer usable.
+        let taken = db.execute_raw(insert("a")).await.unwrap_err();
+        assert!(is_unique_violation(&taken), "{taken}");
+        db.execute_raw(insert("d")).await.unwrap();
+        assert_eq!(keys(&db).await, ["a", "b", "c", "d"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn only_writing_statements_go_to_the_writer() {
+        for sql in [
+            "INSERT INTO t",
+            "  update t SET",
+            "\nDELETE FROM t",
+            "replace INTO t",
+        ] {
+            assert!(writes(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "",
+            "PRAGMA x",
+            "UPD",
+        ] {
+            assert!(!writes(sql), "{sql}");
+        }
     }
 
     /// The writer thread's connection keeps the durability promise

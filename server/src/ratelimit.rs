@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::ConnectionTrait;
 
-use crate::db::stmt;
+use crate::db::{Db, stmt};
 use crate::error::AppError;
 
 /// Counts one hit on `key`; `Err(rate_limited)` once more than `limit` hits fall
 /// in the current window.
 pub async fn hit(
-    db: &DatabaseConnection,
+    db: &Db,
     key: &str,
     limit: i64,
     window: Duration,
@@ -42,7 +42,7 @@ pub async fn hit(
 }
 
 /// Drops counters whose window has passed.
-pub async fn sweep(db: &DatabaseConnection, window: Duration) -> Result<(), AppError> {
+pub async fn sweep(db: &Db, window: Duration) -> Result<(), AppError> {
     let stale = time::OffsetDateTime::now_utc().unix_timestamp() - window.as_secs() as i64;
     db.execute_raw(stmt(
         db.get_database_backend(),
