@@ -339,6 +339,9 @@ struct Writer {
     queue: std::sync::Mutex<submit::Queue>,
     /// Wakes the writer thread when writes are queued.
     ready: std::sync::Condvar,
+    /// Wakes the checkpoint thread when a batch has committed.
+    checkpoint_wake: std::sync::Condvar,
+    checkpoints: submit::Checkpoints,
 }
 
 /// How a batch ended, as its writers learn it.
@@ -1412,6 +1415,49 @@ mod tests {
         ] {
             assert!(!writes(sql), "{sql}");
         }
+    }
+
+    /// The writer thread checkpoints nothing itself, so the checkpoint thread
+    /// must copy the WAL into the database file and have the writer start it
+    /// over: without it the WAL would hold every page written here (~16 MiB).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_and_started_over_beside_the_writer() {
+        let (db, path) = scratch_db().await;
+        db.execute_unprepared("CREATE TABLE big (k TEXT PRIMARY KEY, body BLOB)")
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for task in 0..16 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    let put = (
+                        "INSERT INTO big (k, body) VALUES (?, randomblob(4000))".to_string(),
+                        vec![format!("{task}-{i}").into()],
+                    );
+                    submit(&db, vec![put], vec![]).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let wal = std::fs::metadata(path.with_extension("db-wal"))
+            .unwrap()
+            .len();
+        let main = std::fs::metadata(&path).unwrap().len();
+        assert!(wal < 12 << 20, "the WAL grew to {wal} bytes");
+        assert!(
+            main > 8 << 20,
+            "only {main} bytes were copied into the database"
+        );
+        let n = db
+            .read("SELECT count(*) FROM big", vec![], |r| r.int(0))
+            .await
+            .unwrap();
+        assert_eq!(n, [Some(4000)]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
     }
 
     /// The writer thread's connection keeps the durability promise

@@ -38,6 +38,18 @@ pub(super) struct Queue {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The database is closing: the thread ends once the queue is empty.
     closing: bool,
+    /// The checkpoint thread, started with the writer thread.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    /// A batch committed since the last checkpoint pass.
+    checkpoint_due: bool,
+}
+
+/// What the checkpoint thread tells the writer thread.
+#[derive(Default)]
+pub(super) struct Checkpoints {
+    /// The WAL is long and all but its last frames are copied: the writer
+    /// copies the rest, so that its next transaction starts the WAL over.
+    restart_due: std::sync::atomic::AtomicBool,
 }
 
 /// A row a submitted statement returned: its columns by name.
@@ -112,6 +124,14 @@ pub async fn submit(
                 .map_err(|e| DbErr::Custom(format!("cannot start the writer: {e}")))?;
             q.thread = Some(thread);
         }
+        if q.checkpointer.as_ref().is_none_or(|t| t.is_finished()) {
+            let (w, path) = (writer.clone(), path.to_path_buf());
+            let thread = std::thread::Builder::new()
+                .name("crmkit-checkpoint".into())
+                .spawn(move || checkpoint(w, path))
+                .map_err(|e| DbErr::Custom(format!("cannot start the checkpointer: {e}")))?;
+            q.checkpointer = Some(thread);
+        }
     }
     writer.ready.notify_one();
     answer
@@ -121,13 +141,14 @@ pub async fn submit(
 
 /// Stops the writer thread once it has run every queued write.
 pub(super) fn stop(writer: &Writer) {
-    let thread = {
+    let threads = {
         let mut q = writer.queue.lock().expect("never poisoned");
         q.closing = true;
-        q.thread.take()
+        [q.thread.take(), q.checkpointer.take()]
     };
     writer.ready.notify_all();
-    if let Some(t) = thread {
+    writer.checkpoint_wake.notify_all();
+    for t in threads.into_iter().flatten() {
         t.join().ok();
     }
 }
@@ -169,11 +190,24 @@ fn run(writer: Arc<Writer>, path: PathBuf, rt: tokio::runtime::Handle) {
                     }
                 },
             };
+            if writer.checkpoints.restart_due.swap(false, Ordering::SeqCst) {
+                // The frames written since the checkpoint thread's pass: a
+                // few batches' worth, where a whole checkpoint here copied
+                // every page of the last ~1,000 frames and synced them.
+                match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+                    // The checkpoint thread is mid-pass: next batch.
+                    Ok(1) => writer.checkpoints.restart_due.store(true, Ordering::SeqCst),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("checkpoint on the writer failed: {e}"),
+                }
+            }
             writer.next_id.fetch_add(1, Ordering::SeqCst);
             // A connection whose batch failed is not trusted again.
             if run_batch(&c, &writer, jobs) {
                 conn = Some(c);
             }
+            writer.queue.lock().expect("never poisoned").checkpoint_due = true;
+            writer.checkpoint_wake.notify_one();
             if writer.waiting.load(Ordering::SeqCst) > 0 {
                 break;
             }
@@ -188,10 +222,73 @@ fn open(path: &Path) -> Result<Connection, DbErr> {
         path,
         Duration::from_secs(10),
         &format!(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = memory; {WRITER_CACHE};"
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = memory; {WRITER_CACHE}; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT};"
         ),
     )
     .map_err(write_err)
+}
+
+/// WAL frames past which the writer thread's connection checkpoints on its
+/// own, as SQLite does after a COMMIT (at 1,000 frames by default): only a
+/// safety net, should the checkpoint thread be gone or readers keep the WAL
+/// from starting over ([`checkpoint`]).
+const WRITER_AUTOCHECKPOINT: u32 = 4000;
+
+/// How often the checkpoint thread copies the WAL into the database file
+/// while batches commit.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+
+/// WAL frames past which the writer is asked to start the WAL over (SQLite's
+/// own automatic checkpoint runs at 1,000).
+const RESTART_FRAMES: i64 = 1000;
+
+/// The checkpoint thread: copies the WAL's frames into the database file
+/// (a PASSIVE checkpoint, which never blocks the writer or readers) at most
+/// every [`CHECKPOINT_EVERY`] while batches commit.
+///
+/// SQLite's automatic checkpoint ran on the writer thread after a COMMIT,
+/// every ~16 batches, copying ~600 pages and syncing the database file while
+/// every queued write waited; the writer's connection now leaves that to
+/// this thread (see [`WRITER_AUTOCHECKPOINT`]). A checkpoint copies only frames
+/// that no reader still needs, and the WAL starts over only when a writer
+/// finds all of it copied as its transaction begins, which a pass running
+/// beside a writer that commits every millisecond never achieves. So once
+/// the WAL is [`RESTART_FRAMES`] long, the writer copies the few frames
+/// written since the pass before its next batch, and that batch starts the
+/// WAL over: the file stays a few MiB.
+fn checkpoint(writer: Arc<Writer>, path: PathBuf) {
+    let conn = match crate::reader::open_file(
+        &path,
+        Duration::from_secs(10),
+        "PRAGMA synchronous = FULL;",
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("checkpoint thread: cannot open the database: {e}");
+            return;
+        }
+    };
+    loop {
+        {
+            let mut q = writer.queue.lock().expect("never poisoned");
+            while !q.checkpoint_due && !q.closing {
+                q = writer.checkpoint_wake.wait(q).expect("never poisoned");
+            }
+            if q.closing {
+                return;
+            }
+            q.checkpoint_due = false;
+        }
+        // The pragma's row: busy, frames in the WAL, frames copied.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) if frames >= RESTART_FRAMES => {
+                writer.checkpoints.restart_due.store(true, Ordering::SeqCst);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("checkpoint failed: {e}"),
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
 }
 
 fn fail_jobs(jobs: Vec<Job>, why: &dyn std::fmt::Display) {
