@@ -74,9 +74,9 @@ impl Row {
 /// nothing after they ran (each statement guards itself, like
 /// `store::create`'s script), is queued here. The writer thread takes every
 /// queued write at once and runs them in one transaction (`BEGIN
-/// IMMEDIATE`), each in a savepoint of its own: a write whose statement fails
-/// on a constraint has its savepoint rolled back and gets the error at once;
-/// any other error fails the whole transaction and every write in it. The
+/// IMMEDIATE`), each as if in a savepoint of its own (see `run_batch`): a
+/// write whose statement fails on a constraint is undone alone and gets the
+/// error; any other error fails the whole transaction and every write in it. The
 /// others are answered after the one COMMIT (one fsync) that makes them all
 /// durable, never before. `deferred` statements run just before that COMMIT
 /// if the write's statements all ran (see [`super::WriteTx::defer`]).
