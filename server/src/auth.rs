@@ -232,20 +232,22 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, AppEr
 /// Slides a token's idle expiry. Conditional on it not having expired
 /// meanwhile, so a race never revives a dead token.
 async fn renew(state: &AppState, token_id: &str, now: Ts) -> Result<(), AppError> {
-    let db = &state.db;
-    let sql = "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?";
-    let values: Vec<sea_orm::Value> = vec![
-        now.into(),
-        now.plus(state.settings.token_idle_ttl).into(),
-        token_id.into(),
-        now.into(),
-    ];
     // On SQLite this queues for the writer like any write made through `Db`
     // (see `Db::alone`): on a pool connection of its own it waited in SQLite's
     // busy handler while group commits followed one another, and stalled
     // requests for up to 1.5 s under sustained creates (measured).
-    db.execute_raw(stmt(db.get_database_backend(), sql, values))
-        .await?;
+    let db = &state.db;
+    db.execute_raw(stmt(
+        db.get_database_backend(),
+        "UPDATE tokens SET last_used_at = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
+        vec![
+            now.into(),
+            now.plus(state.settings.token_idle_ttl).into(),
+            token_id.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
     Ok(())
 }
 

@@ -368,10 +368,12 @@ fn attempt(conn: &Connection, writer: &Writer, jobs: &mut Vec<Job>, savepoints: 
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE", &[]) {
         return Attempt::Ended(Vec::new(), Err(e));
     }
+    // The writes after one that failed the transaction are left out of
+    // `ran`; `run_batch` answers them as skipped.
     let mut ran: Outcomes = Vec::with_capacity(jobs.len());
     let mut broken: Option<DbErr> = None;
-    loop {
-        if ran.len() == jobs.len() && broken.is_none() && jobs.len() < BATCH_MAX {
+    while broken.is_none() {
+        if ran.len() == jobs.len() && jobs.len() < BATCH_MAX {
             let mut q = writer.queue.lock().expect("never poisoned");
             let n = q.jobs.len().min(BATCH_MAX - jobs.len());
             jobs.extend(q.jobs.drain(..n));
@@ -379,10 +381,6 @@ fn attempt(conn: &Connection, writer: &Writer, jobs: &mut Vec<Job>, savepoints: 
         let Some(job) = jobs.get(ran.len()) else {
             break;
         };
-        if broken.is_some() {
-            ran.push(Err(Failed::Skipped));
-            continue;
-        }
         match run_job(conn, &job.parts, savepoints) {
             Err(Failed::Alone(_)) if !savepoints => {
                 if !conn.is_autocommit() {
