@@ -1396,6 +1396,40 @@ mod tests {
         std::fs::remove_file(&path).ok();
     }
 
+    /// A write through the handle waits for the writer slot at most
+    /// [`ALONE_WAIT`], then fails as a connection error (a 503 `not_ready`
+    /// with `Retry-After`), having written nothing.
+    #[tokio::test]
+    async fn a_write_through_the_handle_gives_up_on_a_busy_writer() {
+        let (db, path) = scratch_db().await;
+        let holder = write_tx(&db).await.unwrap();
+        holder.execute_raw(insert("held")).await.unwrap();
+        // Paused, the clock jumps ahead whenever every task waits, so the
+        // ten seconds pass at once; nothing else here waits on a timer.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let err = db.execute_raw(insert("late")).await.unwrap_err();
+        let waited = started.elapsed();
+        tokio::time::resume();
+        assert!(waited >= ALONE_WAIT, "gave up after {waited:?}");
+        assert!(matches!(err, DbErr::Conn(_)), "{err:?}");
+        assert!(err.to_string().contains("stayed busy"), "{err}");
+        let answer = crate::error::AppError::from(err);
+        assert_eq!(answer.status.as_u16(), 503);
+        assert_eq!(answer.code, "not_ready");
+        assert_eq!(
+            answer.retry_after,
+            Some(crate::error::UNAVAILABLE_RETRY_AFTER)
+        );
+        // The holder is unaffected, and the write that gave up left nothing.
+        holder.commit().await.unwrap();
+        assert_eq!(keys(&db).await, ["held"]);
+        db.execute_raw(insert("after")).await.unwrap();
+        assert_eq!(keys(&db).await, ["after", "held"]);
+        db.close().await.unwrap();
+        std::fs::remove_file(&path).ok();
+    }
+
     #[test]
     fn only_writing_statements_go_to_the_writer() {
         for sql in [

@@ -129,13 +129,18 @@ impl AppError {
         e
     }
 
+    /// The database is unreachable, or its writer stayed busy too long
+    /// (a write through `db::Db` gives up after 10 s).
     pub fn unavailable(detail: impl std::fmt::Display) -> Self {
         let mut e = AppError::new(
             "not_ready",
             StatusCode::SERVICE_UNAVAILABLE,
-            "the database is unreachable",
-            "retry in a few seconds; GET /readyz answers 200 again when the server is ready",
+            "the database is unreachable or too busy",
+            format!(
+                "retry after {UNAVAILABLE_RETRY_AFTER} seconds (Retry-After); GET /readyz answers 200 when the server is ready"
+            ),
         );
+        e.retry_after = Some(UNAVAILABLE_RETRY_AFTER);
         e.internal = Some(detail.to_string());
         e
     }
@@ -206,6 +211,9 @@ impl From<sea_orm::DbErr> for AppError {
         }
     }
 }
+
+/// Seconds a 503 `not_ready` asks the client to wait (its `Retry-After`).
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 2;
 
 impl From<sea_orm::TransactionError<AppError>> for AppError {
     fn from(e: sea_orm::TransactionError<AppError>) -> Self {

@@ -2,7 +2,9 @@
 //! for lettre's SMTP transport (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and
 //! keeps every message it accepts. `Mode::Refuse` answers 550 to every
 //! recipient, to prove the server's `email_failed` path; `Mode::Hold` keeps
-//! a sender waiting, to prove that a slow mail server holds nothing else up.
+//! a sender waiting, to prove that a slow mail server holds nothing else up;
+//! [`SmtpServer::hold_next_to`] keeps one message waiting while the others
+//! go through.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,8 +33,11 @@ pub struct SmtpServer {
     pub port: u16,
     pub inbox: Arc<Mutex<Vec<Received>>>,
     pub mode: Arc<Mutex<Mode>>,
-    /// Senders kept waiting by `Mode::Hold` so far.
+    /// Senders kept waiting by `Mode::Hold` or `hold_next_to` so far.
     pub held: Arc<std::sync::atomic::AtomicUsize>,
+    /// The next message to this address waits at `RCPT TO` until `release`.
+    hold_next: Arc<Mutex<Option<String>>>,
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SmtpServer {
@@ -44,6 +49,8 @@ impl SmtpServer {
             inbox: Arc::new(Mutex::new(Vec::new())),
             mode: Arc::new(Mutex::new(mode)),
             held: Arc::default(),
+            hold_next: Arc::default(),
+            released: Arc::default(),
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -59,6 +66,20 @@ impl SmtpServer {
 
     pub fn set_mode(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Keeps the next message to `addr` waiting at its `RCPT TO` (counted in
+    /// `held`) until [`SmtpServer::release`]; other messages, to `addr` too,
+    /// go through meanwhile. Once released it is answered by the mode then.
+    pub fn hold_next_to(&self, addr: &str) {
+        self.released
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.hold_next.lock().unwrap() = Some(addr.to_string());
+    }
+
+    pub fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn session(&self, sock: tokio::net::TcpStream) -> std::io::Result<()> {
@@ -86,14 +107,28 @@ impl SmtpServer {
                 rcpt.clear();
                 w.write_all(b"250 ok\r\n").await?;
             } else if upper.starts_with("RCPT TO") {
+                let addr = cmd[8..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string();
+                let hold = {
+                    let mut next = self.hold_next.lock().unwrap();
+                    let hold = next.as_deref() == Some(addr.as_str());
+                    if hold {
+                        *next = None;
+                    }
+                    hold
+                };
+                if hold {
+                    self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
                 if *self.mode.lock().unwrap() == Mode::Refuse {
                     w.write_all(b"550 mailbox unavailable\r\n").await?;
                 } else {
-                    let addr = cmd[8..]
-                        .trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_string();
                     rcpt.push(addr);
                     w.write_all(b"250 ok\r\n").await?;
                 }

@@ -824,6 +824,66 @@ async fn an_invite_whose_mail_fails_is_taken_back() {
     assert_eq!(pending_invites(s, a, &ws).await.len(), 2);
 }
 
+/// The invitee signs in (and so joins) while the invite's mail is still on
+/// its way; the mail then fails. The invite is answered 502 as usual, but
+/// taking it back must not touch the membership it has become.
+#[tokio::test]
+async fn an_invite_accepted_before_its_mail_fails_stays_accepted() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let ws = ws_of(&s, &a).await;
+    s.smtp().hold_next_to("racer@example.com");
+    let path = format!("/workspaces/{ws}/invites");
+    let invite = s.post(&path, Some(&a), r#"{"email":"racer@example.com"}"#);
+    tokio::pin!(invite);
+    let held = async {
+        while s.smtp().held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut invite => panic!("answered with the mail held: {}", r.text),
+        _ = held => {}
+    }
+    // The invite is committed: the invitee's sign-in accepts it.
+    let racer = tokio::select! {
+        r = &mut invite => panic!("answered with the mail held: {}", r.text),
+        t = s.login("racer@example.com") => t,
+    };
+    s.smtp().set_mode(Mode::Refuse);
+    s.smtp().release();
+    invite.await.assert_error(502, "email_failed");
+    // Still a member, in the seat the invite took; nothing was withdrawn.
+    let members = s.get(&format!("/workspaces/{ws}/members"), &a).await.text;
+    assert!(
+        members.lines().any(|l| l.starts_with("user/")
+            && l.contains("racer@example.com")
+            && l.contains("role=member")),
+        "{members}"
+    );
+    assert_eq!(pending_invites(&s, &a, &ws).await, Vec::<String>::new());
+    assert!(
+        s.get("/whoami", &a)
+            .await
+            .text
+            .contains("# members: 2 / 10")
+    );
+    let audit = s.get("/audit?format=json", &a).await.json();
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(!actions.contains(&"invite.withdraw"), "{actions:?}");
+    assert!(actions.contains(&"invite.create"), "{actions:?}");
+    // And the new member can work in the workspace.
+    let r = s
+        .post(&format!("/workspaces/{ws}/tokens"), Some(&racer), "{}")
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
 #[tokio::test]
 async fn a_slow_mail_server_holds_up_no_other_write() {
     let s = Server::start().await;
