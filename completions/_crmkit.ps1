@@ -42,6 +42,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('audit', 'audit', [CompletionResultType]::ParameterValue, 'The workspace audit log, newest first')
             [CompletionResult]::new('api', 'api', [CompletionResultType]::ParameterValue, 'Raw API call with the stored token, output as received')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions (bash, zsh, fish, powershell, elvish)')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page (roff; `crmkit man | man -l -`)')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)')
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Apply pending database migrations (serve also does this at start)')
             [CompletionResult]::new('migrate-data', 'migrate-data', [CompletionResultType]::ParameterValue, 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)')
@@ -802,6 +803,14 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'crmkit;man' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'crmkit;serve' {
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'TOML config file (keys as the flags, with `_`; plans as `[plans.NAME]` tables)')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Listen address [default: 127.0.0.1:8080]')
@@ -921,6 +930,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('audit', 'audit', [CompletionResultType]::ParameterValue, 'The workspace audit log, newest first')
             [CompletionResult]::new('api', 'api', [CompletionResultType]::ParameterValue, 'Raw API call with the stored token, output as received')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print shell completions (bash, zsh, fish, powershell, elvish)')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page (roff; `crmkit man | man -l -`)')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)')
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Apply pending database migrations (serve also does this at start)')
             [CompletionResult]::new('migrate-data', 'migrate-data', [CompletionResultType]::ParameterValue, 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)')
@@ -1096,6 +1106,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;completions' {
+            break
+        }
+        'crmkit;help;man' {
             break
         }
         'crmkit;help;serve' {

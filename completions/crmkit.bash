@@ -52,6 +52,9 @@ _crmkit() {
             crmkit,logout)
                 cmd="crmkit__subcmd__logout"
                 ;;
+            crmkit,man)
+                cmd="crmkit__subcmd__man"
+                ;;
             crmkit,migrate)
                 cmd="crmkit__subcmd__migrate"
                 ;;
@@ -277,6 +280,9 @@ _crmkit() {
             crmkit__subcmd__help,logout)
                 cmd="crmkit__subcmd__help__subcmd__logout"
                 ;;
+            crmkit__subcmd__help,man)
+                cmd="crmkit__subcmd__help__subcmd__man"
+                ;;
             crmkit__subcmd__help,migrate)
                 cmd="crmkit__subcmd__help__subcmd__migrate"
                 ;;
@@ -476,7 +482,7 @@ _crmkit() {
 
     case "${cmd}" in
         crmkit)
-            opts="-h -V --server --json --format --help --version login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions serve migrate migrate-data admin help"
+            opts="-h -V --server --json --format --help --version login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2348,7 +2354,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help)
-            opts="login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions serve migrate migrate-data admin help"
+            opts="login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2851,6 +2857,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__help__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -3124,6 +3144,28 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__logout)
+            opts="-h --server --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__man)
             opts="-h --server --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -39,6 +39,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand audit 'The workspace audit log, newest first'
             cand api 'Raw API call with the stored token, output as received'
             cand completions 'Print shell completions (bash, zsh, fish, powershell, elvish)'
+            cand man 'Print the man page (roff; `crmkit man | man -l -`)'
             cand serve 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
             cand migrate 'Apply pending database migrations (serve also does this at start)'
             cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
@@ -708,6 +709,13 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'crmkit;man'= {
+            cand --server 'Server URL'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'crmkit;serve'= {
             cand --config 'TOML config file (keys as the flags, with `_`; plans as `[plans.NAME]` tables)'
             cand --bind 'Listen address [default: 127.0.0.1:8080]'
@@ -819,6 +827,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand audit 'The workspace audit log, newest first'
             cand api 'Raw API call with the stored token, output as received'
             cand completions 'Print shell completions (bash, zsh, fish, powershell, elvish)'
+            cand man 'Print the man page (roff; `crmkit man | man -l -`)'
             cand serve 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
             cand migrate 'Apply pending database migrations (serve also does this at start)'
             cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
@@ -948,6 +957,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;api'= {
         }
         &'crmkit;help;completions'= {
+        }
+        &'crmkit;help;man'= {
         }
         &'crmkit;help;serve'= {
         }

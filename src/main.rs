@@ -36,6 +36,8 @@ enum Command {
     Client(crmkit_cli::Command),
     /// Print shell completions (bash, zsh, fish, powershell, elvish)
     Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff; `crmkit man | man -l -`)
+    Man,
     /// Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)
     #[cfg(feature = "server")]
     Serve(crmkit_server::config::ServeArgs),
@@ -84,6 +86,12 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "crmkit", &mut std::io::stdout());
             ExitCode::SUCCESS
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
         }
         Command::Client(cmd) => {
             let rt = match tokio::runtime::Builder::new_current_thread()

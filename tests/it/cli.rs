@@ -315,24 +315,27 @@ async fn workspaces_switch_and_logout() {
 }
 
 #[test]
-fn completions_are_fresh() {
+fn completions_and_man_page_are_fresh() {
     for (shell, file) in [
         ("bash", "crmkit.bash"),
         ("zsh", "_crmkit"),
         ("fish", "crmkit.fish"),
         ("powershell", "_crmkit.ps1"),
         ("elvish", "crmkit.elv"),
+        ("man", "crmkit.1"),
     ] {
-        let out = Command::new(bin())
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let args: &[&str] = match shell {
+            "man" => &["man"],
+            _ => &["completions", shell],
+        };
+        let out = Command::new(bin()).args(args).output().unwrap();
         assert!(out.status.success());
         let committed = std::fs::read(format!("{}/completions/{file}", env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_default();
         assert!(
             committed == out.stdout,
-            "completions/{file} is stale: regenerate with `crmkit completions {shell} > completions/{file}`"
+            "completions/{file} is stale: regenerate with `crmkit {} > completions/{file}`",
+            args.join(" ")
         );
     }
 }
