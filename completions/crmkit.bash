@@ -606,7 +606,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__admin__subcmd__set__subcmd__plan)
-            opts="-h --config --bind --database-url --base-url --smtp-url --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -629,6 +629,10 @@ _crmkit() {
                     return 0
                     ;;
                 --smtp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --smtp-ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3188,7 +3192,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__migrate)
-            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3211,6 +3215,10 @@ _crmkit() {
                     return 0
                     ;;
                 --smtp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --smtp-ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3334,7 +3342,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__serve)
-            opts="-h --config --bind --database-url --base-url --smtp-url --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3357,6 +3365,10 @@ _crmkit() {
                     return 0
                     ;;
                 --smtp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --smtp-ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

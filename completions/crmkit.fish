@@ -591,6 +591,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l bind -d 'Listen 
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l database-url -d '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l base-url -d 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l smtp-url -d '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l smtp-ca-file -d 'PEM file of CA certificates to trust for the SMTP server\'s certificate, besides the public ones (smtp+starttls:// and smtps:// only)' -r -F
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l mail-from -d 'Sender address [default: crmkit <no-reply@localhost>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r
@@ -613,6 +614,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l bind -d 'Liste
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l database-url -d '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l base-url -d 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l smtp-url -d '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l smtp-ca-file -d 'PEM file of CA certificates to trust for the SMTP server\'s certificate, besides the public ones (smtp+starttls:// and smtps:// only)' -r -F
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l mail-from -d 'Sender address [default: crmkit <no-reply@localhost>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r
@@ -652,6 +654,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l database-url -d '`sqlite://PATH?mode=rwc` or `postgres://…` [default: SQLite file in the data dir]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l base-url -d 'Public URL used in the manual, OAuth metadata and emails [default: http://<bind>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l smtp-url -d '`smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l smtp-ca-file -d 'PEM file of CA certificates to trust for the SMTP server\'s certificate, besides the public ones (smtp+starttls:// and smtps:// only)' -r -F
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l mail-from -d 'Sender address [default: crmkit <no-reply@localhost>]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r

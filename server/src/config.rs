@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// `smtp://host:port`, `smtp+starttls://user:pass@host:587` or `smtps://user:pass@host:465`; unset = local mail mode
     #[arg(long, env = "CRMKIT_SMTP_URL", value_name = "URL")]
     pub smtp_url: Option<String>,
+    /// PEM file of CA certificates to trust for the SMTP server's certificate, besides the public ones (smtp+starttls:// and smtps:// only)
+    #[arg(long, env = "CRMKIT_SMTP_CA_FILE", value_name = "FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     /// Sender address [default: crmkit <no-reply@localhost>]
     #[arg(long, env = "CRMKIT_MAIL_FROM", value_name = "ADDR")]
     pub mail_from: Option<String>,
@@ -98,6 +101,7 @@ struct FileConfig {
     database_url: Option<String>,
     base_url: Option<String>,
     smtp_url: Option<String>,
+    smtp_ca_file: Option<PathBuf>,
     mail_from: Option<String>,
     token_idle_ttl: Option<String>,
     db_max_connections: Option<u32>,
@@ -176,6 +180,8 @@ pub struct Settings {
     pub database_url: String,
     pub base_url: String,
     pub mail: MailMode,
+    /// `smtp_ca_file`'s certificates (PEM), trusted besides the public roots.
+    pub smtp_ca: Option<Vec<u8>>,
     pub mail_from: String,
     pub token_idle_ttl: Duration,
     pub db_max_connections: Option<u32>,
@@ -306,6 +312,31 @@ fn check_smtp_url(s: &str) -> Result<String, ConfigError> {
     Ok(s.to_string())
 }
 
+/// The CA certificates of `smtp_ca_file`: checked at start-up, so a wrong
+/// path or file fails there and not at the first mail.
+fn read_smtp_ca(path: &Path, mail: &MailMode) -> Result<Vec<u8>, ConfigError> {
+    let tls = matches!(mail, MailMode::Smtp(u) if u.starts_with("smtp+starttls://") || u.starts_with("smtps://"));
+    if !tls {
+        return Err(bad(
+            "smtp_ca_file",
+            "it applies to smtp+starttls:// and smtps:// only; set smtp_url to one of them",
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        bad(
+            "smtp_ca_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "smtp_ca_file",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
+}
+
 fn check_database_url(s: &str) -> Result<String, ConfigError> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         use std::str::FromStr;
@@ -391,6 +422,14 @@ impl Settings {
             Some(u) => MailMode::Smtp(check_smtp_url(u.trim())?),
             None => MailMode::Local,
         };
+        let ca_file = args
+            .smtp_ca_file
+            .clone()
+            .or_else(|| file.smtp_ca_file.clone());
+        let smtp_ca = match ca_file.filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Some(read_smtp_ca(&path, &mail)?),
+            None => None,
+        };
         let mail_from = pick(&args.mail_from, &file.mail_from)
             .unwrap_or_else(|| "crmkit <no-reply@localhost>".into());
         mail_from
@@ -473,6 +512,7 @@ impl Settings {
             database_url,
             base_url,
             mail,
+            smtp_ca,
             mail_from,
             token_idle_ttl,
             db_max_connections,
@@ -573,6 +613,28 @@ mod tests {
                 limit_contacts: Some("-1".into()),
                 ..Default::default()
             },
+            // A CA file with plain SMTP, a missing one, one without a certificate.
+            ServeArgs {
+                smtp_url: Some("smtp://127.0.0.1:25".into()),
+                smtp_ca_file: Some(PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/Cargo.toml"
+                ))),
+                ..Default::default()
+            },
+            ServeArgs {
+                smtp_url: Some("smtps://mail.example.com".into()),
+                smtp_ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+                ..Default::default()
+            },
+            ServeArgs {
+                smtp_url: Some("smtp+starttls://mail.example.com".into()),
+                smtp_ca_file: Some(PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/Cargo.toml"
+                ))),
+                ..Default::default()
+            },
         ] {
             let args = ServeArgs {
                 database_url: Some("sqlite://x.db".into()),
@@ -582,6 +644,35 @@ mod tests {
             assert!(!err.0.contains('\n'), "{err}");
             assert!(err.0.starts_with("invalid "), "{err}");
         }
+    }
+
+    #[test]
+    fn a_smtp_ca_file_is_checked_at_start_up() {
+        let manifest = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        let pem = std::env::temp_dir().join(format!("crmkit-ca-{}.pem", std::process::id()));
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let resolve = |url: &str, file: &PathBuf| {
+            Settings::resolve(&ServeArgs {
+                database_url: Some("sqlite://x.db".into()),
+                smtp_url: Some(url.into()),
+                smtp_ca_file: Some(file.clone()),
+                ..Default::default()
+            })
+        };
+        let err = |url: &str, file: &PathBuf| resolve(url, file).err().unwrap().0;
+        assert!(err("smtp://mail:25", &pem).contains("smtp+starttls:// and smtps:// only"));
+        assert!(err("smtps://mail", &PathBuf::from("/nonexistent/ca.pem")).contains("cannot read"));
+        assert!(err("smtps://mail", &manifest).contains("holds no PEM certificate"));
+        let ok = resolve("smtp+starttls://mail:587", &pem).unwrap();
+        assert_eq!(
+            ok.smtp_ca.as_deref(),
+            Some(std::fs::read(&pem).unwrap().as_slice())
+        );
+        std::fs::remove_file(&pem).ok();
     }
 
     #[test]

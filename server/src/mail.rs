@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{ConfigError, MailMode, Settings};
@@ -45,15 +46,43 @@ fn lettre_url(url: &str) -> String {
     }
 }
 
+/// The TLS settings of a `smtp+starttls://` or `smtps://` URL that also
+/// trust the CA certificates of `smtp_ca_file` (a mail server with a
+/// certificate from a private CA). The server's name is still verified.
+fn private_ca_tls(url: &str, pem: &[u8]) -> Result<Tls, ConfigError> {
+    let bad = |e: &dyn std::fmt::Display| ConfigError(format!("invalid smtp_ca_file: {e}"));
+    let parsed = url::Url::parse(url).map_err(|e| ConfigError(format!("invalid smtp_url: {e}")))?;
+    let host = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(ConfigError("invalid smtp_url: no host".into())),
+    };
+    let ca = Certificate::from_pem(pem).map_err(|e| bad(&e))?;
+    let params = TlsParameters::builder(host)
+        .add_root_certificate(ca)
+        .build()
+        .map_err(|e| bad(&e))?;
+    Ok(if url.starts_with("smtps://") {
+        Tls::Wrapper(params)
+    } else {
+        Tls::Required(params)
+    })
+}
+
 impl Mailer {
     pub fn new(settings: &Settings) -> Result<Mailer, ConfigError> {
         match &settings.mail {
             MailMode::Local => Ok(Mailer::Local),
             MailMode::Smtp(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
-                    .map_err(|e| ConfigError(format!("invalid smtp_url: {e}")))?
-                    .timeout(Some(Duration::from_secs(15)))
-                    .build();
+                let mut transport =
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
+                        .map_err(|e| ConfigError(format!("invalid smtp_url: {e}")))?
+                        .timeout(Some(Duration::from_secs(15)));
+                if let Some(pem) = &settings.smtp_ca {
+                    transport = transport.tls(private_ca_tls(url, pem)?);
+                }
+                let transport = transport.build();
                 let from = settings
                     .mail_from
                     .parse()

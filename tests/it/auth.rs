@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 
 use crate::harness::{Server, field};
-use crate::smtp::{Mode, code_in};
+use crate::smtp::{Mode, Security, code_in};
 
 fn verify_body(email: &str, code: &str) -> String {
     format!("{{\"email\":\"{email}\",\"code\":\"{code}\",\"token_name\":\"t\"}}")
@@ -635,6 +635,41 @@ async fn bad_auth_bodies_get_a_4xx_with_a_hint() {
         .await;
     let allowed = r.json()["allowed"].clone();
     assert_eq!(allowed, serde_json::json!(["email", "code", "token_name"]));
+}
+
+/// Mail over STARTTLS and over TLS (`smtp+starttls://`, `smtps://`) reaches
+/// a mail server whose certificate comes from a private CA given as
+/// `CRMKIT_SMTP_CA_FILE`, and arrives encrypted: the test server answers
+/// 530 to anything but STARTTLS before the handshake.
+#[tokio::test]
+async fn sign_in_mail_goes_over_starttls_and_tls_to_a_private_ca() {
+    for security in [Security::StartTls, Security::Tls] {
+        let s = Server::builder()
+            .smtp_security(security, true)
+            .start()
+            .await;
+        let t = s.login("tls@example.com").await;
+        assert_eq!(s.get("/whoami", &t).await.status, 200, "{security:?}");
+        let mails = s.smtp().mails_to("tls@example.com");
+        assert_eq!(mails.len(), 1, "{security:?}");
+        assert!(mails[0].tls, "{security:?}: the mail came in the clear");
+    }
+}
+
+/// The server verifies the mail server's certificate: one that nothing it
+/// trusts vouches for gets no mail, and the request is answered 502.
+#[tokio::test]
+async fn a_mail_server_with_an_untrusted_certificate_gets_nothing() {
+    for security in [Security::StartTls, Security::Tls] {
+        let s = Server::builder()
+            .smtp_security(security, false)
+            .start()
+            .await;
+        s.post("/auth/request", None, r#"{"email":"tls@example.com"}"#)
+            .await
+            .assert_error(502, "email_failed");
+        assert!(s.smtp().all().is_empty(), "{security:?}");
+    }
 }
 
 #[tokio::test]

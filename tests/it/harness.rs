@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::smtp::{Mode, SmtpServer, code_in};
+use crate::smtp::{Mode, Security, SmtpServer, code_in};
 
 pub struct Resp {
     pub status: u16,
@@ -114,6 +114,9 @@ pub fn drop_pg_database(name: String) {
 pub struct Builder {
     env: Vec<(String, String)>,
     smtp: Option<Mode>,
+    smtp_security: Security,
+    /// The server trusts the test SMTP server's certificate (`CRMKIT_SMTP_CA_FILE`).
+    smtp_ca: bool,
     backend: Option<Backend>,
     database: Option<String>,
 }
@@ -155,6 +158,13 @@ impl Builder {
         self.smtp = Some(mode);
         self
     }
+    /// The test SMTP server speaks STARTTLS or TLS; with `trusted`, the
+    /// server is given its certificate as `CRMKIT_SMTP_CA_FILE`.
+    pub fn smtp_security(mut self, security: Security, trusted: bool) -> Self {
+        self.smtp_security = security;
+        self.smtp_ca = trusted;
+        self
+    }
     pub async fn start(self) -> Server {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let (db_url, pg_name) = match (
@@ -177,15 +187,17 @@ impl Builder {
             },
         };
         let smtp = match self.smtp {
-            Some(mode) => Some(SmtpServer::start(mode).await),
+            Some(mode) => Some(SmtpServer::start_with(mode, self.smtp_security).await),
             None => None,
         };
         let mut env = self.env;
         if let Some(s) = &smtp {
-            env.push((
-                "CRMKIT_SMTP_URL".into(),
-                format!("smtp://127.0.0.1:{}", s.port),
-            ));
+            env.push(("CRMKIT_SMTP_URL".into(), s.url()));
+            if let (true, Some(pem)) = (self.smtp_ca, &s.ca_pem) {
+                let path = dir.path().join("smtp-ca.pem");
+                std::fs::write(&path, pem).unwrap();
+                env.push(("CRMKIT_SMTP_CA_FILE".into(), path.display().to_string()));
+            }
         }
         Server::spawn(dir, db_url, pg_name, smtp, env).await
     }
@@ -200,6 +212,8 @@ impl Server {
         Builder {
             env: Vec::new(),
             smtp: Some(Mode::Accept),
+            smtp_security: Security::Plain,
+            smtp_ca: true,
             backend: None,
             database: None,
         }
@@ -285,10 +299,7 @@ impl Server {
             .cloned()
             .collect();
         if let Some(s) = &self.smtp {
-            env.push((
-                "CRMKIT_SMTP_URL".into(),
-                format!("smtp://127.0.0.1:{}", s.port),
-            ));
+            env.push(("CRMKIT_SMTP_URL".into(), s.url()));
         }
         for (k, v) in extra_env {
             env.push((k.to_string(), v.to_string()));
