@@ -22,6 +22,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
     $completions = @(switch ($command) {
         'crmkit' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -55,6 +56,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'The emailed code (asked for on a terminal otherwise)')
             [CompletionResult]::new('--token-name', '--token-name', [CompletionResultType]::ParameterName, 'Label of this session in `crmkit tokens list`')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--request-only', '--request-only', [CompletionResultType]::ParameterName, 'Only email a code now; sign in later with --code')
             [CompletionResult]::new('--with-token', '--with-token', [CompletionResultType]::ParameterName, 'Read a token from stdin instead')
@@ -65,6 +67,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;logout' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -73,6 +76,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;whoami' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -81,6 +85,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;auth' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -91,6 +96,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;auth;token' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -110,6 +116,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;tokens' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -121,6 +128,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;tokens;list' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -129,6 +137,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;tokens;revoke' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -152,6 +161,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -169,6 +179,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;list' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -177,6 +188,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;create' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -185,6 +197,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;use' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -193,6 +206,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;members' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -202,6 +216,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;workspaces;invite' {
             [CompletionResult]::new('--role', '--role', [CompletionResultType]::ParameterName, 'role')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -211,6 +226,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;workspaces;role' {
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'code')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -219,6 +235,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;remove' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -228,6 +245,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;workspaces;delete' {
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'code')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -276,6 +294,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;contacts' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -301,6 +320,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -310,6 +330,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;contacts;get' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -335,6 +356,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -360,6 +382,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -368,6 +391,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;contacts;delete' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -379,6 +403,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -392,6 +417,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
             [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -435,6 +461,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;companies' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -460,6 +487,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -469,6 +497,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;companies;get' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -494,6 +523,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -519,6 +549,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -527,6 +558,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;companies;delete' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -538,6 +570,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -551,6 +584,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
             [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -594,6 +628,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;deals' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -619,6 +654,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -628,6 +664,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;deals;get' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -653,6 +690,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -678,6 +716,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -686,6 +725,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;deals;delete' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -697,6 +737,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -710,6 +751,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
             [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -757,6 +799,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -768,6 +811,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Also what is due within N days')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N (1..200)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -778,6 +822,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -789,6 +834,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'JSON body, @file or - for stdin')
             [CompletionResult]::new('--header', '--header', [CompletionResultType]::ParameterName, 'Extra header, K:V (repeatable)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -797,6 +843,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;completions' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -805,6 +852,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;man' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -830,6 +878,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit-members', '--limit-members', [CompletionResultType]::ParameterName, 'The default plan''s members cap, pending invites included [default: 10]')
             [CompletionResult]::new('--limit-workspaces', '--limit-workspaces', [CompletionResultType]::ParameterName, 'The default plan''s workspaces-per-user cap [default: 5]')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -855,6 +904,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit-members', '--limit-members', [CompletionResultType]::ParameterName, 'The default plan''s members cap, pending invites included [default: 10]')
             [CompletionResult]::new('--limit-workspaces', '--limit-workspaces', [CompletionResultType]::ParameterName, 'The default plan''s workspaces-per-user cap [default: 5]')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Only print the migrations that would run')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
@@ -866,6 +916,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Source database URL')
             [CompletionResult]::new('--to', '--to', [CompletionResultType]::ParameterName, 'Target database URL (must be empty)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -874,6 +925,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;admin' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -901,6 +953,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--limit-members', '--limit-members', [CompletionResultType]::ParameterName, 'The default plan''s members cap, pending invites included [default: 10]')
             [CompletionResult]::new('--limit-workspaces', '--limit-workspaces', [CompletionResultType]::ParameterName, 'The default plan''s workspaces-per-user cap [default: 5]')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')

@@ -482,13 +482,17 @@ _crmkit() {
 
     case "${cmd}" in
         crmkit)
-            opts="-h -V --server --json --format --help --version login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
+            opts="-h -V --server --profile --json --format --help --version login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -504,7 +508,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__activities)
-            opts="-h --contact --deal --limit --cursor --all --server --json --format --help"
+            opts="-h --contact --deal --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -530,6 +534,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -542,13 +550,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__admin)
-            opts="-h --server --json --format --help set-plan help"
+            opts="-h --server --profile --json --format --help set-plan help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -606,7 +618,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__admin__subcmd__set__subcmd__plan)
-            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -684,6 +696,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -696,7 +712,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__api)
-            opts="-h --data --header --server --json --format --help"
+            opts="-h --data --header --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -714,6 +730,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -726,7 +746,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__audit)
-            opts="-h --limit --cursor --all --server --json --format --help"
+            opts="-h --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -744,6 +764,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -756,13 +780,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__auth)
-            opts="-h --server --json --format --help token help"
+            opts="-h --server --profile --json --format --help token help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -820,13 +848,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__auth__subcmd__token)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -842,13 +874,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies)
-            opts="-h --server --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help list get create update delete activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -864,7 +900,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__activities)
-            opts="-h --limit --cursor --all --server --json --format --help"
+            opts="-h --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -882,6 +918,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -894,7 +934,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -972,6 +1012,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -984,13 +1028,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__delete)
-            opts="-h --yes --server --json --format --help"
+            opts="-h --yes --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1006,13 +1054,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__get)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1154,7 +1206,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --json --format --help"
+            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1200,6 +1252,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1212,7 +1268,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__log)
-            opts="-h --kind --body --deal --at --server --json --format --help"
+            opts="-h --kind --body --deal --at --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1238,6 +1294,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1250,7 +1310,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1328,6 +1388,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1340,13 +1404,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__completions)
-            opts="-h --server --json --format --help bash elvish fish powershell zsh"
+            opts="-h --server --profile --json --format --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1362,13 +1430,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts)
-            opts="-h --server --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help list get create update delete activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1384,7 +1456,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__activities)
-            opts="-h --limit --cursor --all --server --json --format --help"
+            opts="-h --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1402,6 +1474,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1414,7 +1490,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1492,6 +1568,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1504,13 +1584,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__delete)
-            opts="-h --yes --server --json --format --help"
+            opts="-h --yes --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1526,13 +1610,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__get)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1674,7 +1762,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --json --format --help"
+            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1720,6 +1808,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1732,7 +1824,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__log)
-            opts="-h --kind --body --deal --at --server --json --format --help"
+            opts="-h --kind --body --deal --at --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1758,6 +1850,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1770,7 +1866,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1848,6 +1944,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1860,13 +1960,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals)
-            opts="-h --server --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help list get create update delete activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1882,7 +1986,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__activities)
-            opts="-h --limit --cursor --all --server --json --format --help"
+            opts="-h --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1900,6 +2004,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -1912,7 +2020,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1990,6 +2098,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -2002,13 +2114,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__delete)
-            opts="-h --yes --server --json --format --help"
+            opts="-h --yes --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2024,13 +2140,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__get)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2172,7 +2292,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --json --format --help"
+            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2218,6 +2338,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -2230,7 +2354,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__log)
-            opts="-h --kind --body --deal --at --server --json --format --help"
+            opts="-h --kind --body --deal --at --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2256,6 +2380,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -2268,7 +2396,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2343,6 +2471,10 @@ _crmkit() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3114,7 +3246,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__login)
-            opts="-h --email --code --request-only --token-name --with-token --server --json --format --help"
+            opts="-h --email --code --request-only --token-name --with-token --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3136,6 +3268,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -3148,13 +3284,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__logout)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3170,13 +3310,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__man)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3192,7 +3336,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__migrate)
-            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3270,6 +3414,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -3282,7 +3430,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__migrate__subcmd__data)
-            opts="-h --from --to --server --json --format --help"
+            opts="-h --from --to --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3300,6 +3448,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -3312,7 +3464,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__reminders)
-            opts="-h --days --limit --server --json --format --help"
+            opts="-h --days --limit --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3330,6 +3482,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -3342,7 +3498,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__serve)
-            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3420,6 +3576,10 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
                     return 0
@@ -3432,13 +3592,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__tokens)
-            opts="-h --server --json --format --help list revoke help"
+            opts="-h --server --profile --json --format --help list revoke help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3510,13 +3674,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__tokens__subcmd__list)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3532,13 +3700,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__tokens__subcmd__revoke)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3554,13 +3726,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__whoami)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3576,13 +3752,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces)
-            opts="-h --server --json --format --help list create use members invite role remove delete help"
+            opts="-h --server --profile --json --format --help list create use members invite role remove delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3598,13 +3778,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__create)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3620,7 +3804,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__delete)
-            opts="-h --code --yes --server --json --format --help"
+            opts="-h --code --yes --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3631,6 +3815,10 @@ _crmkit() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3786,7 +3974,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__invite)
-            opts="-h --role --server --json --format --help"
+            opts="-h --role --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3797,6 +3985,10 @@ _crmkit() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3812,13 +4004,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__list)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3834,13 +4030,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__members)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3856,13 +4056,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__remove)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3878,7 +4082,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__role)
-            opts="-h --code --server --json --format --help"
+            opts="-h --code --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3889,6 +4093,10 @@ _crmkit() {
                     return 0
                     ;;
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3904,13 +4112,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__use)
-            opts="-h --server --json --format --help"
+            opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -19,6 +19,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
     var completions = [
         &'crmkit'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -51,6 +52,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --code 'The emailed code (asked for on a terminal otherwise)'
             cand --token-name 'Label of this session in `crmkit tokens list`'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --request-only 'Only email a code now; sign in later with --code'
             cand --with-token 'Read a token from stdin instead'
@@ -60,6 +62,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;logout'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -67,6 +70,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;whoami'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -74,6 +78,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;auth'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -83,6 +88,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;auth;token'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -98,6 +104,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;tokens'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -108,6 +115,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;tokens;list'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -115,6 +123,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;tokens;revoke'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -133,6 +142,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -149,6 +159,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;list'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -156,6 +167,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;create'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -163,6 +175,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;use'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -170,6 +183,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;members'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -178,6 +192,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;invite'= {
             cand --role 'role'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -186,6 +201,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;role'= {
             cand --code 'code'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -193,6 +209,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;remove'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -201,6 +218,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;delete'= {
             cand --code 'code'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --yes 'yes'
             cand --json 'Print JSON'
@@ -238,6 +256,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;contacts'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -262,6 +281,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -270,6 +290,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;contacts;get'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -294,6 +315,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -318,6 +340,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -325,6 +348,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;contacts;delete'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --yes 'yes'
             cand --json 'Print JSON'
@@ -335,6 +359,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -347,6 +372,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --deal 'Deal id or handle'
             cand --at 'When it happened, RFC3339 (default now)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -380,6 +406,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;companies'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -404,6 +431,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -412,6 +440,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;companies;get'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -436,6 +465,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -460,6 +490,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -467,6 +498,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;companies;delete'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --yes 'yes'
             cand --json 'Print JSON'
@@ -477,6 +509,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -489,6 +522,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --deal 'Deal id or handle'
             cand --at 'When it happened, RFC3339 (default now)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -522,6 +556,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;deals'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -546,6 +581,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -554,6 +590,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;deals;get'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -578,6 +615,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -602,6 +640,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --note 'Follow-up note'
             cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -609,6 +648,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;deals;delete'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --yes 'yes'
             cand --json 'Print JSON'
@@ -619,6 +659,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -631,6 +672,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --deal 'Deal id or handle'
             cand --at 'When it happened, RFC3339 (default now)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -668,6 +710,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -678,6 +721,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --days 'Also what is due within N days'
             cand --limit 'At most N (1..200)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -687,6 +731,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
@@ -697,6 +742,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --data 'JSON body, @file or - for stdin'
             cand --header 'Extra header, K:V (repeatable)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -704,6 +750,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;completions'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -711,6 +758,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;man'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -735,6 +783,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
             cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help (see more with ''--help'')'
@@ -759,6 +808,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
             cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --dry-run 'Only print the migrations that would run'
             cand --json 'Print JSON'
@@ -769,6 +819,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --from 'Source database URL'
             cand --to 'Target database URL (must be empty)'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -776,6 +827,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;admin'= {
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help'
@@ -802,6 +854,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --limit-members 'The default plan''s members cap, pending invites included [default: 10]'
             cand --limit-workspaces 'The default plan''s workspaces-per-user cap [default: 5]'
             cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
             cand -h 'Print help (see more with ''--help'')'

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_crmkit_global_optspecs
-    string join \n server= json format= h/help V/version
+    string join \n server= profile= json format= h/help V/version
 end
 
 function __fish_crmkit_needs_command
@@ -25,6 +25,7 @@ function __fish_crmkit_using_subcommand
 end
 
 complete -c crmkit -n "__fish_crmkit_needs_command" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_needs_command" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_needs_command" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -55,6 +56,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l email -d 'Your e
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l code -d 'The emailed code (asked for on a terminal otherwise)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l token-name -d 'Label of this session in `crmkit tokens list`' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -63,18 +65,21 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l with-token -d 'R
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand logout" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand logout" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand logout" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand logout" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand logout" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand whoami" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand whoami" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand whoami" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand whoami" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand whoami" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_subcommand_from token help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_subcommand_from token help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_subcommand_from token help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -83,6 +88,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_subcommand_from token help" -f -a "token" -d 'Print the stored token (the only command that shows it)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and not __fish_seen_subcommand_from token help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subcommand_from token" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subcommand_from token" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subcommand_from token" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -91,6 +97,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subcommand_from help" -f -a "token" -d 'Print the stored token (the only command that shows it)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand auth; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_seen_subcommand_from list revoke help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_seen_subcommand_from list revoke help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_seen_subcommand_from list revoke help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -100,12 +107,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_seen_subcommand_from list revoke help" -f -a "revoke" -d 'Revoke one'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and not __fish_seen_subcommand_from list revoke help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -115,6 +124,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_su
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke one'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -130,24 +140,28 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -155,6 +169,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l role -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -162,12 +177,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -l code -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from role" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -175,6 +192,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from delete" -l code -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -191,6 +209,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -214,6 +233,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -221,6 +241,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -244,6 +265,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -267,12 +289,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -282,6 +306,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -293,6 +318,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -307,6 +333,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity on a contact'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -330,6 +357,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -337,6 +365,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -360,6 +389,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -383,12 +413,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -398,6 +430,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -409,6 +442,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -423,6 +457,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity on a contact'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -446,6 +481,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -453,6 +489,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -476,6 +513,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -499,12 +537,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -514,6 +554,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -525,6 +566,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -543,6 +585,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'On
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -552,6 +595,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -s h -l help -
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l days -d 'Also what is due within N days' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l limit -d 'At most N (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -560,6 +604,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -s h -l help -d
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -569,18 +614,21 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -s h -l help -d 'Pr
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l data -d 'JSON body, @file or - for stdin' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l header -d 'Extra header, K:V (repeatable)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand api" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand completions" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand completions" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand completions" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand completions" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand man" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand man" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand man" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -604,6 +652,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l limit-deals -d '
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l limit-members -d 'The default plan\'s members cap, pending invites included [default: 10]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l limit-workspaces -d 'The default plan\'s workspaces-per-user cap [default: 5]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -627,6 +676,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l limit-deals -d
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l limit-members -d 'The default plan\'s members cap, pending invites included [default: 10]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l limit-workspaces -d 'The default plan\'s workspaces-per-user cap [default: 5]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -636,12 +686,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -s h -l help -d '
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l from -d 'Source database URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l to -d 'Target database URL (must be empty)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate-data" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and not __fish_seen_subcommand_from set-plan help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and not __fish_seen_subcommand_from set-plan help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and not __fish_seen_subcommand_from set-plan help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
@@ -667,6 +719,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l limit-members -d 'The default plan\'s members cap, pending invites included [default: 10]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l limit-workspaces -d 'The default plan\'s workspaces-per-user cap [default: 5]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"

@@ -1,6 +1,7 @@
 //! Where the bearer token lives: `CRMKIT_TOKEN` > the OS keyring (Secret
 //! Service, Keychain, Credential Manager) > a 0600 file in the config dir, used
-//! only when no keyring works (with a warning). Tokens are kept per server URL.
+//! only when no keyring works (with a warning). Tokens are kept per server URL
+//! and profile ([`SignIn::key`]).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -167,22 +168,59 @@ pub fn store() -> Result<Box<dyn Store>, CliError> {
     Ok(Box::new(file))
 }
 
-/// The token for `server`: `CRMKIT_TOKEN` first, then the store.
-pub fn token(server: &str) -> Result<String, CliError> {
+/// One sign-in: a server, and a profile (`None` for the default one).
+#[derive(Clone, Copy, Debug)]
+pub struct SignIn<'a> {
+    pub server: &'a str,
+    pub profile: Option<&'a str>,
+}
+
+impl SignIn<'_> {
+    /// The name its token is kept under: the server URL, as before profiles
+    /// existed, for the default profile; `NAME@URL` for another.
+    pub fn key(&self) -> String {
+        match self.profile {
+            None => self.server.to_string(),
+            Some(p) => format!("{p}@{}", self.server),
+        }
+    }
+
+    /// How to sign in again: `crmkit login`, with the profile if any.
+    fn login_hint(&self) -> String {
+        match self.profile {
+            None => "crmkit login".into(),
+            Some(p) => format!("crmkit login --profile {p}"),
+        }
+    }
+}
+
+impl std::fmt::Display for SignIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.profile {
+            None => write!(f, "{}", self.server),
+            Some(p) => write!(f, "{} (profile {p})", self.server),
+        }
+    }
+}
+
+/// The token of a sign-in: `CRMKIT_TOKEN` first, then the store.
+pub fn token(signin: &SignIn) -> Result<String, CliError> {
     if let Ok(t) = std::env::var("CRMKIT_TOKEN")
         && !t.trim().is_empty()
     {
         return Ok(t.trim().to_string());
     }
     let store = store()?;
-    match store.get(server) {
+    match store.get(&signin.key()) {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(CliError::auth(format!(
-            "not signed in to {server}: run `crmkit login`"
+            "not signed in to {signin}: run `{}`",
+            signin.login_hint()
         ))),
         Err(e) => Err(CliError::auth(format!(
-            "cannot read the token from {}: {e}; run `crmkit login`",
-            store.name()
+            "cannot read the token from {}: {e}; run `{}`",
+            store.name(),
+            signin.login_hint()
         ))),
     }
 }

@@ -32,12 +32,39 @@ pub struct Global {
         global = true
     )]
     pub server: String,
+    /// Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)
+    #[arg(long, env = "CRMKIT_PROFILE", global = true, value_name = "NAME", value_parser = profile_name)]
+    pub profile: Option<String>,
     /// Print JSON
     #[arg(long, global = true)]
     pub json: bool,
     /// Force the output format
     #[arg(long, value_enum, global = true)]
     pub format: Option<Format>,
+}
+
+/// A profile name: letters, digits, `-` and `_`, at most 64.
+fn profile_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a profile name is 1-64 letters, digits, - or _".into())
+    }
+}
+
+impl Global {
+    /// Where this sign-in's token is kept: the server URL, and the profile
+    /// unless it is the default one.
+    pub fn signin(&self) -> credentials::SignIn<'_> {
+        credentials::SignIn {
+            server: &self.server,
+            profile: self.profile.as_deref().filter(|p| *p != "default"),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -482,7 +509,7 @@ impl Ctx {
     }
 
     fn client(&self) -> Result<Client, CliError> {
-        let token = credentials::token(&self.global.server)?;
+        let token = credentials::token(&self.global.signin())?;
         Client::new(&self.global.server, Some(token))
     }
 
@@ -572,7 +599,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Auth(AuthCmd::Token) => {
-            emit(&format!("{}\n", credentials::token(&ctx.global.server)?));
+            emit(&format!("{}\n", credentials::token(&ctx.global.signin())?));
             Ok(())
         }
         Command::Tokens(TokensCmd::List) => {
@@ -662,6 +689,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
 
 async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
     let server = &ctx.global.server;
+    let signin = ctx.global.signin();
     let anon = Client::new(server, None)?;
     if a.with_token {
         let mut token = String::new();
@@ -673,14 +701,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         let c = Client::new(server, Some(token.clone()))?;
         let who = c.get("/whoami?format=json", true).await?.json()?;
         let store = credentials::store()?;
-        store.set(server, &token).map_err(|e| {
+        store.set(&signin.key(), &token).map_err(|e| {
             CliError::new(
                 1,
                 format!("cannot store the token in {}: {e}", store.name()),
             )
         })?;
         eprintln!(
-            "# signed in to {server} as {} (token kept in {})",
+            "# signed in to {signin} as {} (token kept in {})",
             who["data"]["email"].as_str().unwrap_or("?"),
             store.name()
         );
@@ -726,14 +754,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         .as_str()
         .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
     let store = credentials::store()?;
-    store.set(server, token).map_err(|e| {
+    store.set(&signin.key(), token).map_err(|e| {
         CliError::new(
             1,
             format!("cannot store the token in {}: {e}", store.name()),
         )
     })?;
     eprintln!(
-        "# signed in to {server} as {email} in {} (token kept in {})",
+        "# signed in to {signin} as {email} in {} (token kept in {})",
         v["data"]["workspace"].as_str().unwrap_or("?"),
         store.name()
     );
@@ -741,7 +769,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
 }
 
 async fn logout(ctx: &Ctx) -> Result<(), CliError> {
-    let server = &ctx.global.server;
+    let signin = ctx.global.signin();
     let c = ctx.client()?;
     match c.get("/whoami?format=json", true).await {
         Ok(a) => {
@@ -764,9 +792,11 @@ async fn logout(ctx: &Ctx) -> Result<(), CliError> {
     }
     if std::env::var("CRMKIT_TOKEN").is_err() {
         let store = credentials::store()?;
-        store.delete(server).map_err(|e| CliError::new(1, e))?;
+        store
+            .delete(&signin.key())
+            .map_err(|e| CliError::new(1, e))?;
     }
-    eprintln!("# signed out of {server}");
+    eprintln!("# signed out of {signin}");
     Ok(())
 }
 
@@ -854,7 +884,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
             let store = credentials::store()?;
             store
-                .set(&ctx.global.server, token)
+                .set(&ctx.global.signin().key(), token)
                 .map_err(|e| CliError::new(1, e))?;
             emit(&format!(
                 "# now working in {}\n",

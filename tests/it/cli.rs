@@ -314,6 +314,72 @@ async fn workspaces_switch_and_logout() {
     assert_eq!(cli.ok(&["auth", "token"]).trim(), t);
 }
 
+/// Two sign-ins to one server, kept apart by `--profile` (or
+/// `CRMKIT_PROFILE`); the default profile keeps the token it had before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_keep_sign_ins_to_one_server_apart() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "me@example.com").await;
+    let n = s.smtp().mails_to("work@example.com").len();
+    let out = cli.run(&["--profile", "work", "login", "--email", "work@example.com"]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    let code = s.nth_code("work@example.com", n + 1).await;
+    let out = cli.run(&[
+        "login",
+        "--profile",
+        "work",
+        "--email",
+        "work@example.com",
+        "--code",
+        &code,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(profile work)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cli.ok(&["whoami"]).contains("email=me@example.com"));
+    assert!(
+        cli.ok(&["--profile", "default", "whoami"])
+            .contains("email=me@example.com")
+    );
+    assert!(
+        cli.ok(&["whoami", "--profile", "work"])
+            .contains("email=work@example.com")
+    );
+    let by_env = cli
+        .cmd(&["whoami"])
+        .env("CRMKIT_PROFILE", "work")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_env.stdout).contains("email=work@example.com"));
+    // Each profile's token is its own; logging one out leaves the other.
+    let tokens = std::fs::read_to_string(cli.dir.path().join("tokens.json")).unwrap();
+    assert!(tokens.contains(&format!("\"work@{}\"", s.base)), "{tokens}");
+    assert_ne!(
+        cli.ok(&["auth", "token"]),
+        cli.ok(&["auth", "token", "--profile", "work"])
+    );
+    cli.ok(&["--profile", "work", "logout"]);
+    let out = cli.run(&["--profile", "work", "whoami"]);
+    assert_eq!(code_of(&out), 4);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("crmkit login --profile work"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cli.ok(&["whoami"]).contains("email=me@example.com"));
+    // A profile name is a plain word.
+    let out = cli.run(&["--profile", "../x", "whoami"]);
+    assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn completions_and_man_page_are_fresh() {
     for (shell, file) in [
