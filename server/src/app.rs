@@ -22,6 +22,8 @@ pub struct AppState {
     pub cursor_key: Arc<[u8]>,
     /// Recent token lookups (see `auth`).
     pub tokens: Arc<crate::auth::TokenCache>,
+    /// When each client metadata document was last fetched (`mcp::cimd`).
+    pub client_documents: Arc<crate::mcp::cimd::Cache>,
 }
 
 const MANUAL: &str = include_str!("../manual.txt");
@@ -41,6 +43,7 @@ impl AppState {
             manual: manual.into(),
             cursor_key: cursor_key.into(),
             tokens: Arc::default(),
+            client_documents: Arc::default(),
         }
     }
 }

@@ -182,6 +182,9 @@ pub struct Settings {
     pub mail: MailMode,
     /// `smtp_ca_file`'s certificates (PEM), trusted besides the public roots.
     pub smtp_ca: Option<Vec<u8>>,
+    /// Test flag `CRMKIT_TEST_CIMD_LOOPBACK=1`: client metadata documents may
+    /// be fetched from loopback, over http (`mcp::cimd`).
+    pub cimd_loopback: bool,
     pub mail_from: String,
     pub token_idle_ttl: Duration,
     pub db_max_connections: Option<u32>,
@@ -513,6 +516,7 @@ impl Settings {
             base_url,
             mail,
             smtp_ca,
+            cimd_loopback: std::env::var("CRMKIT_TEST_CIMD_LOOPBACK").is_ok_and(|v| v == "1"),
             mail_from,
             token_idle_ttl,
             db_max_connections,

@@ -829,3 +829,179 @@ async fn both_protocol_generations_are_served() {
         );
     }
 }
+
+/// A web server for one client metadata document: every request gets the
+/// status and body set last, and is counted.
+struct DocServer {
+    port: u16,
+    reply: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DocServer {
+    async fn start() -> DocServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = DocServer {
+            port: listener.local_addr().unwrap().port(),
+            reply: std::sync::Arc::new(std::sync::Mutex::new((404, String::new()))),
+            hits: std::sync::Arc::default(),
+        };
+        let (reply, hits) = (server.reply.clone(), server.hits.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (reply, hits) = (reply.clone(), hits.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body) = reply.lock().unwrap().clone();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn serve(&self, status: u16, body: &str) {
+        *self.reply.lock().unwrap() = (status, body.to_string());
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The authorization page's text for a client and redirect.
+async fn authorize_page(s: &Server, client: &str, redirect: &str) -> (u16, String) {
+    let r = no_redirects()
+        .get(authorize_url(s, client, redirect, VERIFIER, "xyz"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A client known only by its metadata document URL (no registration)
+/// connects: the server fetches the document once, signs the user in,
+/// and the code exchange names the same URL.
+#[tokio::test]
+async fn a_client_known_by_its_metadata_document_connects() {
+    let s = Server::builder()
+        .env("CRMKIT_TEST_CIMD_LOOPBACK", "1")
+        .start()
+        .await;
+    let meta = s
+        .send(
+            Method::GET,
+            "/.well-known/oauth-authorization-server",
+            None,
+            None,
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+    let doc = DocServer::start().await;
+    let client = doc.url("/oauth/client.json");
+    let redirect = "https://chat.example/api/mcp/auth_callback";
+    doc.serve(
+        200,
+        &json!({"client_id": client, "client_name": "Doc Chat", "redirect_uris": [redirect],
+                "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+                "token_endpoint_auth_method": "none"})
+        .to_string(),
+    );
+    let location = sign_in(&s, &client, redirect, "doc@example.com").await;
+    assert!(location.starts_with(redirect), "{location}");
+    assert_eq!(doc.hits(), 1);
+    let code = query_param(&location, "code").unwrap();
+    let (status, body, _) = token_request(
+        &s,
+        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&client), enc(redirect)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let tokens = s.get("/tokens", token).await;
+    assert_eq!(tokens.status, 200);
+    assert!(tokens.text.contains("Doc Chat"), "{}", tokens.text);
+    // Fetched documents are used for a while before being fetched again.
+    assert_eq!(authorize_page(&s, &client, redirect).await.0, 200);
+    assert_eq!(doc.hits(), 1);
+    // The code is bound to the document's URL like any client id.
+    let (status, _, _) = token_request(
+        &s,
+        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&doc.url("/other.json")), enc(redirect)),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+/// Documents that are not used, each with a page that says why; and without
+/// the test flag nothing on loopback (or over http) is ever fetched.
+#[tokio::test]
+async fn client_metadata_documents_that_are_refused() {
+    let s = Server::builder()
+        .env("CRMKIT_TEST_CIMD_LOOPBACK", "1")
+        .start()
+        .await;
+    let doc = DocServer::start().await;
+    let redirect = "https://chat.example/cb";
+    let good = |client: &str| json!({"client_id": client, "redirect_uris": [redirect]});
+    let cases: Vec<(&str, u16, String, &str, &str)> = vec![
+        ("/a.json", 200, good(&doc.url("/elsewhere.json")).to_string(), redirect, "another client_id"),
+        ("/b.json", 404, String::new(), redirect, "answered 404"),
+        ("/c.json", 200, "<html>not json</html>".into(), redirect, "not JSON"),
+        ("/d.json", 200, format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)), redirect, "larger than 16 KiB"),
+        ("/e.json", 200, json!({"client_id": doc.url("/e.json"), "redirect_uris": ["http://evil.example/cb"]}).to_string(), redirect, "is not allowed"),
+        ("/f.json", 200, good(&doc.url("/f.json")).to_string(), "https://chat.example/other", "does not match"),
+        ("/g.json", 200, json!({"client_id": doc.url("/g.json"), "redirect_uris": [redirect], "token_endpoint_auth_method": "private_key_jwt"}).to_string(), redirect, "client secret"),
+    ];
+    for (path, status, body, redirect, why) in cases {
+        doc.serve(status, &body);
+        let (code, page) = authorize_page(&s, &doc.url(path), redirect).await;
+        assert_eq!(code, 400, "{path}: {page}");
+        assert!(page.contains(why), "{path}: {page}");
+    }
+    // A refused document is fetched again next time (nothing was kept).
+    let before = doc.hits();
+    authorize_page(&s, &doc.url("/b.json"), redirect).await;
+    assert_eq!(doc.hits(), before + 1);
+
+    // Without the test flag: http is refused, loopback is refused, unfetched.
+    let strict = Server::start().await;
+    doc.serve(200, &good(&doc.url("/h.json")).to_string());
+    let before = doc.hits();
+    for (client, why) in [
+        (doc.url("/h.json"), "must use https"),
+        (
+            format!("https://127.0.0.1:{}/h.json", doc.port),
+            "not a public address",
+        ),
+        (
+            format!("https://localhost:{}/h.json", doc.port),
+            "not a public address",
+        ),
+    ] {
+        let (code, page) = authorize_page(&strict, &client, redirect).await;
+        assert_eq!(code, 400, "{client}: {page}");
+        assert!(page.contains(why), "{client}: {page}");
+    }
+    assert_eq!(doc.hits(), before);
+}

@@ -6,6 +6,7 @@
 //! the answer is 401 with `WWW-Authenticate` pointing at the protected-resource
 //! metadata, which is how chat clients discover the OAuth flow (`oauth.rs`).
 
+pub mod cimd;
 pub mod oauth;
 
 use std::sync::Arc;

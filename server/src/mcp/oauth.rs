@@ -118,6 +118,7 @@ async fn authorization_server(State(state): State<AppState>) -> Response {
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
+            "client_id_metadata_document_supported": true,
             "authorization_response_iss_parameter_supported": true,
             "scopes_supported": ["crm"],
             "service_documentation": format!("{base}/help"),
@@ -291,6 +292,35 @@ async fn register(
 struct Client {
     name: String,
     redirect_uris: Vec<String>,
+}
+
+/// A client known by its metadata document (`client_id` is its URL): fetched
+/// when none was in the last [`super::cimd::FRESH_FOR`], and kept with the
+/// registered clients, so the rest of the flow treats both alike.
+async fn client_document(
+    state: &AppState,
+    client_id: &str,
+) -> AppResult<Result<(), super::cimd::Refused>> {
+    let cache = &state.client_documents;
+    if cache.is_fresh(client_id) && load_client(state, client_id).await?.is_some() {
+        return Ok(Ok(()));
+    }
+    let doc = match super::cimd::fetch(client_id, state.settings.cimd_loopback).await {
+        Ok(doc) => doc,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let uris = serde_json::to_string(&doc.redirect_uris).unwrap_or_default();
+    state
+        .db
+        .execute_raw(stmt(
+            state.db.get_database_backend(),
+            "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (client_id) DO UPDATE SET client_name = excluded.client_name, redirect_uris = excluded.redirect_uris",
+            vec![client_id.into(), doc.name.into(), uris.into(), Ts::now().into()],
+        ))
+        .await?;
+    cache.mark(client_id);
+    Ok(Ok(()))
 }
 
 async fn load_client(state: &AppState, client_id: &str) -> AppResult<Option<Client>> {
@@ -477,6 +507,11 @@ async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
     let q = decode_query(query)?;
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let client_id = get("client_id").unwrap_or("");
+    if super::cimd::is_document_url(client_id)
+        && let Err(refused) = client_document(state, client_id).await?
+    {
+        return Ok(error_page(&refused.0));
+    }
     let Some(client) = load_client(state, client_id).await? else {
         return Ok(error_page(
             "Unknown client: the app must register first (client_id not found).",
