@@ -285,6 +285,7 @@ async fn discovery_metadata_is_complete() {
     assert_eq!(v["token_endpoint"], format!("{}/oauth/token", s.base));
     assert_eq!(v["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(v["token_endpoint_auth_methods_supported"], json!(["none"]));
+    assert_eq!(v["client_id_metadata_document_supported"], true);
     assert_eq!(
         v["grant_types_supported"],
         json!(["authorization_code", "refresh_token"])
@@ -906,17 +907,6 @@ async fn a_client_known_by_its_metadata_document_connects() {
         .env("CRMKIT_TEST_CIMD_LOOPBACK", "1")
         .start()
         .await;
-    let meta = s
-        .send(
-            Method::GET,
-            "/.well-known/oauth-authorization-server",
-            None,
-            None,
-            &[],
-        )
-        .await
-        .json();
-    assert_eq!(meta["client_id_metadata_document_supported"], true);
     let doc = DocServer::start().await;
     let client = doc.url("/oauth/client.json");
     let redirect = "https://chat.example/api/mcp/auth_callback";

@@ -824,6 +824,23 @@ async fn an_invite_whose_mail_fails_is_taken_back() {
     assert_eq!(pending_invites(s, a, &ws).await.len(), 2);
 }
 
+/// Waits until the test SMTP server holds a message back; fails if the
+/// request (pinned) is answered first.
+async fn until_mail_is_held<F: std::future::Future<Output = crate::harness::Resp>>(
+    s: &Server,
+    request: &mut std::pin::Pin<&mut F>,
+) {
+    let held = async {
+        while s.smtp().held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = request.as_mut() => panic!("answered with the mail held: {}", r.text),
+        _ = held => {}
+    }
+}
+
 /// The invitee signs in (and so joins) while the invite's mail is still on
 /// its way; the mail then fails. The invite is answered 502 as usual, but
 /// taking it back must not touch the membership it has become.
@@ -836,15 +853,7 @@ async fn an_invite_accepted_before_its_mail_fails_stays_accepted() {
     let path = format!("/workspaces/{ws}/invites");
     let invite = s.post(&path, Some(&a), r#"{"email":"racer@example.com"}"#);
     tokio::pin!(invite);
-    let held = async {
-        while s.smtp().held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::select! {
-        r = &mut invite => panic!("answered with the mail held: {}", r.text),
-        _ = held => {}
-    }
+    until_mail_is_held(&s, &mut invite).await;
     // The invite is committed: the invitee's sign-in accepts it.
     let racer = tokio::select! {
         r = &mut invite => panic!("answered with the mail held: {}", r.text),
@@ -894,15 +903,7 @@ async fn a_slow_mail_server_holds_up_no_other_write() {
     let invite = s.post(&path, Some(&a), r#"{"email":"slow@example.com"}"#);
     tokio::pin!(invite);
     // The invite request is waiting on the mail server.
-    let held = async {
-        while s.smtp().held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::select! {
-        r = &mut invite => panic!("answered with the mail held: {}", r.text),
-        _ = held => {}
-    }
+    until_mail_is_held(&s, &mut invite).await;
     // Other writes go on meanwhile: a create, an update, a delete.
     let writes = async {
         let id = create(&s, &a, "contacts", json!({"name": "During the invite"})).await;
