@@ -81,6 +81,15 @@ enum Admin {
 }
 
 fn main() -> ExitCode {
+    // `crmkit --version` alone is answered before clap builds the whole
+    // command tree (every subcommand and argument), with the same line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
+    if let [_, flag] = args.as_slice()
+        && (flag == "--version" || flag == "-V")
+    {
+        println!("crmkit {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {

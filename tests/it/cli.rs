@@ -314,6 +314,21 @@ async fn workspaces_switch_and_logout() {
     assert_eq!(cli.ok(&["auth", "token"]).trim(), t);
 }
 
+/// `--version` alone takes a fast path; it must print what clap prints
+/// when the flag comes with others.
+#[test]
+fn the_version_is_the_same_on_both_paths() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let expected = format!("crmkit {}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(run(&["--version"]), expected);
+    assert_eq!(run(&["-V"]), expected);
+    assert_eq!(run(&["--json", "--version"]), expected);
+}
+
 /// Two sign-ins to one server, kept apart by `--profile` (or
 /// `CRMKIT_PROFILE`); the default profile keeps the token it had before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
