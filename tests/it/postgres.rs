@@ -355,3 +355,83 @@ async fn a_failed_migration_leaves_the_schema_as_it_was() {
     db.close().await.ok();
     drop_pg_database(name);
 }
+
+/// The plan cap's race on PostgreSQL, made to happen: another transaction
+/// holds the workspace row with the last slot taken. A create then waits on
+/// that row (its `UPDATE … WHERE n < cap` after its INSERT); when the other
+/// transaction commits, the create re-checks, finds no room and is rolled
+/// back whole (403); when it rolls back instead, the create takes the slot.
+#[tokio::test]
+async fn a_create_waiting_for_the_last_slot_rechecks_the_cap() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "3")
+        .start()
+        .await;
+    let t = s.login("race@example.com").await;
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    create(&s, &t, "contacts", json!({"name": "One"})).await;
+    create(&s, &t, "contacts", json!({"name": "Two"})).await;
+    let db = sea_orm::Database::connect(&s.db_url).await.unwrap();
+    let rows = format!("SELECT COUNT(*) AS n FROM contacts WHERE workspace_id = '{ws}'");
+    let counter = format!("SELECT contacts_count AS n FROM workspaces WHERE id = '{ws}'");
+    let waiting = "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    for commit in [true, false] {
+        use sea_orm::TransactionTrait;
+        let other = db.begin().await.unwrap();
+        other
+            .execute_unprepared(&format!(
+                "UPDATE workspaces SET contacts_count = contacts_count + 1 WHERE id = '{ws}'"
+            ))
+            .await
+            .unwrap();
+        let racer = {
+            let (base, http, t) = (s.base.clone(), s.http.clone(), t.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{base}/contacts?format=json"))
+                    .bearer_auth(t)
+                    .body(r#"{"name":"Racer"}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        };
+        // The create is waiting for the workspace row.
+        let started = std::time::Instant::now();
+        while crate::harness::count(&db, waiting).await == 0 {
+            assert!(!racer.is_finished(), "the create did not wait for the row");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the create never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if commit {
+            other.commit().await.unwrap();
+            let (status, body) = racer.await.unwrap();
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("plan_limit_reached"), "{body}");
+            // Its row was rolled back with it; the slot is the other's.
+            assert_eq!(crate::harness::count(&db, &rows).await, 2);
+            assert_eq!(crate::harness::count(&db, &counter).await, 3);
+            // Give the slot back for the second half.
+            db.execute_unprepared(&format!(
+                "UPDATE workspaces SET contacts_count = 2 WHERE id = '{ws}'"
+            ))
+            .await
+            .unwrap();
+        } else {
+            other.rollback().await.unwrap();
+            let (status, body) = racer.await.unwrap();
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(crate::harness::count(&db, &rows).await, 3);
+            assert_eq!(crate::harness::count(&db, &counter).await, 3);
+        }
+    }
+    db.close().await.ok();
+}
