@@ -300,10 +300,12 @@ struct Client {
 async fn client_document(
     state: &AppState,
     client_id: &str,
-) -> AppResult<Result<(), super::cimd::Refused>> {
+) -> AppResult<Result<Client, super::cimd::Refused>> {
     let cache = &state.client_documents;
-    if cache.is_fresh(client_id) && load_client(state, client_id).await?.is_some() {
-        return Ok(Ok(()));
+    if cache.is_fresh(client_id)
+        && let Some(client) = load_client(state, client_id).await?
+    {
+        return Ok(Ok(client));
     }
     let doc = match super::cimd::fetch(client_id, state.settings.cimd_loopback).await {
         Ok(doc) => doc,
@@ -316,11 +318,14 @@ async fn client_document(
             state.db.get_database_backend(),
             "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, created_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (client_id) DO UPDATE SET client_name = excluded.client_name, redirect_uris = excluded.redirect_uris",
-            vec![client_id.into(), doc.name.into(), uris.into(), Ts::now().into()],
+            vec![client_id.into(), doc.name.clone().into(), uris.into(), Ts::now().into()],
         ))
         .await?;
     cache.mark(client_id);
-    Ok(Ok(()))
+    Ok(Ok(Client {
+        name: doc.name,
+        redirect_uris: doc.redirect_uris,
+    }))
 }
 
 async fn load_client(state: &AppState, client_id: &str) -> AppResult<Option<Client>> {
@@ -507,12 +512,15 @@ async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
     let q = decode_query(query)?;
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let client_id = get("client_id").unwrap_or("");
-    if super::cimd::is_document_url(client_id)
-        && let Err(refused) = client_document(state, client_id).await?
-    {
-        return Ok(error_page(&refused.0));
-    }
-    let Some(client) = load_client(state, client_id).await? else {
+    let client = if super::cimd::is_document_url(client_id) {
+        match client_document(state, client_id).await? {
+            Ok(client) => Some(client),
+            Err(refused) => return Ok(error_page(&refused.0)),
+        }
+    } else {
+        load_client(state, client_id).await?
+    };
+    let Some(client) = client else {
         return Ok(error_page(
             "Unknown client: the app must register first (client_id not found).",
         ));
