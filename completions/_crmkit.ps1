@@ -170,9 +170,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
-            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -215,6 +215,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;workspaces;invite' {
             [CompletionResult]::new('--role', '--role', [CompletionResultType]::ParameterName, 'role')
+            [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'code')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
@@ -258,9 +259,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
-            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -1026,9 +1027,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
-            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             break
         }

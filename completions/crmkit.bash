@@ -3974,13 +3974,17 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__invite)
-            opts="-h --role --server --profile --json --format --help"
+            opts="-h --role --code --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --role)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --code)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -151,9 +151,9 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
             cand members 'Members and pending invites'
-            cand invite 'Invite someone by email'
+            cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member'
+            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -191,6 +191,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;invite'= {
             cand --role 'role'
+            cand --code 'code'
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
@@ -230,9 +231,9 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
             cand members 'Members and pending invites'
-            cand invite 'Invite someone by email'
+            cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member'
+            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -914,9 +915,9 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
             cand members 'Members and pending invites'
-            cand invite 'Invite someone by email'
+            cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member'
+            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
         }
         &'crmkit;help;workspaces;list'= {

@@ -134,9 +134,9 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "create" -d 'Create one (you become admin)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "members" -d 'Members and pending invites'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "invite" -d 'Invite someone by email'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "remove" -d 'Remove a member'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
@@ -168,6 +168,7 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l role -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l code -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -203,9 +204,9 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create one (you become admin)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "members" -d 'Members and pending invites'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "invite" -d 'Invite someone by email'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
@@ -754,9 +755,9 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "create" -d 'Create one (you become admin)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "members" -d 'Members and pending invites'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "invite" -d 'Invite someone by email'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'One record'

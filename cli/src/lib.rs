@@ -176,12 +176,14 @@ pub enum WorkspacesCmd {
     Use { id: String },
     /// Members and pending invites
     Members { id: String },
-    /// Invite someone by email
+    /// Invite someone by email (inviting as admin needs the emailed code)
     Invite {
         id: String,
         email: String,
         #[arg(long, default_value = "member")]
         role: String,
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Change a member's role (promoting to admin needs the emailed code)
     Role {
@@ -191,7 +193,7 @@ pub enum WorkspacesCmd {
         #[arg(long)]
         code: Option<String>,
     },
-    /// Remove a member
+    /// Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)
     Remove { id: String, user: String },
     /// Delete a workspace and all its data (needs the emailed code)
     Delete {
@@ -897,17 +899,21 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .await?
                 .text,
         ),
-        WorkspacesCmd::Invite { id, email, role } => {
-            let a = c
-                .send(
-                    Method::POST,
-                    &format!("/workspaces/{}/invites", id_path(&id)),
-                    Some(&json!({"email": email, "role": role})),
-                    json_fmt,
-                    &[],
-                    false,
-                )
-                .await?;
+        WorkspacesCmd::Invite {
+            id,
+            email,
+            role,
+            code,
+        } => {
+            let a = with_step_up(
+                &c,
+                Method::POST,
+                &format!("/workspaces/{}/invites", id_path(&id)),
+                Some(&json!({"email": email, "role": role})),
+                json_fmt,
+                code,
+            )
+            .await?;
             show(plain, &a.text);
         }
         WorkspacesCmd::Role {
@@ -933,10 +939,16 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             show(plain, &a.text);
         }
         WorkspacesCmd::Remove { id, user } => {
+            // `members` lists pending invites beside members; either goes.
+            let under = if user.starts_with("invite/") || user.starts_with("i_") {
+                "invites"
+            } else {
+                "members"
+            };
             let a = c
                 .send(
                     Method::DELETE,
-                    &format!("/workspaces/{}/members/{}", id_path(&id), id_path(&user)),
+                    &format!("/workspaces/{}/{under}/{}", id_path(&id), id_path(&user)),
                     None,
                     json_fmt,
                     &[],

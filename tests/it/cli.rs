@@ -281,11 +281,41 @@ async fn workspaces_switch_and_logout() {
         cli.ok(&["whoami"])
             .contains(&format!("workspace=workspace/{ws}"))
     );
-    cli.ok(&["workspaces", "invite", &ws, "mate@example.com"]);
+    let invited = cli.ok(&["workspaces", "invite", &ws, "mate@example.com"]);
+    let invite = invited.split_whitespace().next().unwrap().to_string();
+    assert!(invite.starts_with("invite/i_"), "{invited}");
     assert!(
         cli.ok(&["workspaces", "members", &ws])
             .contains("status=invited")
     );
+    // An invite as admin takes the emailed code, like a promotion.
+    let n = s.smtp().mails_to("ws@example.com").len();
+    let out = cli.run(&[
+        "workspaces",
+        "invite",
+        &ws,
+        "boss@example.com",
+        "--role",
+        "admin",
+    ]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    let code = s.nth_code("ws@example.com", n + 1).await;
+    let out = cli.ok(&[
+        "workspaces",
+        "invite",
+        &ws,
+        "boss@example.com",
+        "--role",
+        "admin",
+        "--code",
+        &code,
+    ]);
+    assert!(out.contains("role=admin"), "{out}");
+    // `remove` withdraws a pending invite by its handle.
+    cli.ok(&["workspaces", "remove", &ws, &invite]);
+    let members = cli.ok(&["workspaces", "members", &ws]);
+    assert!(!members.contains("mate@example.com"), "{members}");
+    assert!(members.contains("boss@example.com"), "{members}");
     // Deleting needs the emailed code: a script gets 6 and a code is mailed.
     let n = s.smtp().mails_to("ws@example.com").len();
     let out = cli.run(&["workspaces", "delete", &ws, "--yes"]);

@@ -95,11 +95,18 @@ async fn invite_login_member_journey() {
         )
         .await;
     let inv = r.json()["data"]["id"].as_str().unwrap().to_string();
+    // Making the invite an admin's takes the emailed step-up code.
+    let n = s.smtp().mails_to("admin@example.com").len();
+    let as_admin = r#"{"email":"later@example.com","role":"admin"}"#;
+    s.post(&format!("/workspaces/{ws}/invites"), Some(&a), as_admin)
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(&s, "admin@example.com", n).await;
     let r = s
         .post(
-            &format!("/workspaces/{ws}/invites"),
+            &format!("/workspaces/{ws}/invites?code={code}"),
             Some(&a),
-            r#"{"email":"later@example.com","role":"admin"}"#,
+            as_admin,
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -790,6 +797,11 @@ async fn an_invite_whose_mail_fails_is_taken_back() {
         let body = json!({"email": email, "role": role}).to_string();
         async move { s.post(path, Some(a), &body).await }
     };
+    let n = s.smtp().mails_to("admin@example.com").len();
+    invite("later@example.com", "admin")
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(s, "admin@example.com", n).await;
     // A new invite: answered 502, no invite left, no seat taken.
     s.smtp().set_mode(Mode::Refuse);
     invite("bounce@example.com", "member")
@@ -799,15 +811,19 @@ async fn an_invite_whose_mail_fails_is_taken_back() {
     assert!(s.get("/whoami", a).await.text.contains("# members: 1 / 10"));
     // A re-invite that changes the role: the pending invite keeps its role.
     s.smtp().set_mode(Mode::Accept);
-    assert_eq!(invite("later@example.com", "member").await.status, 201);
+    let as_admin = json!({"email": "later@example.com", "role": "admin"}).to_string();
+    let r = s
+        .post(&format!("{path}?code={code}"), Some(a), &as_admin)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     s.smtp().set_mode(Mode::RefuseAfterData);
-    invite("later@example.com", "admin")
+    invite("later@example.com", "member")
         .await
         .assert_error(502, "email_failed");
     let pending = pending_invites(s, a, &ws).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert!(
-        field(&pending[0], "role").as_deref() == Some("member"),
+        field(&pending[0], "role").as_deref() == Some("admin"),
         "{pending:?}"
     );
     assert!(s.get("/whoami", a).await.text.contains("# members: 2 / 10"));
@@ -924,4 +940,74 @@ async fn a_slow_mail_server_holds_up_no_other_write() {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(s.smtp().mails_to("slow@example.com").len(), 1);
     assert_eq!(s.get(&format!("/contacts/{id}"), &a).await.status, 200);
+}
+
+/// An invite as admin makes an admin, so it takes the step-up code as a
+/// promotion does; the code is bound to the workspace and the address.
+#[tokio::test]
+async fn inviting_as_admin_needs_the_step_up_code() {
+    let s = Server::start().await;
+    let (a, m, _, ws) = team(&s).await;
+    let path = format!("/workspaces/{ws}/invites");
+    let body = |email: &str| json!({"email": email, "role": "admin"}).to_string();
+    let n = s.smtp().mails_to("admin@example.com").len();
+    s.post(&path, Some(&a), &body("boss@example.com"))
+        .await
+        .assert_error(403, "escalation_required");
+    assert_eq!(pending_invites(&s, &a, &ws).await, Vec::<String>::new());
+    assert!(s.smtp().mails_to("boss@example.com").is_empty());
+    let code = step_up_code(&s, "admin@example.com", n).await;
+    // Not for another address, nor for a promotion.
+    s.post(
+        &format!("{path}?code={code}"),
+        Some(&a),
+        &body("other@example.com"),
+    )
+    .await
+    .assert_error(403, "invalid_code");
+    let m_id = user_of(&s, &m).await;
+    s.post(
+        &format!("/workspaces/{ws}/members/{m_id}/role?code={code}"),
+        Some(&a),
+        r#"{"role":"admin"}"#,
+    )
+    .await
+    .assert_error(403, "invalid_code");
+    // The wrong tries left the code alive: it works once, for its address.
+    let r = s
+        .post(
+            &format!("{path}?code={code}"),
+            Some(&a),
+            &body("boss@example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    s.post(
+        &format!("{path}?code={code}"),
+        Some(&a),
+        &body("boss@example.com"),
+    )
+    .await
+    .assert_error(403, "invalid_code");
+    // An existing member is refused before any code is mailed.
+    let before = s.smtp().mails_to("admin@example.com").len();
+    s.post(&path, Some(&a), &body("member@example.com"))
+        .await
+        .assert_error(409, "conflict");
+    assert_eq!(s.smtp().mails_to("admin@example.com").len(), before);
+    // The invitee signs in as an admin.
+    let boss = s.login("boss@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&boss),
+            r#"{"token_name":"boss"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let t = r.json()["data"]["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.get("/whoami?format=json", &t).await.json()["data"]["role"],
+        "admin"
+    );
 }

@@ -316,11 +316,38 @@ async fn ws_plan(tx: &crate::db::WriteTx, ws: &str) -> AppResult<(String, String
     Ok((row.try_get("", "name")?, row.try_get("", "plan")?))
 }
 
+/// Refuses to invite an address that is already a member (409, naming them).
+async fn already_member(db: &impl ConnectionTrait, ws: &str, email: &str) -> AppResult<()> {
+    let already = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id WHERE u.email = ? AND m.workspace_id = ?",
+            vec![email.into(), ws.into()],
+        ))
+        .await?;
+    let Some(row) = already else {
+        return Ok(());
+    };
+    let uid: String = row.try_get("", "id")?;
+    Err(AppError::new(
+        "conflict",
+        StatusCode::CONFLICT,
+        format!(
+            "{} is already a member ({})",
+            validate::mask_email(email),
+            handle(Kind::User, &uid)
+        ),
+        "change their role with POST /workspaces/{id}/members/{userId}/role instead",
+    )
+    .with("existing", handle(Kind::User, &uid)))
+}
+
 async fn invite(
     State(state): State<AppState>,
     caller: Caller,
     fmt: Fmt,
     PathIds(ids): PathIds,
+    OfferedCode(code): OfferedCode,
     JsonBody(body): JsonBody<InviteBody>,
 ) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
@@ -334,29 +361,27 @@ async fn invite(
         })?,
     )?;
     let role = role_of(Some(body.role.unwrap_or_else(|| "member".into())))?;
+    if role == "admin" {
+        // Inviting as admin makes an admin, as a promotion does: the same
+        // step-up, bound to this workspace and this address. A member is
+        // refused first, before any code is mailed.
+        already_member(&*state.db, &ws, &email).await?;
+        stepup::require(
+            &state,
+            &caller,
+            "invite_admin",
+            &format!("{}/{email}", handle(Kind::Workspace, &ws)),
+            &format!(
+                "invite {} as an admin of workspace {ws}",
+                validate::mask_email(&email)
+            ),
+            code,
+        )
+        .await?;
+    }
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
-    let already = tx
-        .query_one_raw(stmt(
-            backend,
-            "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id WHERE u.email = ? AND m.workspace_id = ?",
-            vec![email.clone().into(), ws.clone().into()],
-        ))
-        .await?;
-    if let Some(row) = already {
-        let uid: String = row.try_get("", "id")?;
-        return Err(AppError::new(
-            "conflict",
-            StatusCode::CONFLICT,
-            format!(
-                "{} is already a member ({})",
-                validate::mask_email(&email),
-                handle(Kind::User, &uid)
-            ),
-            "change their role with POST /workspaces/{id}/members/{userId}/role instead",
-        )
-        .with("existing", handle(Kind::User, &uid)));
-    }
+    already_member(&tx, &ws, &email).await?;
     let (ws_name, plan) = ws_plan(&tx, &ws).await?;
     let now = Ts::now();
     // Re-inviting a pending address updates its role and takes no new seat.
