@@ -721,3 +721,64 @@ async fn counts_and_empty_trailers() {
         .collect();
     assert_eq!(ids.len(), 2);
 }
+
+/// Paths take the whole handle as well as the bare id (SPEC §2), written
+/// with its slash as it is printed; a handle of the wrong kind is a 400.
+#[tokio::test]
+async fn paths_take_whole_handles() {
+    let s = Server::start().await;
+    let t = s.login("handles@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Whole"})).await;
+    let d = create(&s, &t, "deals", json!({"title": "Big"})).await;
+    let r = s.get(&format!("/contacts/contact/{c}"), &t).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.starts_with(&format!("contact/{c} ")), "{}", r.text);
+    let r = s
+        .patch(
+            &format!("/contacts/contact/{c}?format=json"),
+            &t,
+            r#"{"stage":"lead"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["data"]["stage"], "lead");
+    let r = s
+        .post(
+            &format!("/contacts/contact/{c}/activities"),
+            Some(&t),
+            r#"{"kind":"note","body":"via handle"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .get(&format!("/contacts/contact/{c}/activities"), &t)
+        .await;
+    assert!(r.text.contains("via handle"), "{}", r.text);
+    // The query string survives the handle.
+    let r = s
+        .get(&format!("/contacts/contact/{c}?format=json"), &t)
+        .await;
+    assert_eq!(r.json()["data"]["id"], c.as_str());
+    // A deal's handle where a contact's belongs: 400 naming the kind.
+    let r = s.get(&format!("/contacts/deal/{d}"), &t).await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("got a deal handle"), "{}", r.text);
+    // Workspace paths too.
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.get(&format!("/workspaces/{ws}/members"), &t).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("role=admin"), "{}", r.text);
+    // Delete takes two steps, by handle as by id.
+    let r = s
+        .delete(&format!("/contacts/contact/{c}?format=json"), &t)
+        .await;
+    let confirm = r.json()["confirm"].as_str().unwrap().to_string();
+    let r = s
+        .delete(&format!("/contacts/contact/{c}?confirm={confirm}"), &t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 404);
+}

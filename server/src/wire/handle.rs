@@ -205,6 +205,39 @@ pub fn parse_ref(expected: Kind, s: &str) -> Result<String, RefError> {
     Ok(id.to_owned())
 }
 
+/// A URL path with every whole handle in it (`/contacts/contact/c_…`) made
+/// one segment (`/contacts/contact%2Fc_…`), the form the router matches, or
+/// `None` when the path has none. A handle is a segment that names a kind
+/// followed by one whose prefix is a kind's (of any kind: a handle of the
+/// wrong kind still reaches its route, to be refused there with a hint).
+/// No route has a kind's name followed by another segment, so nothing else
+/// is joined.
+pub fn join_path_handles(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let joins = |i: usize| {
+        Kind::from_name(segments[i]).is_some()
+            && segments.get(i + 1).and_then(|s| id_kind(s)).is_some()
+    };
+    if !(0..segments.len()).any(joins) {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len() + 4);
+    let mut i = 0;
+    while i < segments.len() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segments[i]);
+        if joins(i) {
+            out.push_str("%2F");
+            out.push_str(segments[i + 1]);
+            i += 1;
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
 /// The kind an id's prefix names, without checking its body.
 fn id_kind(id: &str) -> Option<Kind> {
     id.split_once('_')
@@ -216,6 +249,35 @@ mod tests {
     use super::*;
 
     const C: &str = "c_7k2m9q4x1d3f";
+
+    #[test]
+    fn whole_handles_in_a_path_become_one_segment() {
+        let j = |p: &str| join_path_handles(p);
+        assert_eq!(j(&format!("/contacts/{C}")), None);
+        assert_eq!(j("/contacts"), None);
+        assert_eq!(j("/oauth/token"), None);
+        assert_eq!(j("/workspaces/w_x/tokens"), None);
+        assert_eq!(
+            j(&format!("/contacts/contact/{C}")).as_deref(),
+            Some(format!("/contacts/contact%2F{C}").as_str())
+        );
+        assert_eq!(
+            j(&format!("/contacts/contact/{C}/activities")).as_deref(),
+            Some(format!("/contacts/contact%2F{C}/activities").as_str())
+        );
+        assert_eq!(
+            j("/workspaces/workspace/w_1/members/user/u_2/role").as_deref(),
+            Some("/workspaces/workspace%2Fw_1/members/user%2Fu_2/role")
+        );
+        // The wrong kind still reaches the route, which refuses it.
+        assert_eq!(
+            j("/contacts/deal/d_1").as_deref(),
+            Some("/contacts/deal%2Fd_1")
+        );
+        // A kind's name before something that is not an id stays apart.
+        assert_eq!(j("/contacts/contact/x"), None);
+        assert_eq!(j("/contacts/contact/"), None);
+    }
 
     #[test]
     fn names_and_prefixes_round_trip() {
