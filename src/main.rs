@@ -116,10 +116,20 @@ fn main() -> ExitCode {
                     _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(130, "interrupted")),
                 }
             };
-            match rt.block_on(run) {
+            let result = rt.block_on(run);
+            // A prompt's read may still be blocked on the terminal: exit
+            // without waiting for it.
+            rt.shutdown_background();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.message.is_empty() => ExitCode::from(e.code),
-                Err(e) => fail(e.code, &e),
+                Err(e) => {
+                    if e.code == 130 {
+                        // Off the prompt's line.
+                        eprintln!();
+                    }
+                    fail(e.code, &e)
+                }
             }
         }
         #[cfg(feature = "server")]

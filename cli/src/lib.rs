@@ -488,15 +488,21 @@ fn tty() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
-fn prompt(question: &str) -> Result<String, CliError> {
+/// Asks on the terminal. The line is read on a blocking thread, so that the
+/// runtime stays free to see Ctrl-C (exit 130) while a person is asked.
+async fn prompt(question: &str) -> Result<String, CliError> {
     eprint!("{question}");
     let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    Ok(line.trim().to_string())
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map(|_| line.trim().to_string())
+    })
+    .await
+    .map_err(|e| CliError::new(1, e.to_string()))?
+    .map_err(|e| CliError::new(1, e.to_string()))
 }
 
 /// The context every command runs in.
@@ -718,7 +724,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
     }
     let email = match a.email {
         Some(e) => e,
-        None if tty() => prompt("Email: ")?,
+        None if tty() => prompt("Email: ").await?,
         None => return Err(CliError::usage("give --email (no terminal to ask on)")),
     };
     let code = match a.code {
@@ -744,7 +750,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
                     "a sign-in code was emailed to {email}; finish with: crmkit login --email {email} --code CODE"
                 )));
             }
-            prompt(&format!("Code emailed to {email}: "))?
+            prompt(&format!("Code emailed to {email}: ")).await?
         }
     };
     let body = json!({"email": email, "code": code, "token_name": a.token_name});
@@ -827,7 +833,7 @@ async fn with_step_up(
                     e.message
                 )));
             }
-            let code = prompt("A confirmation code was emailed to you. Code: ")?;
+            let code = prompt("A confirmation code was emailed to you. Code: ").await?;
             c.send(
                 method,
                 path,
@@ -964,7 +970,8 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                         "deleting workspace {id} removes all its data; add --yes to confirm"
                     )));
                 }
-                if !prompt(&format!("Delete workspace {id} and ALL its data? [y/N] "))?
+                if !prompt(&format!("Delete workspace {id} and ALL its data? [y/N] "))
+                    .await?
                     .eq_ignore_ascii_case("y")
                 {
                     return Err(CliError::human("not deleted"));
@@ -1074,7 +1081,7 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                     )));
                 }
                 eprintln!("{message}");
-                if !prompt("Delete? [y/N] ")?.eq_ignore_ascii_case("y") {
+                if !prompt("Delete? [y/N] ").await?.eq_ignore_ascii_case("y") {
                     return Err(CliError::human("not deleted"));
                 }
             }

@@ -450,7 +450,12 @@ impl Settings {
                     .filter(|n| (1..=1000).contains(n))
                     .ok_or_else(|| bad("db_max_connections", format!("{s:?} is not 1..1000")))?,
             ),
-            None => file.db_max_connections,
+            None => match file.db_max_connections {
+                Some(n) if !(1..=1000).contains(&n) => {
+                    return Err(bad("db_max_connections", format!("{n} is not 1..1000")));
+                }
+                n => n,
+            },
         };
         let db_startup_wait = match pick(&args.db_startup_wait, &file.db_startup_wait) {
             Some(s) => parse_duration(&s).map_err(|e| bad("db_startup_wait", e))?,
@@ -592,6 +597,38 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.0.contains("bindd"), "{err}");
+    }
+
+    /// The config file's pool size is held to the same range as the flag's:
+    /// 0 made a pool that never connects, reported as an unreachable
+    /// database.
+    #[test]
+    fn a_config_file_pool_size_is_checked() {
+        let dir = std::env::temp_dir().join(format!("crmkit-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (n, ok) in [(0, false), (1001, false), (1, true), (1000, true)] {
+            let path = dir.join(format!("pool{n}.toml"));
+            std::fs::write(
+                &path,
+                format!("database_url = \"sqlite://x.db\"\ndb_max_connections = {n}\n"),
+            )
+            .unwrap();
+            let got = Settings::resolve(&ServeArgs {
+                config: Some(path),
+                ..Default::default()
+            });
+            match got {
+                Ok(s) => {
+                    assert!(ok, "{n} accepted");
+                    assert_eq!(s.db_max_connections, Some(n));
+                }
+                Err(e) => {
+                    assert!(!ok, "{n} refused: {e}");
+                    assert!(e.0.starts_with("invalid db_max_connections"), "{e}");
+                    assert!(!e.0.contains('\n'), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

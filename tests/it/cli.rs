@@ -502,3 +502,54 @@ async fn the_token_lives_in_the_os_keyring() {
         "logout left the token in the keyring"
     );
 }
+
+/// Ctrl-C at a prompt ends the CLI at once with exit 130 (SPEC §8), on a
+/// real terminal: a pseudo-terminal driven by Python's `pty` module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_at_a_prompt_exits_130() {
+    const DRIVE: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b""
+deadline = time.time() + 20
+while b"Email: " not in seen and time.time() < deadline:
+    if select.select([fd], [], [], 0.5)[0]:
+        try:
+            seen += os.read(fd, 1024)
+        except OSError:
+            break
+if b"Email: " not in seen:
+    print("NO PROMPT", seen)
+    sys.exit(3)
+time.sleep(0.3)
+os.write(fd, b"\x03")
+for _ in range(100):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("EXIT", os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+    time.sleep(0.1)
+print("HUNG")
+os.kill(pid, 9)
+"#;
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    if !crate::require("python3 (for a pseudo-terminal)", python) {
+        return;
+    }
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let out = Command::new("python3")
+        .args(["-c", DRIVE])
+        .arg(bin())
+        .arg("login")
+        .env("CRMKIT_URL", &cli.server)
+        .env("CRMKIT_CONFIG_DIR", cli.dir.path())
+        .env("CRMKIT_KEYRING", "off")
+        .env_remove("CRMKIT_TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("EXIT 130"), "{said}");
+}
