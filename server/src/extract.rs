@@ -7,7 +7,6 @@
 //!   filter keys survive; non-UTF-8 is a 400.
 //! - [`PathIds`]: path parameters, decoded, as strings.
 
-use axum::body::to_bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -196,6 +195,23 @@ impl QueryPairs {
     }
 }
 
+/// Marks a route that takes no query parameters besides `format` (and a
+/// step-up `code`): anything else is refused with `unknown_field`, so a
+/// misspelt parameter is never silently ignored. The check itself runs when
+/// the handler extracts its output format ([`crate::negotiate::Fmt`]),
+/// after authentication.
+#[derive(Clone, Copy)]
+pub struct NoParams;
+
+/// Middleware that marks a route with [`NoParams`].
+pub async fn no_params(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.extensions_mut().insert(NoParams);
+    next.run(req).await
+}
+
 /// Path parameters as decoded strings.
 pub struct PathIds(pub Vec<String>);
 
@@ -342,31 +358,64 @@ pub fn parse_object(
     Ok(map)
 }
 
+/// How much of a body over the cap is read and dropped before the 413 goes
+/// out, and for how long at most.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads the body bytes with the size cap.
+///
+/// A body over the cap is read on and dropped (up to [`DRAIN_MAX`], for at
+/// most [`DRAIN_TIME`]) before the 413 is sent: most HTTP clients read no
+/// answer while they are still sending, so closing the connection on a
+/// client mid-upload loses the 413 and leaves it with a broken pipe. Past
+/// those bounds (a declared length over [`DRAIN_MAX`] at once) the
+/// connection is closed after the answer.
 pub async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes, AppError> {
+    use http_body_util::BodyExt;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
-        // A body a little over the cap is read and dropped, so the client, still
-        // sending, reliably gets the 413; a huge one is cut off at once.
-        if n <= 4 * limit as u64 {
-            let _ = to_bytes(req.into_body(), 4 * limit).await;
+        if n <= DRAIN_MAX {
+            drain(body).await;
         }
         return Err(too_large(limit));
     }
-    to_bytes(req.into_body(), limit).await.map_err(|e| {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = src {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return too_large(limit);
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            AppError::invalid("the request body could not be read", "send the body again")
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large(limit));
             }
-            src = s.source();
+            buf.extend_from_slice(&data);
         }
-        AppError::invalid("the request body could not be read", "send the body again")
+    }
+    Ok(buf.into())
+}
+
+/// Reads and drops the rest of a body, within [`DRAIN_MAX`] and [`DRAIN_TIME`].
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len() as u64;
+                if seen > DRAIN_MAX {
+                    break;
+                }
+            }
+        }
     })
+    .await;
 }
 
 /// The raw body bytes (capped); the handler parses them.

@@ -72,6 +72,15 @@ impl Fmt {
 impl<S: Send + Sync> FromRequestParts<S> for Fmt {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // On a route marked by `extract::no_params`, the query is checked
+        // here: handlers take `Fmt` after `Caller`, so a call that fails
+        // authentication is a 401 whatever its query says.
+        if parts.extensions.get::<crate::extract::NoParams>().is_some() {
+            crate::extract::QueryPairs(crate::extract::decode_query(
+                parts.uri.query().unwrap_or(""),
+            )?)
+            .only(&[])?;
+        }
         Ok(Fmt::of(parts))
     }
 }

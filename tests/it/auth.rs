@@ -4,8 +4,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use reqwest::Method;
+use serde_json::json;
 
-use crate::harness::{Server, field};
+use crate::harness::{Server, client_from, field};
+use crate::mcp::{VERIFIER, enc, mcp, query_param, register, sign_in, token_request};
+use crate::records::create;
 use crate::smtp::{Mode, Security, code_in};
 
 fn verify_body(email: &str, code: &str) -> String {
@@ -159,10 +162,67 @@ async fn parallel_wrong_codes_then_the_right_one_is_refused_r11() {
         let st = t.await.unwrap();
         assert!(st == 401 || st == 429, "{st}");
     }
+    // Refused because the code is dead, not because of a rate limit: the 52
+    // tries are well under the 100 per client address in 10 minutes, and a
+    // 429 would not say whether the code still works.
     let r = s
         .post("/auth/verify", None, &verify_body(email, &code))
         .await;
-    assert!(r.status == 401 || r.status == 429, "{}", r.text);
+    r.assert_error(401, "invalid_code");
+    // Nothing blocks the address itself: a fresh code works.
+    s.login(email).await;
+}
+
+/// Whether the server sees `ip`'s connections as coming from `ip`.
+async fn check_client_address(ip: &str) {
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", trap.local_addr().unwrap());
+    let peer = tokio::spawn(async move { trap.accept().await.unwrap().1.ip() });
+    let _ = client_from(ip)
+        .get(url)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert_eq!(peer.await.unwrap().to_string(), ip);
+}
+
+#[tokio::test]
+async fn wrong_codes_from_two_client_addresses_add_up_r11() {
+    let s = Server::start().await;
+    let email = "r11ip@example.com";
+    let code = s.request_code(email).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    // 3 wrong from one address and 3 from another: 6 tries on one code.
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        check_client_address(ip).await;
+        let http = client_from(ip);
+        for _ in 0..3 {
+            let r = http
+                .post(s.url("/auth/verify"))
+                .body(verify_body(email, wrong))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+            let text = r.text().await.unwrap();
+            assert!(text.contains("error: invalid_code"), "{text}");
+        }
+    }
+    // The right code is refused, from either address and from a third.
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.1"] {
+        let r = client_from(ip)
+            .post(s.url("/auth/verify"))
+            .body(verify_body(email, &code))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "from {ip}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("error: invalid_code"), "from {ip}: {text}");
+        assert!(text.contains("\nhint: "), "no hint: {text}");
+    }
+    // A fresh code works.
+    s.login(email).await;
 }
 
 #[tokio::test]
@@ -344,14 +404,31 @@ async fn tokens_are_secret_long_and_distinct_r17() {
     let prefixes: HashSet<_> = tokens.iter().map(|t| &t[3..7]).collect();
     assert!(prefixes.len() > 1, "shared prefix after ck_");
     let t = &tokens[0];
+    // A revocation leaves one more audit entry about a token.
+    let id = s.get("/tokens?format=json", t).await.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "agent4")
+        .expect("agent4 in /tokens")["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("token/")
+        .to_string();
+    assert_eq!(s.delete(&format!("/tokens/{id}"), t).await.status, 200);
     for path in [
         "/tokens",
         "/whoami",
+        "/audit",
         "/tokens?format=json",
         "/whoami?format=json",
+        "/audit?format=json&limit=200",
     ] {
         let r = s.get(path, t).await;
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        if path.starts_with("/audit") {
+            assert!(r.text.contains("token.create"), "{path}: {}", r.text);
+        }
         for tok in &tokens {
             assert!(!r.text.contains(tok.as_str()), "{path} leaks a token");
         }
@@ -713,6 +790,84 @@ async fn secrets_are_never_logged_r32() {
     }
     let t = secrets.last().unwrap().clone();
     s.get("/tokens", &t).await;
+    // A delete-confirm token, sent back in the query string.
+    let c = create(&s, &t, "contacts", json!({"name": "gone"})).await;
+    let r = s.delete(&format!("/contacts/{c}?format=json"), &t).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    let confirm = r.json()["confirm"].as_str().unwrap().to_string();
+    let r = s
+        .delete(&format!("/contacts/{c}?confirm={confirm}"), &t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    secrets.push(confirm);
+    // OAuth: the sign-in code, the authorization code (in the redirect and at
+    // the token endpoint), the verifier, the access and refresh tokens.
+    let redirect = "https://claude.ai/api/mcp/auth_callback";
+    let client = register(&s, redirect, "R32").await;
+    let email = "r32-oauth@example.com";
+    let location = sign_in(&s, &client, redirect, email).await;
+    secrets.push(s.nth_code(email, 1).await);
+    let code = query_param(&location, "code").unwrap();
+    let exchange = format!(
+        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(&code),
+        enc(&client),
+        enc(redirect)
+    );
+    let (status, tok, _) = token_request(&s, &exchange).await;
+    assert_eq!(status, 200, "{tok}");
+    let access = tok["access_token"].as_str().unwrap().to_string();
+    let refresh = tok["refresh_token"].as_str().unwrap().to_string();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "request", "arguments": {"method": "GET", "path": "/whoami"}}});
+    let (status, who, _) = mcp(&s, Some(&access), call).await;
+    assert_eq!(status, 200, "{who}");
+    let (status, fresh, _) = token_request(
+        &s,
+        &format!(
+            "grant_type=refresh_token&refresh_token={refresh}&client_id={}",
+            enc(&client)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{fresh}");
+    let fresh_access = fresh["access_token"].as_str().unwrap().to_string();
+    assert_eq!(s.get("/whoami", &fresh_access).await.status, 200);
+    // Refused uses go through the error paths: a replayed code, a used refresh token.
+    assert_eq!(token_request(&s, &exchange).await.0, 400);
+    let (status, _, _) = token_request(
+        &s,
+        &format!(
+            "grant_type=refresh_token&refresh_token={refresh}&client_id={}",
+            enc(&client)
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    secrets.extend([
+        code,
+        VERIFIER.to_string(),
+        access,
+        refresh,
+        fresh_access,
+        fresh["refresh_token"].as_str().unwrap().to_string(),
+    ]);
+    // A step-up code, mailed to the caller and sent in the query string.
+    let email = "r32-2@example.com";
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let n = s.smtp().mails_to(email).len();
+    s.delete(&format!("/workspaces/{ws}"), &t)
+        .await
+        .assert_error(403, "escalation_required");
+    let step_up = s.nth_code(email, n + 1).await;
+    let r = s
+        .delete(&format!("/workspaces/{ws}?code={step_up}"), &t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    secrets.push(step_up);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = s.log_text();
     assert!(log.contains("request"), "no access log: {log}");

@@ -89,19 +89,41 @@ async fn bodies_over_one_mebibyte_are_refused_r23() {
     s.post("/auth/request", None, &big)
         .await
         .assert_error(413, "payload_too_large");
+    // 10 MiB with Content-Length: refused from the header, with an answer, not
+    // a reset connection.
+    let r = s
+        .http
+        .post(s.url("/auth/request"))
+        .body(vec![b' '; 10 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("10 MiB with Content-Length: no answer, {e:?}"));
+    assert_eq!(r.status(), 413);
+    assert!(r.headers().contains_key("x-request-id"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("error: payload_too_large"), "{text}");
+    assert!(text.contains("\nhint: "), "no hint: {text}");
+    assert_eq!(
+        s.send(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        200
+    );
     // Chunked, 10 MiB, no Content-Length.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..160).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    // The server answers 413 as soon as the cap is passed and stops reading; a
-    // client still sending may see the connection close before the answer.
-    match s.http.post(s.url("/auth/request")).body(body).send().await {
-        Ok(r) => {
-            assert_eq!(r.status(), 413);
-            assert!(r.text().await.unwrap().contains("hint: "));
-        }
-        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
-    }
+    // The server reads and drops the rest (within bounds) before it answers,
+    // so a client still sending gets the 413 rather than a broken pipe.
+    let r = s
+        .http
+        .post(s.url("/auth/request"))
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("10 MiB chunked: no answer, {e:?}"));
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("\nhint: "));
     assert_eq!(
         s.send(Method::GET, "/healthz", None, None, &[])
             .await
@@ -280,5 +302,73 @@ async fn the_manual_documents_the_api_with_the_base_url() {
         md.header("content-type")
             .unwrap()
             .starts_with("text/markdown")
+    );
+}
+
+/// A query parameter the endpoint does not take is refused, not ignored
+/// (SPEC §2 `unknown_field`), on reads, writes and workspace calls; the
+/// parameters every endpoint takes still pass, and authentication still
+/// comes first.
+#[tokio::test]
+async fn unknown_query_parameters_are_refused() {
+    let s = Server::start().await;
+    let t = s.login("params@example.com").await;
+    let c = s
+        .post("/contacts?format=json", Some(&t), r#"{"name":"P"}"#)
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for r in [
+        s.get(&format!("/contacts/{c}?fields=name"), &t).await,
+        s.patch(&format!("/contacts/{c}?dry_run=1"), &t, r#"{"name":"Q"}"#)
+            .await,
+        s.post("/contacts?upsert=false", Some(&t), r#"{"name":"R"}"#)
+            .await,
+        s.get("/whoami?verbose=1", &t).await,
+        s.get("/tokens?limit=5", &t).await,
+        s.get(&format!("/workspaces/{ws}/members?cod=123456"), &t)
+            .await,
+        s.post(
+            "/auth/request?x=1",
+            None,
+            r#"{"email":"params@example.com"}"#,
+        )
+        .await,
+    ] {
+        r.assert_error(400, "unknown_field");
+        assert!(r.text.contains("hint: "), "{}", r.text);
+    }
+    // Nothing was written by the refused calls.
+    let r = s.get(&format!("/contacts/{c}?format=json"), &t).await;
+    assert_eq!(r.json()["data"]["name"], "P");
+    assert_eq!(
+        s.get("/contacts?format=json", &t).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // What every endpoint takes passes; no token is still a 401 first.
+    assert_eq!(
+        s.get(&format!("/contacts/{c}?format=text"), &t)
+            .await
+            .status,
+        200
+    );
+    s.send(Method::GET, "/whoami?verbose=1", None, None, &[])
+        .await
+        .assert_error(401, "auth_required");
+    // Probes ignore their query.
+    assert_eq!(
+        s.send(Method::GET, "/healthz?probe=lb", None, None, &[])
+            .await
+            .status,
+        200
     );
 }

@@ -475,6 +475,15 @@ impl Drop for Server {
     }
 }
 
+/// An HTTP client whose connections leave from another loopback address
+/// (`127.0.0.2`, …), so the server sees another client IP.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .unwrap()
+}
+
 /// The value of `key` on a plain-text record line.
 pub fn field(line: &str, key: &str) -> Option<String> {
     crmkit_server::wire::line::parse_line(line)?

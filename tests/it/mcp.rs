@@ -21,7 +21,7 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -125,7 +125,7 @@ pub async fn sign_in(s: &Server, client: &str, redirect: &str, email: &str) -> S
     r.headers()["location"].to_str().unwrap().to_string()
 }
 
-fn query_param(url: &str, key: &str) -> Option<String> {
+pub fn query_param(url: &str, key: &str) -> Option<String> {
     let q = url.split_once('?')?.1;
     q.split('&')
         .find_map(|p| p.strip_prefix(&format!("{key}=")))
@@ -637,6 +637,13 @@ async fn the_token_endpoint_binds_codes_r36() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(winners.len(), 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(st, _)| *st != 200) {
+        assert_eq!(
+            (*status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{results:?}"
+        );
+    }
     let access = winners[0]["access_token"].as_str().unwrap().to_string();
     assert_eq!(
         s.get("/whoami", &access).await.status,
@@ -994,4 +1001,61 @@ async fn client_metadata_documents_that_are_refused() {
         assert!(page.contains(why), "{client}: {page}");
     }
     assert_eq!(doc.hits(), before);
+}
+
+/// A token that OAuth ends is audited like DELETE /tokens/{id}: a rotation,
+/// a revocation and a replayed code each leave `token.revoke` saying which.
+#[tokio::test]
+async fn tokens_that_oauth_ends_are_audited() {
+    let s = Server::start().await;
+    let email = "ended@example.com";
+    let (client, tok) = connect(&s, email).await;
+    let rt = tok["refresh_token"].as_str().unwrap();
+    let (status, fresh, _) = token_request(
+        &s,
+        &format!(
+            "grant_type=refresh_token&refresh_token={rt}&client_id={}",
+            enc(&client)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{fresh}");
+    let r = s
+        .http
+        .post(s.url("/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", fresh["access_token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A code redeemed twice: the second redemption ends the first's token.
+    let redirect = "https://claude.ai/api/mcp/auth_callback";
+    let location = sign_in(&s, &client, redirect, email).await;
+    let code = query_param(&location, "code").unwrap();
+    let form = format!(
+        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(&code),
+        enc(&client),
+        enc(redirect)
+    );
+    let (status, body, _) = token_request(&s, &form).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = token_request(&s, &form).await;
+    assert_eq!(status, 400);
+    let t = s.login(email).await;
+    let audit = s.get("/audit?format=json&limit=200", &t).await.json();
+    let mut ended: Vec<String> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.revoke")
+        .map(|e| e["changes"]["via"][1].as_str().unwrap_or("").to_string())
+        .collect();
+    ended.sort();
+    assert_eq!(
+        ended,
+        ["oauth code replayed", "oauth refresh", "oauth revoke"],
+        "{audit}"
+    );
 }

@@ -220,13 +220,33 @@ async fn cursors_are_tamper_evident_and_bound_r05() {
         .await;
     r.assert_error(400, "invalid_request");
     assert!(r.text.contains("filters"), "{}", r.text);
-    // B's cursor in B's own listing works; in A's it never shows B's rows.
+    // B's cursor in B's own listing works; in A's, on exactly the query B
+    // ran (so the filters match), only the workspace binding can refuse it.
     assert_eq!(
         s.get(&format!("/contacts?limit=1&cursor={bcursor}"), &b)
             .await
             .status,
         200
     );
+    let own = s.get("/contacts?limit=1", &a).await;
+    let acursor = own
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("# next: "))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.get(&format!("/contacts?limit=1&cursor={acursor}"), &a)
+            .await
+            .status,
+        200
+    );
+    let r = s
+        .get(&format!("/contacts?limit=1&cursor={bcursor}"), &a)
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("another workspace"), "{}", r.text);
+    assert!(!r.text.contains("contact/"), "{}", r.text);
 }
 
 #[tokio::test]

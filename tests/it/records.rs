@@ -267,7 +267,31 @@ async fn patch_to_a_taken_email_or_domain_is_a_conflict_naming_the_owner() {
 async fn delete_takes_two_steps_and_clears_links_r22() {
     let s = Server::start().await;
     let t = s.login("r22@example.com").await;
-    let m_token = s.login("r22m@example.com").await;
+    let b = s.login("r22b@example.com").await;
+    // M: a member of A's workspace, working there with a token of its own.
+    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&t),
+            r#"{"email":"r22m@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let m_personal = s.login("r22m@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&m_personal),
+            r#"{"token_name":"m"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let m = r.json()["data"]["token"].as_str().unwrap().to_string();
     let c = create(&s, &t, "contacts", json!({"name": "X"})).await;
     let y = create(&s, &t, "contacts", json!({"name": "Y"})).await;
     let co = create(&s, &t, "companies", json!({"name": "Co"})).await;
@@ -293,7 +317,7 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
     );
     let token = j["confirm"].as_str().unwrap().to_string();
 
-    // Not on another record, not on a company, not by another user, not injected.
+    // Not on another record, not on a company, not injected.
     for path in [
         format!("/contacts/{y}?confirm={token}"),
         format!("/companies/{co}?confirm={token}"),
@@ -302,10 +326,19 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
         let r = s.delete(&path, &t).await;
         r.assert_error(409, "confirmation_required");
     }
+    // Not by M, who sees X in the same workspace but did not ask for the token.
+    assert_eq!(s.get(&format!("/contacts/{c}"), &m).await.status, 200);
     let r = s
-        .delete(&format!("/contacts/{c}?confirm={token}"), &m_token)
+        .delete(&format!("/contacts/{c}?confirm={token}"), &m)
+        .await;
+    r.assert_error(409, "confirmation_required");
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
+    // Not by B, for whom X does not exist.
+    let r = s
+        .delete(&format!("/contacts/{c}?confirm={token}"), &b)
         .await;
     r.assert_error(404, "not_found");
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
     assert_eq!(s.get(&format!("/contacts/{y}"), &t).await.status, 200);
     assert_eq!(s.get(&format!("/companies/{co}"), &t).await.status, 200);
 
@@ -781,4 +814,35 @@ async fn paths_take_whole_handles() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 404);
+}
+
+/// An activity's audit entry carries what was logged, not only its links.
+#[tokio::test]
+async fn an_activity_is_audited_with_its_body_and_time() {
+    let s = Server::start().await;
+    let t = s.login("logged@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Logged"})).await;
+    let r = s
+        .post(
+            &format!("/contacts/{c}/activities?format=json"),
+            Some(&t),
+            r#"{"kind":"call","body":"discussed renewal","occurred_at":"2026-06-10T09:00:00Z"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let audit = s.get("/audit?format=json", &t).await.json();
+    let entry = &audit["data"][0];
+    assert_eq!(entry["action"], "activity.create", "{audit}");
+    let changes = &entry["changes"];
+    assert_eq!(
+        changes["body"],
+        json!([null, "discussed renewal"]),
+        "{entry}"
+    );
+    assert_eq!(
+        changes["occurred_at"],
+        json!([null, "2026-06-10T09:00:00Z"]),
+        "{entry}"
+    );
+    assert_eq!(changes["contact_id"], json!([null, c]), "{entry}");
 }

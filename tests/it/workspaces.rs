@@ -563,6 +563,15 @@ async fn deleting_a_workspace_leaves_nothing_behind() {
     assert_ne!(ws_of(&s, &again).await, ws);
 }
 
+/// Every answer of a parallel burst that is not a 201 is the cap's own refusal.
+fn assert_refused_by_the_cap(answers: &[(u16, String)]) {
+    for (status, text) in answers.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(*status, 403, "{text}");
+        assert!(text.contains("error: plan_limit_reached\n"), "{text}");
+        assert!(text.contains("\nhint: "), "no hint: {text}");
+    }
+}
+
 #[tokio::test]
 async fn plan_caps_hold_under_parallel_creates_r28() {
     let s = Server::builder()
@@ -635,46 +644,52 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
             t.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            http.post(url)
+            let r = http
+                .post(url)
                 .bearer_auth(t)
                 .body(format!(r#"{{"email":"inv{i}@x.com"}}"#))
                 .send()
                 .await
-                .unwrap()
-                .status()
-                .as_u16()
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
         }));
     }
-    let created: Vec<u16> = futures_util::future::join_all(tasks)
+    let created: Vec<(u16, String)> = futures_util::future::join_all(tasks)
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
     assert_eq!(
-        created.iter().filter(|s| **s == 201).count(),
+        created.iter().filter(|(s, _)| *s == 201).count(),
         3,
         "{created:?}"
     );
+    assert_refused_by_the_cap(&created);
     let mut tasks = Vec::new();
     for i in 0..12 {
         let (http, url, t) = (s.http.clone(), s.url("/workspaces"), t.clone());
         tasks.push(tokio::spawn(async move {
-            http.post(url)
+            let r = http
+                .post(url)
                 .bearer_auth(t)
                 .body(format!(r#"{{"name":"w{i}"}}"#))
                 .send()
                 .await
-                .unwrap()
-                .status()
-                .as_u16()
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
         }));
     }
-    let made: Vec<u16> = futures_util::future::join_all(tasks)
+    let made: Vec<(u16, String)> = futures_util::future::join_all(tasks)
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
-    assert_eq!(made.iter().filter(|s| **s == 201).count(), 2, "{made:?}");
+    assert_eq!(
+        made.iter().filter(|(s, _)| *s == 201).count(),
+        2,
+        "{made:?}"
+    );
+    assert_refused_by_the_cap(&made);
     let list: Value = s.get("/workspaces?format=json", &t).await.json();
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
 }
@@ -833,11 +848,21 @@ async fn an_invite_whose_mail_fails_is_taken_back() {
         actions[..4],
         [
             "invite.update",
-            "invite.create",
+            "invite.update",
             "invite.create",
             "invite.withdraw"
         ],
         "{actions:?}"
+    );
+    // The re-invite names the role it changed, and the take-back undoes it.
+    let audit = s.get("/audit?format=json", a).await.json();
+    assert_eq!(
+        audit["data"][1]["changes"]["role"],
+        json!(["admin", "member"])
+    );
+    assert_eq!(
+        audit["data"][0]["changes"]["role"],
+        json!(["member", "admin"])
     );
     // Mail works again: the invite goes through.
     s.smtp().set_mode(Mode::Accept);
@@ -1010,4 +1035,42 @@ async fn inviting_as_admin_needs_the_step_up_code() {
         s.get("/whoami?format=json", &t).await.json()["data"]["role"],
         "admin"
     );
+}
+
+/// A handle or id of the wrong kind in a workspace path is a 400 naming the
+/// kind expected, as on record paths; an unknown one stays a 404.
+#[tokio::test]
+async fn wrong_kinds_in_workspace_paths_are_400() {
+    let s = Server::start().await;
+    let (a, m, _, ws) = team(&s).await;
+    let m_id = user_of(&s, &m).await;
+    let c = "c_7k2m9q4x1d3f";
+    let r = s.get(&format!("/workspaces/{c}/members"), &a).await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("workspace"), "{}", r.text);
+    s.get(&format!("/workspaces/contact/{c}/members"), &a)
+        .await
+        .assert_error(400, "invalid_request");
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/members/invite%2Fi_7k2m9q4x1d3f/role"),
+            Some(&a),
+            r#"{"role":"member"}"#,
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("user"), "{}", r.text);
+    s.delete(&format!("/workspaces/{ws}/invites/{m_id}"), &a)
+        .await
+        .assert_error(400, "invalid_request");
+    // Unknown, not of another kind: 404 as before.
+    s.get("/workspaces/w_7k2m9q4x1d3f/members", &a)
+        .await
+        .assert_error(404, "not_found");
+    s.get("/workspaces/nonsense/members", &a)
+        .await
+        .assert_error(404, "not_found");
+    s.delete(&format!("/workspaces/{ws}/members/u_7k2m9q4x1d3f"), &a)
+        .await
+        .assert_error(404, "not_found");
 }

@@ -959,6 +959,52 @@ async fn issue(
     Ok(Some((minted.id, body)))
 }
 
+/// Deletes a crmkit token that OAuth ends (a revocation, a rotation, a
+/// replayed code) with its refresh tokens, and audits it as `token.revoke`
+/// like DELETE /tokens/{id}, in the same transaction; the actor is the
+/// token's own user, `why` says which OAuth step ended it.
+async fn end_token(
+    tx: &crate::db::WriteTx,
+    column: &str,
+    value: String,
+    why: &str,
+) -> AppResult<Option<String>> {
+    let backend = tx.get_database_backend();
+    let Some(row) = tx
+        .query_one_raw(stmt(
+            backend,
+            &format!(
+                "DELETE FROM tokens WHERE {column} = ? RETURNING id, workspace_id, user_id, name"
+            ),
+            vec![value.into()],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("", "id")?;
+    let ws: String = row.try_get("", "workspace_id")?;
+    let user: String = row.try_get("", "user_id")?;
+    let name: String = row.try_get("", "name")?;
+    tx.execute_raw(stmt(
+        backend,
+        "DELETE FROM oauth_refresh WHERE access_token_id = ?",
+        vec![id.clone().into()],
+    ))
+    .await?;
+    audit::record(
+        tx,
+        &ws,
+        &user,
+        &name,
+        "token.revoke",
+        &handle(Kind::Token, &id),
+        Some(json!({"name": [name, null], "via": [null, why]})),
+    )
+    .await?;
+    Ok(Some(id))
+}
+
 async fn exchange_code(
     state: &AppState,
     code: &str,
@@ -995,18 +1041,7 @@ async fn exchange_code(
         if let Some(r) = issued
             && let Some(token_id) = r.try_get::<Option<String>>("", "token_id")?
         {
-            tx.execute_raw(stmt(
-                backend,
-                "DELETE FROM tokens WHERE id = ?",
-                vec![token_id.clone().into()],
-            ))
-            .await?;
-            tx.execute_raw(stmt(
-                backend,
-                "DELETE FROM oauth_refresh WHERE access_token_id = ?",
-                vec![token_id.into()],
-            ))
-            .await?;
+            end_token(&tx, "id", token_id, "oauth code replayed").await?;
             tx.commit().await?;
             state.tokens.forget_all();
         }
@@ -1080,12 +1115,7 @@ async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppR
     let user_id: String = row.try_get("", "user_id")?;
     let ws: String = row.try_get("", "workspace_id")?;
     // Rotation replaces the session: the previous access token goes.
-    tx.execute_raw(stmt(
-        backend,
-        "DELETE FROM tokens WHERE id = ?",
-        vec![access.into()],
-    ))
-    .await?;
+    end_token(&tx, "id", access, "oauth refresh").await?;
     let Some((_, body)) = issue(state, &tx, client_id, &user_id, &ws).await? else {
         tx.commit().await?;
         state.tokens.forget_all();
@@ -1117,50 +1147,30 @@ async fn revoke(
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let db = &state.db;
-    let backend = db.get_database_backend();
     let hash = secrets::hash(&t);
-    let res: Result<(), sea_orm::DbErr> = async {
+    let res: AppResult<()> = async {
+        let tx = write_tx(&state.db).await?;
         if secrets::looks_like_token(&t) {
-            if let Some(r) = db
-                .query_one_raw(stmt(
-                    backend,
-                    "DELETE FROM tokens WHERE hash = ? RETURNING id",
-                    vec![hash.into()],
-                ))
-                .await?
-            {
-                let id: String = r.try_get("", "id")?;
-                db.execute_raw(stmt(
-                    backend,
-                    "DELETE FROM oauth_refresh WHERE access_token_id = ?",
-                    vec![id.into()],
-                ))
-                .await?;
-            }
-        } else if let Some(r) = db
+            end_token(&tx, "hash", hash, "oauth revoke").await?;
+        } else if let Some(r) = tx
             .query_one_raw(stmt(
-                backend,
+                tx.get_database_backend(),
                 "DELETE FROM oauth_refresh WHERE token_hash = ? RETURNING access_token_id",
                 vec![hash.into()],
             ))
             .await?
         {
             let id: String = r.try_get("", "access_token_id")?;
-            db.execute_raw(stmt(
-                backend,
-                "DELETE FROM tokens WHERE id = ?",
-                vec![id.into()],
-            ))
-            .await?;
+            end_token(&tx, "id", id, "oauth revoke").await?;
         }
+        tx.commit().await?;
         Ok(())
     }
     .await;
     state.tokens.forget_all();
     match res {
         Ok(()) => with_cors(StatusCode::OK.into_response()),
-        Err(e) => with_cors(AppError::from(e).into_response()),
+        Err(e) => with_cors(e.into_response()),
     }
 }
 

@@ -194,7 +194,7 @@ async fn log(
     ))
     .await?;
     audit::record(&tx, ws, &caller.user_id, &caller.token_name, "activity.create", &handle(Kind::Activity, &a.id),
-        Some(json!({"kind": [null, a.kind], "contact_id": [null, a.contact_id], "deal_id": [null, a.deal_id]}))).await?;
+        Some(json!({"kind": [null, a.kind], "body": [null, a.body], "occurred_at": [null, a.occurred_at.render()], "contact_id": [null, a.contact_id], "deal_id": [null, a.deal_id]}))).await?;
     tx.commit().await?;
     Ok(fmt.reply(
         StatusCode::CREATED,

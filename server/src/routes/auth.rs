@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/auth/request", post(request_code))
         .route("/auth/verify", post(verify_code))
+        .route_layer(axum::middleware::from_fn(crate::extract::no_params))
 }
 
 #[derive(Deserialize)]

@@ -20,12 +20,15 @@ use crate::wire::line::{LineBuilder, comment};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/help", get(help))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/whoami", get(whoami))
         .route("/tokens", get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
+        .route_layer(axum::middleware::from_fn(crate::extract::no_params))
+        // Probes and the manual ignore their query: a load balancer's or
+        // a browser's parameters are no error.
+        .route("/help", get(help))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn help(State(state): State<AppState>, headers: HeaderMap) -> Response {

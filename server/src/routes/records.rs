@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
-use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
+use crate::extract::{PathIds, QueryPairs, RawBody, no_params, parse_object};
 use crate::negotiate::Fmt;
 use crate::query::{
     SearchPlan, list_sql, make_cursor, read_cursor, search_count_sql, search_key_at,
@@ -29,6 +29,7 @@ use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::comment;
 use crate::wire::query::parse_list_query;
+use axum::middleware::from_fn;
 
 pub fn router() -> Router<AppState> {
     let mut r = Router::new();
@@ -37,13 +38,15 @@ pub fn router() -> Router<AppState> {
         r = r
             .route(
                 &format!("/{}", d.plural),
-                get(move |s, c, f, q| list(d, s, c, f, q))
-                    .post(move |s, c, f, b| create(d, s, c, f, b)),
+                post(move |s, c, f, b| create(d, s, c, f, b))
+                    .layer(from_fn(no_params))
+                    .get(move |s, c, f, q| list(d, s, c, f, q)),
             )
             .route(
                 &format!("/{}/{{id}}", d.plural),
                 get(move |s, c, f, p| fetch(d, s, c, f, p))
                     .patch(move |s, c, f, p, b| patch(d, s, c, f, p, b))
+                    .layer(from_fn(no_params))
                     .delete(move |s, c, f, p, q| remove(d, s, c, f, p, q)),
             );
     }
@@ -53,6 +56,13 @@ pub fn router() -> Router<AppState> {
 /// Path id -> bare id: a wrong-kind handle is a 400, anything unknown a 404.
 pub fn path_id(kind: Kind, ids: &[String]) -> AppResult<String> {
     let raw = ids.first().map(String::as_str).unwrap_or("");
+    path_ref(kind, raw, || not_found(kind, raw))
+}
+
+/// A path segment naming a `kind` -> its bare id: a handle or id of another
+/// kind is a 400 with a hint; anything else that is not such an id gets
+/// `unknown` (a 404: it names nothing that exists for the caller).
+pub fn path_ref(kind: Kind, raw: &str, unknown: impl FnOnce() -> AppError) -> AppResult<String> {
     parse_ref(kind, raw).map_err(|e| match e {
         crate::wire::handle::RefError::WrongKind { .. } => AppError::invalid(
             e.to_string(),
@@ -64,7 +74,7 @@ pub fn path_id(kind: Kind, ids: &[String]) -> AppResult<String> {
                 kind.prefix()
             ),
         ),
-        _ => not_found(kind, raw),
+        _ => unknown(),
     })
 }
 

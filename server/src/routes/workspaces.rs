@@ -23,7 +23,7 @@ use crate::negotiate::Fmt;
 use crate::records::store::plan_limit;
 use crate::routes::audit;
 use crate::routes::auth::{mint_token, token_reply};
-use crate::routes::records::list_reply;
+use crate::routes::records::{list_reply, path_ref};
 use crate::stepup::{self, OfferedCode};
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
@@ -41,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/invites/{invite}", delete(withdraw))
         .route("/workspaces/{id}/members/{user}/role", post(set_role))
         .route("/workspaces/{id}/members/{user}", delete(remove_member))
+        .route_layer(axum::middleware::from_fn(crate::extract::no_params))
 }
 
 fn ws_not_found(raw: &str) -> AppError {
@@ -54,7 +55,7 @@ fn ws_not_found(raw: &str) -> AppError {
 /// The workspace id from the path, and the caller's role in it (404 when the
 /// caller is not a member, whatever the workspace's existence).
 async fn membership(state: &AppState, caller: &Caller, raw: &str) -> AppResult<(String, String)> {
-    let id = parse_ref(Kind::Workspace, raw).map_err(|_| ws_not_found(raw))?;
+    let id = path_ref(Kind::Workspace, raw, || ws_not_found(raw))?;
     let row = state
         .db
         .query_one_raw(stmt(
@@ -427,14 +428,23 @@ async fn invite(
             (id, "created")
         }
     };
+    // A re-invite changes the pending invite's role: audited as an update
+    // from the role it had.
+    let (action, changes) = match &previous_role {
+        Some(old) => ("invite.update", json!({"role": [old, role]})),
+        None => (
+            "invite.create",
+            json!({"email": [null, email], "role": [null, role]}),
+        ),
+    };
     audit::record(
         &tx,
         &ws,
         &caller.user_id,
         &caller.token_name,
-        "invite.create",
+        action,
         &handle(Kind::Invite, &invite_id),
-        Some(json!({"email": [null, email], "role": [null, role]})),
+        Some(changes),
     )
     .await?;
     let base = &state.settings.base_url;
@@ -573,7 +583,7 @@ async fn withdraw(
             "GET /workspaces/{id}/members lists pending invites",
         )
     };
-    let id = parse_ref(Kind::Invite, raw).map_err(|_| nf())?;
+    let id = path_ref(Kind::Invite, raw, nf)?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let row = tx
@@ -613,7 +623,7 @@ async fn member_role(tx: &crate::db::WriteTx, ws: &str, raw: &str) -> AppResult<
             "GET /workspaces/{id}/members lists members and their user ids",
         )
     };
-    let uid = parse_ref(Kind::User, raw).map_err(|_| nf())?;
+    let uid = path_ref(Kind::User, raw, nf)?;
     let backend = tx.get_database_backend();
     let lock = if backend == sea_orm::DatabaseBackend::Postgres {
         " FOR UPDATE"
