@@ -1074,3 +1074,70 @@ async fn wrong_kinds_in_workspace_paths_are_400() {
         .await
         .assert_error(404, "not_found");
 }
+
+/// A personal workspace made again at sign-in (the old one was deleted)
+/// counts against the workspaces cap like any other: at the cap the
+/// sign-in goes to the newest workspace the user belongs to instead.
+#[tokio::test]
+async fn a_recreated_personal_workspace_respects_the_cap() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_WORKSPACES", "2")
+        .start()
+        .await;
+    let email = "capped@example.com";
+    let a = s.login(email).await;
+    let personal = ws_of(&s, &a).await;
+    let make = async |t: &str, name: &str| {
+        let r = s
+            .post(
+                "/workspaces?format=json",
+                Some(t),
+                &json!({"name": name}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.json()["data"]["id"].as_str().unwrap().to_string()
+    };
+    let team = make(&a, "Team").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{team}/tokens?format=json"),
+            Some(&a),
+            r#"{"token_name":"team"}"#,
+        )
+        .await;
+    let in_team = r.json()["data"]["token"].as_str().unwrap().to_string();
+    // Delete the personal workspace (step-up), then fill the cap again.
+    let n = s.smtp().mails_to(email).len();
+    s.delete(&format!("/workspaces/{personal}"), &a)
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(&s, email, n).await;
+    let r = s
+        .delete(&format!("/workspaces/{personal}?code={code}"), &a)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let newest = make(&in_team, "Team 2").await;
+    // Signing in makes no third workspace: the token acts in the newest.
+    let t = s.login(email).await;
+    assert_eq!(ws_of(&s, &t).await, newest);
+    let mine = s.get("/workspaces?format=json", &t).await.json();
+    assert_eq!(mine["data"].as_array().unwrap().len(), 2, "{mine}");
+    let who = s.get("/whoami", &t).await.text;
+    assert!(who.contains("# workspaces: 2 / 2"), "{who}");
+    // Below the cap again, sign-in makes a personal workspace as before.
+    let n = s.smtp().mails_to(email).len();
+    s.delete(&format!("/workspaces/{team}"), &in_team)
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(&s, email, n).await;
+    let r = s
+        .delete(&format!("/workspaces/{team}?code={code}"), &in_team)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let t = s.login(email).await;
+    let fresh = ws_of(&s, &t).await;
+    assert!(fresh != newest && fresh != personal, "{fresh}");
+    let mine = s.get("/workspaces?format=json", &t).await.json();
+    assert_eq!(mine["data"].as_array().unwrap().len(), 2, "{mine}");
+}

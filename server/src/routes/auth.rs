@@ -260,7 +260,8 @@ pub async fn redeem_login_code(
     }
     let user_id = find_or_create_user(&tx, &email).await?;
     crate::routes::workspaces::accept_invites(&tx, &user_id, &email).await?;
-    let workspace_id = crate::routes::workspaces::ensure_personal(&tx, &user_id, &email).await?;
+    let workspace_id =
+        crate::routes::workspaces::ensure_personal(&tx, &state.settings, &user_id, &email).await?;
     Ok((tx, user_id, workspace_id))
 }
 

@@ -974,6 +974,7 @@ pub async fn accept_invites(tx: &crate::db::WriteTx, user_id: &str, email: &str)
 /// at the cap: nobody is ever left without a workspace.
 pub async fn ensure_personal(
     tx: &crate::db::WriteTx,
+    settings: &crate::config::Settings,
     user_id: &str,
     email: &str,
 ) -> AppResult<String> {
@@ -988,15 +989,44 @@ pub async fn ensure_personal(
     {
         return Ok(row.try_get("", "id")?);
     }
+    // A new personal workspace counts against the user's cap like any
+    // other (a user who deleted theirs may have created others since).
+    let plan: String = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT plan FROM users WHERE id = ?",
+            vec![user_id.into()],
+        ))
+        .await?
+        .map(|r| r.try_get("", "plan"))
+        .transpose()?
+        .unwrap_or_else(|| "default".into());
+    let cap = settings.plan(&plan).workspaces;
+    let took = tx
+        .execute_raw(stmt(
+            backend,
+            "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ? AND workspaces_count < ?",
+            vec![user_id.into(), cap.into()],
+        ))
+        .await?;
+    if took.rows_affected() != 1 {
+        // At the cap: the sign-in goes to the newest workspace the user
+        // belongs to; with none, there is nowhere for a token to act.
+        let newest = tx
+            .query_one_raw(stmt(
+                backend,
+                "SELECT workspace_id FROM memberships WHERE user_id = ? ORDER BY created_at DESC, workspace_id LIMIT 1",
+                vec![user_id.into()],
+            ))
+            .await?;
+        return match newest {
+            Some(row) => Ok(row.try_get("", "workspace_id")?),
+            None => Err(plan_limit("workspaces", cap, cap, &plan)),
+        };
+    }
     let local = email.split('@').next().unwrap_or("my");
     let name = format!("{local}'s workspace");
     let id = insert_workspace(tx, &name, Some(user_id), user_id).await?;
-    tx.execute_raw(stmt(
-        backend,
-        "UPDATE users SET workspaces_count = workspaces_count + 1 WHERE id = ?",
-        vec![user_id.into()],
-    ))
-    .await?;
     audit::record(
         tx,
         &id,
