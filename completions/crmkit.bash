@@ -618,7 +618,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__admin__subcmd__set__subcmd__plan)
-            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --body-limit --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -661,6 +661,10 @@ _crmkit() {
                     return 0
                     ;;
                 --db-startup-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --body-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3336,7 +3340,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__migrate)
-            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
+            opts="-h --dry-run --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --body-limit --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3379,6 +3383,10 @@ _crmkit() {
                     return 0
                     ;;
                 --db-startup-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --body-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3498,7 +3506,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__serve)
-            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
+            opts="-h --config --bind --database-url --base-url --smtp-url --smtp-ca-file --mail-from --token-idle-ttl --db-max-connections --db-startup-wait --body-limit --log --trust-proxy --limit-contacts --limit-companies --limit-deals --limit-members --limit-workspaces --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3541,6 +3549,10 @@ _crmkit() {
                     return 0
                     ;;
                 --db-startup-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --body-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -645,6 +645,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l mail-from -d 'Se
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l db-startup-wait -d 'How long start-up keeps retrying an unreachable database [default: 30s]' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l body-limit -d 'Largest request body accepted, e.g. 1MiB, 512KiB, 4MiB (at most 32MiB) [default: 1MiB]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l log -d 'Log filter, e.g. info or crmkit=debug [default: info]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l trust-proxy -d 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand serve" -l limit-contacts -d 'The default plan\'s contacts cap [default: 1000]' -r
@@ -669,6 +670,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l mail-from -d '
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l db-startup-wait -d 'How long start-up keeps retrying an unreachable database [default: 30s]' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l body-limit -d 'Largest request body accepted, e.g. 1MiB, 512KiB, 4MiB (at most 32MiB) [default: 1MiB]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l log -d 'Log filter, e.g. info or crmkit=debug [default: info]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l trust-proxy -d 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand migrate" -l limit-contacts -d 'The default plan\'s contacts cap [default: 1000]' -r
@@ -712,6 +714,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l token-idle-ttl -d 'A token dies after this much inactivity, e.g. 90d, 12h, 3s [default: 90d]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l db-max-connections -d 'Database pool size [default: 8 for SQLite, 10 for PostgreSQL]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l db-startup-wait -d 'How long start-up keeps retrying an unreachable database [default: 30s]' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l body-limit -d 'Largest request body accepted, e.g. 1MiB, 512KiB, 4MiB (at most 32MiB) [default: 1MiB]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l log -d 'Log filter, e.g. info or crmkit=debug [default: info]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l trust-proxy -d 'Trust the last X-Forwarded-For hop as the client address (behind a proxy you run)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -l limit-contacts -d 'The default plan\'s contacts cap [default: 1000]' -r

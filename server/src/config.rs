@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// How long start-up keeps retrying an unreachable database [default: 30s]
     #[arg(long, env = "CRMKIT_DB_STARTUP_WAIT", value_name = "DURATION")]
     pub db_startup_wait: Option<String>,
+    /// Largest request body accepted, e.g. 1MiB, 512KiB, 4MiB (at most 32MiB) [default: 1MiB]
+    #[arg(long, env = "CRMKIT_BODY_LIMIT", value_name = "SIZE")]
+    pub body_limit: Option<String>,
     /// Log filter, e.g. info or crmkit=debug [default: info]
     #[arg(long, env = "CRMKIT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -106,6 +109,7 @@ struct FileConfig {
     token_idle_ttl: Option<String>,
     db_max_connections: Option<u32>,
     db_startup_wait: Option<String>,
+    body_limit: Option<String>,
     log: Option<String>,
     trust_proxy: Option<bool>,
     #[serde(default)]
@@ -251,6 +255,31 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         let msg = e.message().replace('\n', " ");
         ConfigError(format!("config file {}: {msg}", path.display()))
     })
+}
+
+/// A size in bytes: `1048576`, `512KiB`, `1MiB` (also `KB`/`MB`, 1,000s;
+/// any case), from 1 KiB to 32 MiB: an over-limit body is read and dropped
+/// before its 413 (up to 64 MiB), so the cap stays well below that.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 1MiB, 512KiB or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1024,
+        "mib" => 1024 * 1024,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        _ => return Err(format!("{s:?}: the unit is one of B, KiB, MiB, KB, MB")),
+    };
+    let bytes = n.saturating_mul(mult);
+    if !(1024..=32 * 1024 * 1024).contains(&bytes) {
+        return Err(format!("{s:?} is not between 1KiB and 32MiB"));
+    }
+    Ok(bytes as usize)
 }
 
 /// Parses `90d`, `12h`, `3s`, `1h 30m`.
@@ -461,6 +490,10 @@ impl Settings {
             Some(s) => parse_duration(&s).map_err(|e| bad("db_startup_wait", e))?,
             None => Duration::from_secs(30),
         };
+        let body_limit = match pick(&args.body_limit, &file.body_limit) {
+            Some(s) => parse_size(&s).map_err(|e| bad("body_limit", e))?,
+            None => 1024 * 1024,
+        };
         let log = pick(&args.log, &file.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| bad("log", e))?;
         let trust_proxy = match &args.trust_proxy {
@@ -529,7 +562,7 @@ impl Settings {
             log,
             trust_proxy,
             plans,
-            body_limit: 1024 * 1024,
+            body_limit,
             auth_per_email: 5,
             auth_per_ip: 100,
             rate_window: Duration::from_secs(600),
@@ -632,6 +665,25 @@ mod tests {
     }
 
     #[test]
+    fn body_limits_are_sizes_in_range() {
+        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_size("512 kib"), Ok(512 * 1024));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("32MiB"), Ok(32 * 1024 * 1024));
+        for bad in ["", "MiB", "1.5MiB", "1GiB", "33MiB", "100", "-1", "1 MiBs"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        let s = Settings::resolve(&ServeArgs {
+            database_url: Some("sqlite://x.db".into()),
+            body_limit: Some("64KiB".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.body_limit, 64 * 1024);
+    }
+
+    #[test]
     fn bad_values_are_one_line_errors() {
         for args in [
             ServeArgs {
@@ -652,6 +704,10 @@ mod tests {
             },
             ServeArgs {
                 limit_contacts: Some("-1".into()),
+                ..Default::default()
+            },
+            ServeArgs {
+                body_limit: Some("lots".into()),
                 ..Default::default()
             },
         ] {

@@ -498,3 +498,22 @@ async fn concurrent_writers_keep_their_own_outcomes() {
     .await;
     assert_eq!(taken, 1);
 }
+
+/// CRMKIT_BODY_LIMIT sets the largest body: over it is a 413 naming the
+/// limit, under it is served.
+#[tokio::test]
+async fn the_body_limit_is_a_setting() {
+    let s = Server::builder()
+        .env("CRMKIT_BODY_LIMIT", "64KiB")
+        .start()
+        .await;
+    let t = s.login("limit@example.com").await;
+    let body = |n: usize| {
+        serde_json::json!({"name": "Big", "custom": {"notes": "x".repeat(n)}}).to_string()
+    };
+    let r = s.post("/contacts", Some(&t), &body(100 * 1024)).await;
+    r.assert_error(413, "payload_too_large");
+    assert!(r.text.contains("64 KiB"), "{}", r.text);
+    let r = s.post("/contacts", Some(&t), &body(32 * 1024)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
