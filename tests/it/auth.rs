@@ -1057,3 +1057,40 @@ async fn errors_never_leak_internals_r31() {
         200
     );
 }
+
+/// `token_name` labels the session and defaults to `default` (SPEC §3).
+#[tokio::test]
+async fn a_token_without_a_name_is_named_default() {
+    let s = Server::start().await;
+    let named = s.login_named("unnamed@example.com", "named").await;
+    let code = s.request_code("unnamed@example.com").await;
+    let r = s
+        .post(
+            "/auth/verify?format=json",
+            None,
+            &format!(r#"{{"email":"unnamed@example.com","code":"{code}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let t = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let who = s.get("/whoami?format=json", &t).await.json();
+    assert_eq!(who["data"]["token_name"], "default", "{who}");
+    // GET /tokens lists it as `default`, and it is the current one.
+    let list = s.get("/tokens?format=json", &t).await.json();
+    let tokens = list["data"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{list}");
+    let current: Vec<&serde_json::Value> = tokens.iter().filter(|k| k["current"] == true).collect();
+    assert_eq!(current.len(), 1, "{list}");
+    assert_eq!(current[0]["name"], "default", "{list}");
+    // The named session keeps its own name.
+    let other = tokens.iter().find(|k| k["current"] != true).unwrap();
+    assert_eq!(other["name"], "named", "{list}");
+    // The same in text.
+    let text = s.get("/tokens", &named).await;
+    let line = text
+        .text
+        .lines()
+        .find(|l| l.starts_with("token/") && field(l, "current").is_none())
+        .unwrap_or_else(|| panic!("{}", text.text));
+    assert_eq!(field(line, "name").as_deref(), Some("default"), "{line}");
+}

@@ -553,3 +553,98 @@ os.kill(pid, 9)
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("EXIT 130"), "{said}");
 }
+
+/// Token precedence (SPEC §8): `CRMKIT_TOKEN` beats the stored sign-in,
+/// which comes back once the variable is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_env_var_beats_the_stored_token() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "stored@example.com").await;
+    let stored = crate::cli_token(&cli.dir);
+    let other = s.login("other@example.com").await;
+    assert_ne!(stored, other);
+    let out = cli
+        .cmd(&["whoami"])
+        .env("CRMKIT_TOKEN", &other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let who = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(who.contains("email=other@example.com"), "{who}");
+    assert!(!who.contains("stored@example.com"), "{who}");
+    // The variable does not overwrite what is stored.
+    assert_eq!(crate::cli_token(&cli.dir), stored);
+    let who = cli.ok(&["whoami"]);
+    assert!(who.contains("email=stored@example.com"), "{who}");
+    assert!(!who.contains("other@example.com"), "{who}");
+}
+
+/// A member doing admin work gets exit 5 naming `admin_required` (SPEC §8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_work_by_a_member_exits_5() {
+    let s = Server::start().await;
+    let a = s.login("boss@example.com").await;
+    let ws = s.get("/whoami?format=json", &a).await.json()["data"]["workspace"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"mate@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let personal = s.login("mate@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&personal),
+            r#"{"token_name":"mate-in-boss"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let m = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let cli = Cli::new(&s);
+    let out = cli
+        .cmd(&["workspaces", "invite", &ws, "someone@example.com"])
+        .env("CRMKIT_TOKEN", &m)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(code_of(&out), 5, "{err}");
+    assert!(err.contains("admin_required"), "{err}");
+    // Nothing was invited.
+    let members = s.get(&format!("/workspaces/{ws}/members"), &a).await;
+    assert!(
+        !members.text.contains("someone@example.com"),
+        "{}",
+        members.text
+    );
+}
+
+/// A create past a plan cap gets exit 5 naming `plan_limit_reached` (SPEC §8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_past_the_plan_cap_exits_5() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "1")
+        .start()
+        .await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "capped@example.com").await;
+    let first = cli.ok(&["contacts", "create", "--name", "Only One"]);
+    assert!(first.contains("# created"), "{first}");
+    let out = cli.run(&["contacts", "create", "--name", "One Too Many"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(code_of(&out), 5, "{err}");
+    assert!(err.contains("plan_limit_reached"), "{err}");
+    let list = cli.ok(&["contacts", "list"]);
+    assert!(!list.contains("One Too Many"), "{list}");
+}

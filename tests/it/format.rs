@@ -372,3 +372,64 @@ async fn unknown_query_parameters_are_refused() {
         200
     );
 }
+
+/// Bodies are JSON whatever the Content-Type says (SPEC §2): `curl -d`
+/// sends `application/x-www-form-urlencoded`, other clients `text/plain`.
+#[tokio::test]
+async fn bodies_are_json_whatever_the_content_type_says() {
+    let s = Server::start().await;
+    let t = s.login("ctype@example.com").await;
+    for (i, ctype) in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "text/plain; charset=utf-8",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let email = format!("form{i}@example.com");
+        let body = format!(
+            r#"{{"name":"Form {i}","email":"{email}","tags":["vip"],"custom":{{"via":"curl"}}}}"#
+        );
+        let r = s
+            .send(
+                Method::POST,
+                "/contacts",
+                Some(&t),
+                Some(&body),
+                &[("content-type", ctype)],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{ctype}: {}", r.text);
+        assert!(r.text.contains("\n# created\n"), "{ctype}: {}", r.text);
+        let id = r
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("contact/")
+            .to_string();
+        // The fields were stored, not only echoed.
+        let got = s.get(&format!("/contacts/{id}?format=json"), &t).await;
+        assert_eq!(got.status, 200, "{ctype}: {}", got.text);
+        let data = &got.json()["data"];
+        assert_eq!(data["name"], format!("Form {i}"), "{ctype}: {data}");
+        assert_eq!(data["email"], email.as_str(), "{ctype}: {data}");
+        assert_eq!(data["tags"], serde_json::json!(["vip"]), "{ctype}: {data}");
+        assert_eq!(data["custom"]["via"], "curl", "{ctype}: {data}");
+        // A PATCH with the same content type is read as JSON too.
+        let r = s
+            .send(
+                Method::PATCH,
+                &format!("/contacts/{id}"),
+                Some(&t),
+                Some(r#"{"title":"CTO"}"#),
+                &[("content-type", ctype)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{ctype}: {}", r.text);
+        let got = s.get(&format!("/contacts/{id}?format=json"), &t).await;
+        assert_eq!(got.json()["data"]["title"], "CTO", "{ctype}: {}", got.text);
+        assert_eq!(got.json()["data"]["name"], format!("Form {i}"));
+    }
+}

@@ -846,3 +846,160 @@ async fn an_activity_is_audited_with_its_body_and_time() {
     );
     assert_eq!(changes["contact_id"], json!([null, c]), "{entry}");
 }
+
+/// Walks every page of `path` three items at a time, following `# next:`
+/// (text) or `next_cursor` (JSON), and returns the handles in the order seen.
+/// Every page but the last is full and ends with its cursor; the last has none.
+async fn walk_by_threes(s: &Server, t: &str, path: &str, as_json: bool) -> Vec<String> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let mut url = format!("{path}{sep}limit=3");
+        if as_json {
+            url.push_str("&format=json");
+        }
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = s.get(&url, t).await;
+        assert_eq!(r.status, 200, "{url}: {}", r.text);
+        let (items, next) = if as_json {
+            let v = r.json();
+            assert!(
+                v.as_object().unwrap().contains_key("next_cursor"),
+                "{url}: no next_cursor: {v}"
+            );
+            let items: Vec<String> = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["handle"].as_str().unwrap().to_string())
+                .collect();
+            (items, v["next_cursor"].as_str().map(str::to_string))
+        } else {
+            let items: Vec<String> = r
+                .text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.split_whitespace().next().unwrap().to_string())
+                .collect();
+            let next = r
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("# next: "))
+                .map(str::to_string);
+            if next.is_some() {
+                assert!(
+                    r.text.lines().last().unwrap().starts_with("# next: "),
+                    "{url}: the page does not end with its cursor: {}",
+                    r.text
+                );
+            }
+            (items, next)
+        };
+        match next {
+            Some(c) => {
+                assert_eq!(items.len(), 3, "{url}: a short page with a cursor");
+                seen.extend(items);
+                cursor = Some(c);
+            }
+            None => {
+                assert!(items.len() <= 3, "{url}: {items:?}");
+                seen.extend(items);
+                return seen;
+            }
+        }
+    }
+    panic!("{path}: the walk never ended");
+}
+
+/// GET /audit, /activities and /contacts/{id}/activities page by cursor,
+/// newest first, each item exactly once (SPEC §5, §6).
+#[tokio::test]
+async fn audit_and_activities_page_by_cursor_newest_first() {
+    let s = Server::start().await;
+    let t = s.login("pages@example.com").await;
+    let a = create(&s, &t, "contacts", json!({"name": "Paged A"})).await;
+    let b = create(&s, &t, "contacts", json!({"name": "Paged B"})).await;
+    let mut more = Vec::new();
+    for i in 0..5 {
+        more.push(create(&s, &t, "contacts", json!({"name": format!("Paged {i}")})).await);
+    }
+    // Seven activities on A and two on B, each later than the one before.
+    let mut all_acts = Vec::new();
+    let mut a_acts = Vec::new();
+    for i in 0..9 {
+        let on = if i == 2 || i == 6 { &b } else { &a };
+        let r = s
+            .post(
+                &format!("/contacts/{on}/activities?format=json"),
+                Some(&t),
+                &json!({"kind": "note", "body": format!("step {i}"), "occurred_at": format!("2026-03-0{}T10:00:00Z", i + 1)})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let h = r.json()["data"]["handle"].as_str().unwrap().to_string();
+        if on == &a {
+            a_acts.push(h.clone());
+        }
+        all_acts.push(h);
+    }
+    assert_eq!(a_acts.len(), 7);
+    all_acts.reverse();
+    a_acts.reverse();
+    for as_json in [false, true] {
+        assert_eq!(
+            walk_by_threes(&s, &t, "/activities", as_json).await,
+            all_acts,
+            "/activities (json: {as_json})"
+        );
+        assert_eq!(
+            walk_by_threes(&s, &t, &format!("/contacts/{a}/activities"), as_json).await,
+            a_acts,
+            "/contacts/{{id}}/activities (json: {as_json})"
+        );
+        assert_eq!(
+            walk_by_threes(&s, &t, &format!("/activities?contact={a}"), as_json).await,
+            a_acts,
+            "/activities?contact= (json: {as_json})"
+        );
+    }
+
+    // The audit log: the walk matches one big page, and the contacts come
+    // newest first.
+    let full = s.get("/audit?limit=200&format=json", &t).await.json();
+    assert!(full["next_cursor"].is_null(), "{full}");
+    let entries = full["data"].as_array().unwrap();
+    assert!(entries.len() >= 16, "{full}");
+    let handles: Vec<String> = entries
+        .iter()
+        .map(|e| e["handle"].as_str().unwrap().to_string())
+        .collect();
+    let distinct: HashSet<&String> = handles.iter().collect();
+    assert_eq!(distinct.len(), handles.len(), "an audit entry came twice");
+    let created: Vec<String> = entries
+        .iter()
+        .filter(|e| e["action"] == "contact.create")
+        .map(|e| e["target"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: Vec<String> = [a.clone(), b.clone()]
+        .into_iter()
+        .chain(more)
+        .map(|id| format!("contact/{id}"))
+        .collect();
+    want.reverse();
+    assert_eq!(created, want, "contact.create entries are not newest first");
+    assert_eq!(
+        entries[0]["action"], "activity.create",
+        "the newest entry is not first: {full}"
+    );
+    for as_json in [false, true] {
+        assert_eq!(
+            walk_by_threes(&s, &t, "/audit", as_json).await,
+            handles,
+            "/audit (json: {as_json})"
+        );
+    }
+}
