@@ -1059,3 +1059,51 @@ async fn tokens_that_oauth_ends_are_audited() {
         "{audit}"
     );
 }
+
+/// The transport's own refusals are crmkit errors with a hint; a JSON body
+/// is taken whatever its Content-Type and Accept say (SPEC §2), since every
+/// answer is one JSON body.
+#[tokio::test]
+async fn the_transport_is_lenient_and_its_refusals_have_hints() {
+    let s = Server::start().await;
+    let (_, tok) = connect(&s, "transport@example.com").await;
+    let token = tok["access_token"].as_str().unwrap();
+    let ping = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+    for (ct, accept) in [
+        ("text/plain", "application/json"),
+        ("application/x-www-form-urlencoded", "*/*"),
+        ("application/json", "text/html"),
+    ] {
+        let r = s
+            .http
+            .post(s.url("/mcp"))
+            .bearer_auth(token)
+            .header("content-type", ct)
+            .header("accept", accept)
+            .body(ping)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{ct} / {accept}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["id"], 7, "{v}");
+        assert!(v["result"].is_object(), "{v}");
+    }
+    let refused = [
+        s.http.get(s.url("/mcp")).bearer_auth(token),
+        s.http.delete(s.url("/mcp")).bearer_auth(token),
+        s.http
+            .post(s.url("/mcp"))
+            .bearer_auth(token)
+            .header("host", "evil.example")
+            .body(ping),
+    ];
+    for (rb, status) in refused.into_iter().zip([405, 405, 403]) {
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert!(r.headers().contains_key("x-request-id"));
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with("error: invalid_request\n"), "{text}");
+        assert!(text.contains("\nhint: "), "{text}");
+    }
+}

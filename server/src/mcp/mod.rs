@@ -183,6 +183,53 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
         .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
+/// The MCP transport's own refusals (a wrong method, a Host outside the base
+/// URL's) are one line of plain text: answered instead as crmkit errors, with
+/// a hint and in the format asked for. JSON-RPC answers pass as they are.
+async fn transport_error(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let said = axum::body::to_bytes(res.into_body(), 4096)
+        .await
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let hint = match status {
+        StatusCode::FORBIDDEN => {
+            "this server answers MCP only on its own host name (the one in CRMKIT_BASE_URL); connect to that URL"
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "POST JSON-RPC messages to /mcp; this stateless server offers no GET stream and no session to DELETE"
+        }
+        _ => {
+            "POST one JSON-RPC message to /mcp with a bearer token; GET /help describes the connector"
+        }
+    };
+    let message = if said.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        said
+    };
+    let code = if status.is_server_error() {
+        "internal"
+    } else {
+        "invalid_request"
+    };
+    AppError::new(code, status, message, hint).into_response()
+}
+
 fn cors(res: &mut Response) {
     let h = res.headers_mut();
     h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
@@ -229,8 +276,24 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
             .await
             {
                 Ok(bytes) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() => {
-                    next.run(Request::from_parts(parts, Body::from(bytes)))
-                        .await
+                    // A JSON body is JSON whatever its Content-Type says, as on
+                    // the rest of the API, and the answer is JSON (the service
+                    // answers every POST with one JSON body), so the transport
+                    // gets the headers it insists on.
+                    let mut parts = parts;
+                    parts.headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    parts.headers.insert(
+                        header::ACCEPT,
+                        HeaderValue::from_static("application/json, text/event-stream"),
+                    );
+                    transport_error(
+                        next.run(Request::from_parts(parts, Body::from(bytes)))
+                            .await,
+                    )
+                    .await
                 }
                 Ok(_) => {
                     let v = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error: the body is not JSON"}});
@@ -239,7 +302,7 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
                 Err(e) => e.into_response(),
             }
         }
-        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Ok(_) => transport_error(next.run(Request::from_parts(parts, body)).await).await,
         Err((mut e, sent)) => {
             if e.status == StatusCode::UNAUTHORIZED {
                 let challenge = if sent {
