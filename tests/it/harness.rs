@@ -325,6 +325,16 @@ impl Server {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// Sends SIGTERM and returns at once (see [`Server::stop`] to wait).
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Stops the process; returns its exit status.
     pub fn stop(&mut self, hard: bool) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

@@ -517,3 +517,46 @@ async fn the_body_limit_is_a_setting() {
     let r = s.post("/contacts", Some(&t), &body(32 * 1024)).await;
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+/// SIGTERM is graceful (SPEC §1): a request in flight when it arrives (here
+/// one whose body is still coming) is answered and its write kept, and only
+/// then does the process exit 0.
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Server::start().await;
+    let t = s.login("inflight@example.com").await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = r#"{"name":"In flight"}"#;
+    let head = format!(
+        "POST /contacts?format=json HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body.as_bytes()[..5]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.terminate();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sock.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sock.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the answer came")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let id = answer
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("an id")
+        .to_string();
+    let status = s.stop(false).expect("was running");
+    assert!(status.success(), "{status:?}");
+    let s = s.restart(false, &[]).await;
+    assert_eq!(s.get(&format!("/contacts/{id}"), &t).await.status, 200);
+}
