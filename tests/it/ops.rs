@@ -560,3 +560,100 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     let s = s.restart(false, &[]).await;
     assert_eq!(s.get(&format!("/contacts/{id}"), &t).await.status, 200);
 }
+
+/// With no configuration at all, `crmkit serve` makes its SQLite database in
+/// the user's data directory and listens on 127.0.0.1:8080 in local mail
+/// mode (SPEC §1). Should that port be taken on this machine, start-up must
+/// instead fail with one line naming the address.
+#[test]
+fn zero_configuration_start_up() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", &data)
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let listening = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("listening on http://127.0.0.1:8080") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    if !listening {
+        // The port is someone else's here: the refusal names it.
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{seen}");
+        assert!(seen.contains("127.0.0.1:8080"), "{seen}");
+        return;
+    }
+    let health = std::process::Command::new("curl")
+        .args(["-s", "http://127.0.0.1:8080/healthz"])
+        .output();
+    let db: Vec<_> = walk(&data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .collect();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    // The rest of the log, up to the exit.
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(status.success(), "{status:?}\n{seen}");
+    assert!(seen.to_lowercase().contains("local mail mode"), "{seen}");
+    if let Ok(out) = health {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    }
+    assert_eq!(
+        db.len(),
+        1,
+        "one database under the data dir: {db:?}\n{seen}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
