@@ -277,6 +277,7 @@ fn bad_cursor(why: &str) -> AppError {
         format!("cursor is not valid: {why}"),
         "pass the cursor exactly as the previous page gave it, with the same filters, search and sort; or drop it to start over",
     )
+    .allowed(&["the `# next:` value of the previous page (JSON: next_cursor)"])
 }
 
 /// The sort value of a record, as stored in a cursor.

@@ -274,6 +274,30 @@ async fn bad_queries_are_400_with_the_allowed_list() {
         assert_eq!(r.status, 400, "{q}: {}", r.text);
         assert_eq!(r.error_code(), code, "{q}: {}", r.text);
         assert!(r.text.contains("\nhint: "), "{q}");
+        // SPEC §6: every such 400 lists what is valid there.
+        let r = s.get(&format!("/contacts?{q}&format=json"), &t).await;
+        let allowed = r.json()["allowed"].clone();
+        assert!(
+            allowed.as_array().is_some_and(|a| !a.is_empty()),
+            "{q}: no allowed list: {}",
+            r.text
+        );
+    }
+    for q in ["cursor=garbage", "amount_cents=gte:abc"] {
+        let path = if q.starts_with("amount") {
+            "/deals"
+        } else {
+            "/contacts"
+        };
+        let r = s.get(&format!("{path}?{q}&format=json"), &t).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert!(
+            r.json()["allowed"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "{q}: no allowed list: {}",
+            r.text
+        );
     }
     let r = s.get("/contacts?nope=1&format=json", &t).await;
     let allowed = r.json()["allowed"].as_array().unwrap().clone();

@@ -496,16 +496,17 @@ pub fn parse_limit(raw: &str) -> Result<u32, QueryError> {
         return Err(QueryError::invalid(
             format!("limit must be a whole number, got {}", show(raw)),
             range_hint,
-        ));
+        )
+        .allowing(vec![format!("1..{MAX_LIMIT}")]));
     }
     // All digits, so the only parse failure left is overflow, which is just a
     // very large number.
     let n: u64 = raw.parse().unwrap_or(u64::MAX);
     if n == 0 {
-        return Err(QueryError::invalid(
-            "limit must be at least 1".to_owned(),
-            range_hint,
-        ));
+        return Err(
+            QueryError::invalid("limit must be at least 1".to_owned(), range_hint)
+                .allowing(vec![format!("1..{MAX_LIMIT}")]),
+        );
     }
     if n > u64::from(MAX_LIMIT) {
         return Err(QueryError::invalid(
@@ -513,7 +514,8 @@ pub fn parse_limit(raw: &str) -> Result<u32, QueryError> {
             format!(
                 "send limit={MAX_LIMIT} or less and fetch further pages with cursor=… from the `# next:` line (JSON: next_cursor)"
             ),
-        ));
+        )
+        .allowing(vec![format!("1..{MAX_LIMIT}")]));
     }
     // n is at most MAX_LIMIT here.
     Ok(u32::try_from(n).unwrap_or(MAX_LIMIT))
@@ -592,10 +594,15 @@ fn parse_filter(target: Target, value: &str) -> Result<Filter, QueryError> {
         Op::In => {
             let items: Vec<&str> = operand.split(',').map(str::trim).collect();
             if items.iter().any(|i| i.is_empty()) {
+                let allowed = match ty {
+                    FieldType::Enum(values) => values.iter().map(|v| (*v).to_owned()).collect(),
+                    _ => vec![format!("{name}=in:A,B,C")],
+                };
                 return Err(QueryError::invalid(
                     format!("{name}=in: needs a comma-separated list without empty items"),
                     format!("send {name}=in:A,B,C"),
-                ));
+                )
+                .allowing(allowed));
             }
             if items.len() > MAX_IN_ITEMS {
                 return Err(QueryError::invalid(
@@ -604,7 +611,8 @@ fn parse_filter(target: Target, value: &str) -> Result<Filter, QueryError> {
                         items.len()
                     ),
                     "split the list over several requests",
-                ));
+                )
+                .allowing(vec![format!("1..{MAX_IN_ITEMS} items")]));
             }
             Operand::Many(
                 items
@@ -669,12 +677,17 @@ fn parse_scalar(name: &str, ty: FieldType, raw: &str) -> Result<Scalar, QueryErr
                 format!("{name} needs a whole number, got {}", show(raw)),
                 format!("send digits only, e.g. {name}=gte:100000 (amounts are in cents)"),
             )
+            .allowing(vec!["a whole number, e.g. 100000 or -5".to_owned()])
         }),
         FieldType::Time => time_fmt::parse(raw).map(Scalar::Time).map_err(|expected| {
             QueryError::invalid(
                 format!("{name} needs a time, got {}", show(raw)),
                 format!("{expected}; e.g. {name}=gte:2026-06-10T00:00:00Z"),
             )
+            .allowing(vec![
+                "2026-06-10T09:00:00Z".to_owned(),
+                "2026-06-10T11:00:00.5+02:00".to_owned(),
+            ])
         }),
         FieldType::Enum(values) => {
             if values.contains(&raw) {
@@ -698,6 +711,10 @@ fn parse_scalar(name: &str, ty: FieldType, raw: &str) -> Result<Scalar, QueryErr
                         kind.name()
                     ),
                 )
+                .allowing(vec![
+                    kind.example_id(),
+                    handle::handle(kind, &kind.example_id()),
+                ])
             })
         }
     }
