@@ -853,11 +853,7 @@ async fn secrets_are_never_logged_r32() {
     ]);
     // A step-up code, mailed to the caller and sent in the query string.
     let email = "r32-2@example.com";
-    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = s.ws_of(&t).await;
     let n = s.smtp().mails_to(email).len();
     s.delete(&format!("/workspaces/{ws}"), &t)
         .await
@@ -913,11 +909,7 @@ async fn login_codes_expire_after_ten_minutes_r12() {
         .as_str()
         .unwrap()
         .to_string();
-    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = s.ws_of(&t).await;
     let n = s.smtp().mails_to("r12@example.com").len();
     s.delete(&format!("/workspaces/{ws}"), &t)
         .await
@@ -980,11 +972,7 @@ async fn login_codes_expire_after_ten_minutes_r12() {
 async fn address_look_alikes_never_reach_another_account_r16() {
     let s = Server::start().await;
     let victim = s.login("kate@example.com").await;
-    let ws = s.get("/whoami?format=json", &victim).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = s.ws_of(&victim).await;
     let long = format!("{}@example.com", "k".repeat(290));
     for email in [
         "\u{212a}ate@example.com",

@@ -589,29 +589,9 @@ async fn the_token_env_var_beats_the_stored_token() {
 async fn admin_work_by_a_member_exits_5() {
     let s = Server::start().await;
     let a = s.login("boss@example.com").await;
-    let ws = s.get("/whoami?format=json", &a).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/invites"),
-            Some(&a),
-            r#"{"email":"mate@example.com","role":"member"}"#,
-        )
+    let (ws, m, _) = s
+        .join_as_member(&a, "mate@example.com", "mate-in-boss")
         .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let personal = s.login("mate@example.com").await;
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/tokens?format=json"),
-            Some(&personal),
-            r#"{"token_name":"mate-in-boss"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let m = r.json()["data"]["token"].as_str().unwrap().to_string();
     let cli = Cli::new(&s);
     let out = cli
         .cmd(&["workspaces", "invite", &ws, "someone@example.com"])

@@ -19,6 +19,13 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The cursor of a text page's `# next:` line, if it has one.
+    pub fn next_cursor(&self) -> Option<String> {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix("# next: "))
+            .map(str::to_string)
+    }
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
@@ -466,6 +473,44 @@ impl Server {
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
         r.json()["data"]["token"].as_str().unwrap().to_string()
+    }
+
+    /// The bare id of the workspace a token acts in.
+    pub async fn ws_of(&self, token: &str) -> String {
+        self.get("/whoami?format=json", token).await.json()["data"]["workspace"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("workspace/")
+            .to_string()
+    }
+
+    /// The admin behind `admin` invites `email` as a member of the workspace
+    /// `admin` acts in; the member signs in and mints a token there named
+    /// `token_name`. Returns (workspace id, the member's token there, the
+    /// member's token for their personal workspace).
+    pub async fn join_as_member(
+        &self,
+        admin: &str,
+        email: &str,
+        token_name: &str,
+    ) -> (String, String, String) {
+        let ws = self.ws_of(admin).await;
+        let invite = format!("{{\"email\":\"{email}\",\"role\":\"member\"}}");
+        let r = self
+            .post(&format!("/workspaces/{ws}/invites"), Some(admin), &invite)
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let personal = self.login(email).await;
+        let r = self
+            .post(
+                &format!("/workspaces/{ws}/tokens?format=json"),
+                Some(&personal),
+                &format!("{{\"token_name\":\"{token_name}\"}}"),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let member = r.json()["data"]["token"].as_str().unwrap().to_string();
+        (ws, member, personal)
     }
 
     pub fn log_text(&self) -> String {

@@ -162,6 +162,19 @@ pub async fn token_request(s: &Server, form: &str) -> (u16, Value, reqwest::head
     (status, r.json().await.unwrap_or(Value::Null), headers)
 }
 
+/// POST /oauth/revoke for a token (always 200, RFC 7009).
+pub async fn revoke(s: &Server, token: &str) {
+    let r = s
+        .http
+        .post(s.url("/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", enc(token)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// Registers a client, signs in, exchanges the code: (client_id, token response).
 pub async fn connect(s: &Server, email: &str) -> (String, Value) {
     let redirect = "https://claude.ai/api/mcp/auth_callback";
@@ -678,15 +691,7 @@ async fn the_token_endpoint_binds_codes_r36() {
         200
     );
     // Revocation endpoint.
-    let r = s
-        .http
-        .post(s.url("/oauth/revoke"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", fresh["access_token"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    revoke(&s, fresh["access_token"].as_str().unwrap()).await;
     assert_eq!(
         s.get("/whoami", fresh["access_token"].as_str().unwrap())
             .await
@@ -1020,15 +1025,7 @@ async fn tokens_that_oauth_ends_are_audited() {
     )
     .await;
     assert_eq!(status, 200, "{fresh}");
-    let r = s
-        .http
-        .post(s.url("/oauth/revoke"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", fresh["access_token"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    revoke(&s, fresh["access_token"].as_str().unwrap()).await;
     // A code redeemed twice: the second redemption ends the first's token.
     let redirect = "https://claude.ai/api/mcp/auth_callback";
     let location = sign_in(&s, &client, redirect, email).await;

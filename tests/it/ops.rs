@@ -126,11 +126,7 @@ async fn kill_9_loses_no_acknowledged_write_r30() {
                 .to_string();
             assert!(seen.insert(id), "a row came twice");
         }
-        cursor = r
-            .text
-            .lines()
-            .find_map(|l| l.strip_prefix("# next: "))
-            .map(str::to_string);
+        cursor = r.next_cursor();
         if cursor.is_none() {
             break;
         }

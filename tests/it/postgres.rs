@@ -67,12 +67,7 @@ async fn two_serve_processes_share_all_state() {
         create(&a, &t, "contacts", json!({"name": format!("p{i}")})).await;
     }
     let page = a.get("/contacts?limit=1", &t).await;
-    let cursor = page
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix("# next: "))
-        .unwrap()
-        .to_string();
+    let cursor = page.next_cursor().unwrap();
     assert_eq!(
         b.get(&format!("/contacts?limit=1&cursor={cursor}"), &t)
             .await
@@ -368,11 +363,7 @@ async fn a_create_waiting_for_the_last_slot_rechecks_the_cap() {
         .start()
         .await;
     let t = s.login("race@example.com").await;
-    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = s.ws_of(&t).await;
     create(&s, &t, "contacts", json!({"name": "One"})).await;
     create(&s, &t, "contacts", json!({"name": "Two"})).await;
     let db = sea_orm::Database::connect(&s.db_url).await.unwrap();

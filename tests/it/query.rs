@@ -156,11 +156,7 @@ async fn walking_cursors_sees_every_row_once_while_rows_are_added() {
                 create(&s, &t, "contacts", json!({"name": "n03"})).await;
             }
             pages += 1;
-            cursor = r
-                .text
-                .lines()
-                .find_map(|l| l.strip_prefix("# next: "))
-                .map(str::to_string);
+            cursor = r.next_cursor();
             if cursor.is_none() {
                 break;
             }
@@ -185,19 +181,9 @@ async fn cursors_are_tamper_evident_and_bound_r05() {
         create(&s, &b, "contacts", json!({"name": format!("b{i}")})).await;
     }
     let page = s.get("/contacts?limit=1&stage=lead", &a).await;
-    let cursor = page
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix("# next: "))
-        .unwrap()
-        .to_string();
+    let cursor = page.next_cursor().unwrap();
     let bpage = s.get("/contacts?limit=1", &b).await;
-    let bcursor = bpage
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix("# next: "))
-        .unwrap()
-        .to_string();
+    let bcursor = bpage.next_cursor().unwrap();
     let mut edited = cursor.clone().into_bytes();
     edited[3] = if edited[3] == b'A' { b'B' } else { b'A' };
     let edited = String::from_utf8(edited).unwrap();
@@ -229,12 +215,7 @@ async fn cursors_are_tamper_evident_and_bound_r05() {
         200
     );
     let own = s.get("/contacts?limit=1", &a).await;
-    let acursor = own
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix("# next: "))
-        .unwrap()
-        .to_string();
+    let acursor = own.next_cursor().unwrap();
     assert_eq!(
         s.get(&format!("/contacts?limit=1&cursor={acursor}"), &a)
             .await

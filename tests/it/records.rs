@@ -269,29 +269,7 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
     let t = s.login("r22@example.com").await;
     let b = s.login("r22b@example.com").await;
     // M: a member of A's workspace, working there with a token of its own.
-    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/invites"),
-            Some(&t),
-            r#"{"email":"r22m@example.com","role":"member"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let m_personal = s.login("r22m@example.com").await;
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/tokens?format=json"),
-            Some(&m_personal),
-            r#"{"token_name":"m"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let m = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let (_, m, _) = s.join_as_member(&t, "r22m@example.com", "m").await;
     let c = create(&s, &t, "contacts", json!({"name": "X"})).await;
     let y = create(&s, &t, "contacts", json!({"name": "Y"})).await;
     let co = create(&s, &t, "companies", json!({"name": "Co"})).await;
@@ -797,10 +775,7 @@ async fn paths_take_whole_handles() {
     r.assert_error(400, "invalid_request");
     assert!(r.text.contains("got a deal handle"), "{}", r.text);
     // Workspace paths too.
-    let ws = s.get("/whoami?format=json", &t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ws = format!("workspace/{}", s.ws_of(&t).await);
     let r = s.get(&format!("/workspaces/{ws}/members"), &t).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains("role=admin"), "{}", r.text);
@@ -884,11 +859,7 @@ async fn walk_by_threes(s: &Server, t: &str, path: &str, as_json: bool) -> Vec<S
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(|l| l.split_whitespace().next().unwrap().to_string())
                 .collect();
-            let next = r
-                .text
-                .lines()
-                .find_map(|l| l.strip_prefix("# next: "))
-                .map(str::to_string);
+            let next = r.next_cursor();
             if next.is_some() {
                 assert!(
                     r.text.lines().last().unwrap().starts_with("# next: "),

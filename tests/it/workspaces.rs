@@ -9,11 +9,7 @@ use crate::records::create;
 use crate::smtp::Mode;
 
 async fn ws_of(s: &Server, t: &str) -> String {
-    s.get("/whoami?format=json", t).await.json()["data"]["workspace"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string()
+    s.ws_of(t).await
 }
 
 async fn user_of(s: &Server, t: &str) -> String {
@@ -26,25 +22,7 @@ async fn user_of(s: &Server, t: &str) -> String {
 /// A signs in, invites M as a member, M signs in and switches to A's workspace.
 async fn team(s: &Server) -> (String, String, String, String) {
     let a = s.login("admin@example.com").await;
-    let ws = ws_of(s, &a).await;
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/invites"),
-            Some(&a),
-            r#"{"email":"member@example.com","role":"member"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let m_personal = s.login("member@example.com").await;
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/tokens?format=json"),
-            Some(&m_personal),
-            r#"{"token_name":"m-in-a"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let m = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let (ws, m, m_personal) = s.join_as_member(&a, "member@example.com", "m-in-a").await;
     (a, m, m_personal, ws)
 }
 
