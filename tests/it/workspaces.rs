@@ -1119,3 +1119,24 @@ async fn a_recreated_personal_workspace_respects_the_cap() {
     let mine = s.get("/workspaces?format=json", &t).await.json();
     assert_eq!(mine["data"].as_array().unwrap().len(), 2, "{mine}");
 }
+
+/// An invite as admin that the members cap has no seat for is refused
+/// before any step-up code is mailed.
+#[tokio::test]
+async fn an_admin_invite_without_a_seat_mails_no_code() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_MEMBERS", "2")
+        .start()
+        .await;
+    let (a, _, _, ws) = team(&s).await;
+    let n = s.smtp().mails_to("admin@example.com").len();
+    s.post(
+        &format!("/workspaces/{ws}/invites"),
+        Some(&a),
+        r#"{"email":"boss@example.com","role":"admin"}"#,
+    )
+    .await
+    .assert_error(403, "plan_limit_reached");
+    assert_eq!(s.smtp().mails_to("admin@example.com").len(), n);
+    assert_eq!(pending_invites(&s, &a, &ws).await, Vec::<String>::new());
+}

@@ -343,6 +343,30 @@ async fn already_member(db: &impl ConnectionTrait, ws: &str, email: &str) -> App
     .with("existing", handle(Kind::User, &uid)))
 }
 
+/// Refuses an invite that the members cap has no seat for (a pending
+/// invite to the address already holds one): checked before a step-up code
+/// is mailed; the invite's own UPDATE re-checks it atomically.
+async fn seat_for(state: &AppState, ws: &str, email: &str) -> AppResult<()> {
+    let db = &*state.db;
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT w.plan, w.members_count, EXISTS (SELECT 1 FROM invites i WHERE i.workspace_id = w.id AND i.email = ?) AS pending \
+             FROM workspaces w WHERE w.id = ?",
+            vec![email.into(), ws.into()],
+        ))
+        .await?
+        .ok_or_else(|| ws_not_found(ws))?;
+    let plan: String = row.try_get("", "plan")?;
+    let used = i64::from(row.try_get::<i32>("", "members_count")?);
+    let pending: bool = row.try_get("", "pending")?;
+    let cap = state.settings.plan(&plan).members;
+    if !pending && used >= cap {
+        return Err(plan_limit("members", used, cap, &plan));
+    }
+    Ok(())
+}
+
 async fn invite(
     State(state): State<AppState>,
     caller: Caller,
@@ -367,6 +391,7 @@ async fn invite(
         // step-up, bound to this workspace and this address. A member is
         // refused first, before any code is mailed.
         already_member(&*state.db, &ws, &email).await?;
+        seat_for(&state, &ws, &email).await?;
         stepup::require(
             &state,
             &caller,
