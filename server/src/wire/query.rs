@@ -219,19 +219,17 @@ impl fmt::Display for Op {
     }
 }
 
-/// Prefixes an agent plausibly means as an operator. Only these are refused as
-/// unknown operators; any other `word:` is taken as part of an `eq` value, so
-/// text like `note=re:call` still works.
-const NEAR_MISS_OPS: &[&str] = &[
-    "is",
-    "not",
-    "neq",
-    "ge",
-    "le",
-    "contains",
-    "between",
-    "startswith",
-];
+/// Whether the text before a value's first `:` reads as an attempted
+/// operator: a lower-case word (letters and `_`, 2 to 12 long), unless what
+/// follows is `//` (a URL's scheme). Such a prefix that is no operator is
+/// refused rather than taken as part of an `eq` value, which would match
+/// nothing and look like an empty result; text that really starts with
+/// `word:` is matched with `eq:word:…`.
+fn looks_like_op(prefix: &str, rest: &str) -> bool {
+    (2..=12).contains(&prefix.len())
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        && !rest.starts_with("//")
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scalar {
@@ -640,10 +638,10 @@ fn parse_filter(target: Target, value: &str) -> Result<Filter, QueryError> {
     })
 }
 
-/// Splits `[op:]value`. Only a known operator name before the first `:` is an
-/// operator; anything else is part of an `eq` value, except the prefixes an
-/// agent plausibly meant as an operator, which are refused so a typo never
-/// silently becomes an equality test that matches nothing.
+/// Splits `[op:]value`. A known operator name before the first `:` is an
+/// operator; a lower-case word there that is not one is refused (see
+/// [`looks_like_op`]), so a typo never silently becomes an equality test
+/// that matches nothing; anything else is part of an `eq` value.
 fn split_op<'v>(name: &str, ty: FieldType, value: &'v str) -> Result<(Op, &'v str), QueryError> {
     match value {
         "is:null" => return Ok((Op::IsNull, "")),
@@ -656,7 +654,7 @@ fn split_op<'v>(name: &str, ty: FieldType, value: &'v str) -> Result<(Op, &'v st
     if let Some(op) = Op::from_prefix(prefix) {
         return Ok((op, rest));
     }
-    if NEAR_MISS_OPS.contains(&prefix) {
+    if looks_like_op(prefix, rest) {
         return Err(QueryError::new(
             "unknown_operator",
             format!("{name}={} uses an unknown operator {}", show(value), show(prefix)),
@@ -832,11 +830,39 @@ mod tests {
     }
 
     #[test]
+    fn a_word_before_a_colon_that_is_no_operator_is_refused() {
+        for v in [
+            "equals:lead",
+            "foo:bar",
+            "nin:a,b",
+            "has:x",
+            "regex:^a",
+            "exact:lead",
+            "not_in:a",
+            "isnull:",
+            "contains:lea",
+            "re:call",
+        ] {
+            let e = err(&CONTACT, &[("stage", v)]);
+            assert_eq!(e.code, "unknown_operator", "{v}");
+            assert!(e.hint.contains("stage=eq:"), "{v}: {}", e.hint);
+            assert!(!e.allowed.is_empty(), "{v}");
+        }
+    }
+
+    #[test]
     fn colons_and_odd_characters_are_plain_data() {
         let v = |value: &str| one(&CONTACT, "follow_up_note", value).operand;
-        assert_eq!(v("foo:bar"), Operand::One(text("foo:bar")));
-        assert_eq!(v("re:call"), Operand::One(text("re:call")));
+        assert_eq!(v("eq:foo:bar"), Operand::One(text("foo:bar")));
+        assert_eq!(v("eq:re:call"), Operand::One(text("re:call")));
         assert_eq!(v("Is:null"), Operand::One(text("Is:null")));
+        assert_eq!(v("Re:call"), Operand::One(text("Re:call")));
+        assert_eq!(v("a:b"), Operand::One(text("a:b")));
+        assert_eq!(
+            v("https://acme.com/x"),
+            Operand::One(text("https://acme.com/x"))
+        );
+        assert_eq!(v("ticket 42: call"), Operand::One(text("ticket 42: call")));
         assert_eq!(v("eq:is:null"), Operand::One(text("is:null")));
         assert_eq!(v("eq:contains:x"), Operand::One(text("contains:x")));
         assert_eq!(v("like:100%_off"), Operand::One(text("100%_off")));
@@ -1400,7 +1426,7 @@ mod tests {
             ("name".to_owned(), "is:null".to_owned())
         );
         assert_eq!(
-            one(&CONTACT, "name", "foo:bar").to_param(),
+            one(&CONTACT, "name", "eq:foo:bar").to_param(),
             ("name".to_owned(), "eq:foo:bar".to_owned())
         );
         assert_eq!(
