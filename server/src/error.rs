@@ -156,6 +156,10 @@ impl AppError {
             one(&self.hint)
         );
         for (k, v) in &self.extra {
+            if v.as_array().is_some_and(|a| a.is_empty()) {
+                // Nothing to list: no line (JSON keeps the empty list).
+                continue;
+            }
             let v = match v {
                 Value::String(s) => one(s),
                 Value::Array(items) => items

@@ -54,7 +54,7 @@ fn refused() -> AppError {
         "invalid_code",
         StatusCode::FORBIDDEN,
         "the step-up code is wrong, used, expired, or was issued for another action or target",
-        "repeat the request without a code to get a fresh one by email, then send that code",
+        "check the code with the user and repeat with it (5 tries per code); only if it was lost or expired, repeat the request without a code to have a fresh one emailed",
     )
 }
 

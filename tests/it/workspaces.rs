@@ -668,6 +668,16 @@ async fn plan_caps_hold_under_parallel_creates_r28() {
         "{made:?}"
     );
     assert_refused_by_the_cap(&made);
+    // The workspaces cap is the user's, and says what frees a slot.
+    let refused = &made.iter().find(|(s, _)| *s == 403).unwrap().1;
+    assert!(
+        refused.contains("message: you have 3 of 3 workspaces"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("deleting a workspace they created"),
+        "{refused}"
+    );
     let list: Value = s.get("/workspaces?format=json", &t).await.json();
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
 }

@@ -55,7 +55,7 @@ Endpoints: GET/POST /contacts, /companies, /deals (POST upserts contacts by emai
 GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body}; GET /activities, /reminders?days=N, /audit, /whoami, /tokens, /workspaces. \
 Filters: field=[op:]value with ops eq ne gt gte lt lte like in is:null not:null, plus custom.KEY, tags=vip, search=TEXT, sort=-field, limit<=200, cursor=. \
 Delete is two-step: the first DELETE answers confirmation_required with a confirm token; repeat with ?confirm=TOKEN only if the user agrees. \
-Promoting to admin and deleting a workspace answer escalation_required and email the user a code: ask them for it and repeat with ?code=CODE. \
+Promoting to admin, inviting as admin and deleting a workspace answer escalation_required and email the user a code: ask them for it and repeat with ?code=CODE. \
 Errors carry a hint saying what to do next. GET /help returns the whole manual.";
 
 #[tool_router]

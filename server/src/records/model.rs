@@ -243,7 +243,10 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
             if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(bad(
                     name,
-                    format!("{:?} is not an ISO 4217 code", truncate(&s)),
+                    format!(
+                        "{:?} is not a currency code of three upper-case letters",
+                        truncate(&s)
+                    ),
                     "send three uppercase letters, e.g. USD or EUR",
                 ));
             }

@@ -574,8 +574,16 @@ pub fn plan_limit(kind_plural: &str, used: i64, cap: i64, plan: &str) -> AppErro
     AppError::new(
         "plan_limit_reached",
         axum::http::StatusCode::FORBIDDEN,
-        format!("this workspace has {used} of {cap} {kind_plural}"),
-        format!("do not retry; tell the user the {kind_plural} limit of the {plan:?} plan is reached (GET /whoami shows usage)"),
+        if kind_plural == "workspaces" {
+            format!("you have {used} of {cap} workspaces (the ones you created that still exist)")
+        } else {
+            format!("this workspace has {used} of {cap} {kind_plural}")
+        },
+        match kind_plural {
+            "workspaces" => format!("do not retry; tell the user the workspaces limit of their {plan:?} plan is reached: deleting a workspace they created frees a slot"),
+            "members" => format!("do not retry; tell the user the members limit of the {plan:?} plan is reached (pending invites count): removing a member or withdrawing an invite frees a seat"),
+            _ => format!("do not retry; tell the user the {kind_plural} limit of the {plan:?} plan is reached (GET /whoami with a token for that workspace shows usage)"),
+        },
     )
     .with("limit", kind_plural)
     .with("cap", cap)

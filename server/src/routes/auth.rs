@@ -90,7 +90,7 @@ pub fn invalid_code(status: StatusCode) -> AppError {
         "invalid_code",
         status,
         "the code is wrong, used, expired or has had too many tries",
-        "do not guess; request a fresh code (POST /auth/request) and use the newest one",
+        "do not guess: check the code with the user and send it again (5 tries per code); if it is lost, expired or used up, request a fresh one (POST /auth/request) and use the newest",
     )
 }
 

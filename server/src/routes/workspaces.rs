@@ -912,7 +912,7 @@ async fn delete_workspace(
     tracing::info!(workspace = %target, "workspace deleted");
     Ok(fmt.reply(
         StatusCode::OK,
-        || format!("{}\n{}\n", comment(&format!("deleted {target} with all its records, members, invites and tokens")), comment("switch to another workspace: GET /workspaces, then POST /workspaces/{id}/tokens")),
+        || format!("{}\n{}\n", comment(&format!("deleted {target} with all its records, members, invites and tokens")), comment("its tokens are revoked, the one you used too if it acted there: continue with a token for another workspace (GET /workspaces, then POST /workspaces/{id}/tokens), or sign in again")),
         || json!({"data": {"handle": target, "id": ws}, "result": "deleted"}),
     ))
 }

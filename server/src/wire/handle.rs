@@ -78,7 +78,8 @@ impl Kind {
 
     /// The name with its indefinite article, for messages ("an activity").
     fn with_article(self) -> String {
-        let article = if self.name().starts_with(['a', 'e', 'i', 'o', 'u']) {
+        // By sound: "an activity", "an invite", but "a user".
+        let article = if self.name().starts_with(['a', 'e', 'i', 'o']) {
             "an"
         } else {
             "a"
@@ -394,5 +395,7 @@ mod tests {
         assert!(msg.contains("a_` and 12 characters"), "{msg}");
         let e = parse_ref(Kind::Deal, "invite/i_7k2m9q4x1d3f").unwrap_err();
         assert!(e.to_string().ends_with("got an invite handle"));
+        let e = parse_ref(Kind::Deal, "user/u_7k2m9q4x1d3f").unwrap_err();
+        assert!(e.to_string().ends_with("got a user handle"), "{e}");
     }
 }
