@@ -92,16 +92,7 @@ pub fn parse_body<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, A
             format!("send {{…}} with some of: {}", T::FIELDS.join(", ")),
         ));
     };
-    if let Some(unknown) = map.keys().find(|k| !T::FIELDS.contains(&k.as_str())) {
-        let shown: String = unknown.chars().take(60).collect();
-        return Err(AppError::new(
-            "unknown_field",
-            StatusCode::BAD_REQUEST,
-            format!("unknown field {shown:?} in the body"),
-            "remove it; `allowed` lists the fields this endpoint takes",
-        )
-        .allowed(T::FIELDS));
-    }
+    unknown_fields(map.keys(), T::FIELDS)?;
     check_no_nul(&value, &mut String::new())?;
     // Deserialize from the text, not the Value, so duplicate keys are caught.
     let de = &mut serde_json::Deserializer::from_str(text);
@@ -177,21 +168,29 @@ impl QueryPairs {
     }
 
     /// Rejects any parameter not in `allowed` (`format` and a stray step-up
-    /// `code` are always allowed).
+    /// `code` are always allowed), naming every one and what each was
+    /// probably meant to be.
     pub fn only(&self, allowed: &[&str]) -> Result<(), AppError> {
-        for (k, _) in &self.0 {
-            if k != "format" && k != "code" && !allowed.contains(&k.as_str()) {
-                let shown: String = k.chars().take(60).collect();
-                return Err(AppError::new(
-                    "unknown_field",
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {shown:?}"),
-                    "remove it; `allowed` lists the parameters this endpoint takes",
-                )
-                .allowed(allowed));
-            }
+        let unknown: Vec<&str> = self
+            .0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| *k != "format" && *k != "code" && !allowed.contains(k))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(AppError::new(
+            "unknown_field",
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown query parameter{} {}",
+                plural(unknown.len()),
+                shown(&unknown)
+            ),
+            crate::wire::suggest::unknown_hint(&unknown, allowed, "parameters"),
+        )
+        .allowed(allowed))
     }
 }
 
@@ -210,6 +209,63 @@ pub async fn no_params(
 ) -> axum::response::Response {
     req.extensions_mut().insert(NoParams);
     next.run(req).await
+}
+
+/// Refuses body fields not in `allowed` (`unknown_field`), naming every one
+/// and what each was probably meant to be.
+fn unknown_fields<'k>(
+    keys: impl Iterator<Item = &'k String>,
+    allowed: &[&str],
+) -> Result<(), AppError> {
+    let unknown: Vec<&str> = keys
+        .map(String::as_str)
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(AppError::new(
+        "unknown_field",
+        StatusCode::BAD_REQUEST,
+        format!(
+            "unknown field{} {} in the body",
+            plural(unknown.len()),
+            shown(&unknown)
+        ),
+        {
+            let mut hint = crate::wire::suggest::unknown_hint(&unknown, allowed, "fields");
+            let server_set = [
+                "id",
+                "handle",
+                "workspace_id",
+                "created_at",
+                "updated_at",
+                "author",
+            ];
+            if unknown.iter().any(|u| server_set.contains(u)) {
+                hint.push_str(" (ids, handles, authors and timestamps are set by the server)");
+            }
+            hint
+        },
+    )
+    .allowed(allowed))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Names as quoted in a message: each cut to 60 characters, at most 10.
+fn shown(names: &[&str]) -> String {
+    let mut out: Vec<String> = names
+        .iter()
+        .take(10)
+        .map(|n| format!("{:?}", n.chars().take(60).collect::<String>()))
+        .collect();
+    if names.len() > 10 {
+        out.push(format!("and {} more", names.len() - 10));
+    }
+    out.join(", ")
 }
 
 /// Path parameters as decoded strings.
@@ -344,16 +400,7 @@ pub fn parse_object(
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         AppError::invalid(format!("the request body: {msg}"), "send each field once")
     })?;
-    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let shown: String = unknown.chars().take(60).collect();
-        return Err(AppError::new(
-            "unknown_field",
-            StatusCode::BAD_REQUEST,
-            format!("unknown field {shown:?} in the body"),
-            "remove it; `allowed` lists the fields this endpoint takes (ids and timestamps are set by the server)",
-        )
-        .allowed(allowed));
-    }
+    unknown_fields(map.keys(), allowed)?;
     check_no_nul(&value, &mut String::new())?;
     Ok(map)
 }

@@ -974,3 +974,57 @@ async fn audit_and_activities_page_by_cursor_newest_first() {
         );
     }
 }
+
+/// Unknown names are all reported at once, each with what it was probably
+/// meant to be, in bodies, filters and query parameters.
+#[tokio::test]
+async fn unknown_names_come_with_a_guess() {
+    let s = Server::start().await;
+    let t = s.login("typos@example.com").await;
+    let r = s
+        .post(
+            "/contacts",
+            Some(&t),
+            r#"{"nmae":"Typo","emial":"t@example.com","company":"co_7k2m9q4x1d3f","zzz":1}"#,
+        )
+        .await;
+    r.assert_error(400, "unknown_field");
+    for name in ["nmae", "emial", "company", "zzz"] {
+        assert!(r.text.contains(&format!("{name:?}")), "{name}: {}", r.text);
+    }
+    assert!(r.text.contains("hint: did you mean "), "{}", r.text);
+    for guess in [
+        r#""name" for "nmae""#,
+        r#""email" for "emial""#,
+        r#""company_id" for "company""#,
+    ] {
+        assert!(r.text.contains(guess), "{guess}: {}", r.text);
+    }
+    assert!(!r.text.contains(r#"for "zzz""#), "{}", r.text);
+    // Nothing was created.
+    let list = s.get("/contacts?format=json", &t).await.json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+    let r = s.get("/contacts?company=co_7k2m9q4x1d3f", &t).await;
+    r.assert_error(400, "unknown_field");
+    assert!(
+        r.text.contains(r#"did you mean "company_id"?"#),
+        "{}",
+        r.text
+    );
+    let r = s.get("/activities?contact_id=c_7k2m9q4x1d3f", &t).await;
+    r.assert_error(400, "unknown_field");
+    assert!(
+        r.text
+            .contains(r#"did you mean "contact" for "contact_id"?"#),
+        "{}",
+        r.text
+    );
+    let r = s
+        .post("/deals", Some(&t), r#"{"title":"T","amount":1299}"#)
+        .await;
+    assert!(
+        r.text.contains(r#""amount_cents" for "amount""#),
+        "{}",
+        r.text
+    );
+}

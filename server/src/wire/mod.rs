@@ -5,6 +5,7 @@
 pub mod handle;
 pub mod line;
 pub mod query;
+pub mod suggest;
 pub mod time_fmt;
 
 pub use handle::{Kind, RefError, id_from_random, parse_ref};

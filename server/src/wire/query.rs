@@ -557,7 +557,14 @@ fn parse_target(schema: &'static Schema, key: &str) -> Result<Target, QueryError
         None => Err(QueryError::new(
             "unknown_field",
             format!("{} has no field {}", schema.kind.name(), show(key)),
-            "filter with one of the allowed fields (or custom.KEY) as FIELD=[op:]value; see GET /help",
+            {
+                let names = schema.param_names();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                match super::suggest::did_you_mean(key, &names) {
+                    Some(m) => format!("did you mean {m:?}? Filter with one of the allowed fields (or custom.KEY) as FIELD=[op:]value; see GET /help"),
+                    None => "filter with one of the allowed fields (or custom.KEY) as FIELD=[op:]value; see GET /help".to_owned(),
+                }
+            },
         )
         .allowing(schema.param_names())),
     }
