@@ -1028,3 +1028,67 @@ async fn unknown_names_come_with_a_guess() {
         r.text
     );
 }
+
+/// Deleting a record clears the links to it, and the records whose link was
+/// cleared count as changed: their updated_at moves, so a sync by
+/// `updated_at=gt:` sees them.
+#[tokio::test]
+async fn cleared_links_move_updated_at() {
+    let s = Server::start().await;
+    let t = s.login("sync@example.com").await;
+    let co = create(&s, &t, "companies", json!({"name": "Gone Co"})).await;
+    let c = create(
+        &s,
+        &t,
+        "contacts",
+        json!({"name": "Stays", "company_id": co}),
+    )
+    .await;
+    let d = create(
+        &s,
+        &t,
+        "deals",
+        json!({"title": "Stays too", "company_id": co}),
+    )
+    .await;
+    // The latest change before the delete: the deal, made last.
+    let before = s.get(&format!("/deals/{d}?format=json"), &t).await.json()["data"]["updated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let confirm = s
+        .delete(&format!("/companies/{co}?format=json"), &t)
+        .await
+        .json()["confirm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .delete(&format!("/companies/{co}?confirm={confirm}"), &t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let after = s
+        .get(&format!("/contacts/{c}?format=json"), &t)
+        .await
+        .json();
+    assert!(after["data"]["company_id"].is_null(), "{after}");
+    assert!(
+        after["data"]["updated_at"].as_str().unwrap() > before.as_str(),
+        "{after}"
+    );
+    for kind in ["contacts", "deals"] {
+        let changed = s
+            .get(&format!("/{kind}?updated_at=gt:{before}&format=json"), &t)
+            .await
+            .json();
+        let ids: Vec<&str> = changed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        let want = if kind == "contacts" { &c } else { &d };
+        assert!(ids.contains(&want.as_str()), "{kind}: {changed}");
+    }
+}

@@ -655,12 +655,24 @@ async fn remove(
 
     store::delete(&tx, def, ws, &id).await?;
     let mut cleared = Vec::new();
+    let now = Ts::now();
     for (table, col, noun) in links(def.kind) {
+        // A contact or deal whose link is cleared has changed: its
+        // updated_at moves, so a sync by updated_at=gt: sees it. Activities
+        // are a log without one.
+        let (touch, mut values) = if *table == "activities" {
+            ("", Vec::new())
+        } else {
+            (", updated_at = ?", vec![now.into()])
+        };
+        values.extend([ws.into(), id.clone().into()]);
         let res = tx
             .execute_raw(stmt(
                 backend,
-                &format!("UPDATE {table} SET {col} = NULL WHERE workspace_id = ? AND {col} = ?"),
-                vec![ws.into(), id.clone().into()],
+                &format!(
+                    "UPDATE {table} SET {col} = NULL{touch} WHERE workspace_id = ? AND {col} = ?"
+                ),
+                values,
             ))
             .await?;
         if res.rows_affected() > 0 {
