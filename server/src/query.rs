@@ -231,11 +231,20 @@ fn compile_filter(out: &mut Sql, def: &KindDef, f: &Filter, backend: DatabaseBac
                     (_, "domain", _) => ("domain", true),
                     (_, name, _) => (name, false),
                 };
+                // A domain compared whole is normalised as a write stores it
+                // (`https://www.Acme.com/x` finds `acme.com`).
+                let whole_domain =
+                    spec.name == "domain" && matches!(f.op, Op::Eq | Op::Ne | Op::In);
+                let norm = |s: &Scalar| match s {
+                    Scalar::Text(t) if whole_domain => Scalar::Text(
+                        crate::records::model::normalize_domain(t)
+                            .unwrap_or_else(|| t.to_lowercase()),
+                    ),
+                    _ => lower_if(s, lower),
+                };
                 let operand = match &f.operand {
-                    Operand::One(s) => Operand::One(lower_if(s, lower)),
-                    Operand::Many(v) => {
-                        Operand::Many(v.iter().map(|s| lower_if(s, lower)).collect())
-                    }
+                    Operand::One(s) => Operand::One(norm(s)),
+                    Operand::Many(v) => Operand::Many(v.iter().map(norm).collect()),
                     Operand::None => Operand::None,
                 };
                 expr_cmp(out, &Sql::new(col), f.op, &operand, backend);

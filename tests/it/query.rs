@@ -494,3 +494,54 @@ async fn search_pages_walk_every_hit_once_in_order() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+/// A domain filter compared whole is normalised as writes are, so the
+/// spelling an agent has at hand (a URL, www., capitals) finds the company.
+#[tokio::test]
+async fn domain_filters_normalise_like_writes() {
+    let s = Server::start().await;
+    let t = s.login("domains@example.com").await;
+    let r = s
+        .post(
+            "/companies?format=json",
+            Some(&t),
+            r#"{"name":"Acme","domain":"https://www.Acme.com/about"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let other = s
+        .post(
+            "/companies?format=json",
+            Some(&t),
+            r#"{"name":"Other","domain":"other.org"}"#,
+        )
+        .await;
+    assert_eq!(other.status, 201, "{}", other.text);
+    let names = |q: &'static str| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let v = s
+                .get(&format!("/companies?{q}&format=json"), &t)
+                .await
+                .json();
+            v["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{q}: {v}"))
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    for q in [
+        "domain=acme.com",
+        "domain=www.acme.com",
+        "domain=https://acme.com",
+        "domain=https%3A%2F%2Fwww.ACME.com%2Fpricing",
+        "domain=ACME.COM",
+        "domain=in:https://acme.com,nothing.net",
+    ] {
+        assert_eq!(names(q).await, ["Acme"], "{q}");
+    }
+    assert_eq!(names("domain=ne:www.acme.com").await, ["Other"]);
+    assert_eq!(names("domain=like:acme").await, ["Acme"]);
+}
