@@ -192,10 +192,25 @@ pub async fn middleware(req: Request, next: Next) -> Response {
 /// Unknown routes.
 pub async fn no_route(req: Request<Body>) -> AppError {
     let path: String = req.uri().path().chars().take(200).collect();
-    AppError::not_found(
-        format!("no route {} {}", req.method(), path),
-        "GET /help lists every endpoint",
-    )
+    // The commonest slip: a record kind in the singular (/contact/c_…).
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let plural = match first {
+        "contact" => Some("contacts"),
+        "company" => Some("companies"),
+        "deal" => Some("deals"),
+        "activity" => Some("activities"),
+        "workspace" => Some("workspaces"),
+        "token" => Some("tokens"),
+        _ => None,
+    };
+    let hint = match plural {
+        Some(p) => format!(
+            "did you mean /{p}{}? GET /help lists every endpoint",
+            &path[1 + first.len()..]
+        ),
+        None => "GET /help lists every endpoint".to_owned(),
+    };
+    AppError::not_found(format!("no route {} {}", req.method(), path), hint)
 }
 
 /// Known route, wrong method.

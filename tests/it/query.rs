@@ -267,6 +267,12 @@ async fn bad_queries_are_400_with_the_allowed_list() {
             r.text
         );
     }
+    // An unencoded + in an offset arrives as a space: the hint says so.
+    let r = s
+        .get("/contacts?created_at=gte:2026-06-10T09:00:00+01:00", &t)
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("%2B"), "{}", r.text);
     for q in ["cursor=garbage", "amount_cents=gte:abc"] {
         let path = if q.starts_with("amount") {
             "/deals"

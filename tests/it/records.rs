@@ -765,6 +765,19 @@ async fn paths_take_whole_handles() {
         .get(&format!("/contacts/contact/{c}/activities"), &t)
         .await;
     assert!(r.text.contains("via handle"), "{}", r.text);
+    // A singular kind first is no route, shown as sent, with the fix.
+    let r = s.get(&format!("/contact/{c}"), &t).await;
+    r.assert_error(404, "not_found");
+    assert!(
+        r.text.contains(&format!("no route GET /contact/{c}")),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains(&format!("did you mean /contacts/{c}?")),
+        "{}",
+        r.text
+    );
     // The query string survives the handle.
     let r = s
         .get(&format!("/contacts/contact/{c}?format=json"), &t)

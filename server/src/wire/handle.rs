@@ -215,8 +215,13 @@ pub fn parse_ref(expected: Kind, s: &str) -> Result<String, RefError> {
 /// is joined.
 pub fn join_path_handles(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').collect();
+    // Only after a collection (`/contacts/…`, `/members/…`): a path that
+    // starts with a kind's name (`/contact/c_…`) is no route, and is shown
+    // as sent.
     let joins = |i: usize| {
-        Kind::from_name(segments[i]).is_some()
+        i >= 2
+            && !segments[i - 1].is_empty()
+            && Kind::from_name(segments[i]).is_some()
             && segments.get(i + 1).and_then(|s| id_kind(s)).is_some()
     };
     if !(0..segments.len()).any(joins) {
@@ -275,6 +280,8 @@ mod tests {
             j("/contacts/deal/d_1").as_deref(),
             Some("/contacts/deal%2Fd_1")
         );
+        // Not at the start of the path: /contact/c_… is no route as sent.
+        assert_eq!(j(&format!("/contact/{C}")), None);
         // A kind's name before something that is not an id stays apart.
         assert_eq!(j("/contacts/contact/x"), None);
         assert_eq!(j("/contacts/contact/"), None);

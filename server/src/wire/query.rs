@@ -685,9 +685,15 @@ fn parse_scalar(name: &str, ty: FieldType, raw: &str) -> Result<Scalar, QueryErr
             .allowing(vec!["a whole number, e.g. 100000 or -5".to_owned()])
         }),
         FieldType::Time => time_fmt::parse(raw).map(Scalar::Time).map_err(|expected| {
+            // A `+01:00` offset sent unencoded arrives as a space.
+            let plus = if raw.contains(' ') {
+                " (a + in a URL must be sent as %2B: a +01:00 offset is %2B01:00)"
+            } else {
+                ""
+            };
             QueryError::invalid(
                 format!("{name} needs a time, got {}", show(raw)),
-                format!("{expected}; e.g. {name}=gte:2026-06-10T00:00:00Z"),
+                format!("{expected}; e.g. {name}=gte:2026-06-10T00:00:00Z{plus}"),
             )
             .allowing(vec![
                 "2026-06-10T09:00:00Z".to_owned(),
