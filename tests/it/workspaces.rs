@@ -1150,3 +1150,67 @@ async fn an_admin_invite_without_a_seat_mails_no_code() {
     assert_eq!(s.smtp().mails_to("admin@example.com").len(), n);
     assert_eq!(pending_invites(&s, &a, &ws).await, Vec::<String>::new());
 }
+
+/// The sign-in that accepts invites says which workspaces it joined, and
+/// how to work there; a later sign-in says nothing of it.
+#[tokio::test]
+async fn a_sign_in_says_which_workspaces_it_joined() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let ws = ws_of(&s, &a).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"newbie@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let code = s.request_code("newbie@example.com").await;
+    let r = s
+        .post(
+            "/auth/verify?format=json",
+            None,
+            &json!({"email": "newbie@example.com", "code": code}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        r.json()["joined"],
+        json!([{"workspace": format!("workspace/{ws}"), "role": "member"}])
+    );
+    let code = s.request_code("newbie@example.com").await;
+    let r = s
+        .post(
+            "/auth/verify",
+            None,
+            &json!({"email": "newbie@example.com", "code": code}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(!r.text.contains("# joined"), "{}", r.text);
+    // In text, the joining sign-in's line names the next step.
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"second@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let code = s.request_code("second@example.com").await;
+    let r = s
+        .post(
+            "/auth/verify",
+            None,
+            &json!({"email": "second@example.com", "code": code}).to_string(),
+        )
+        .await;
+    assert!(
+        r.text.contains(&format!(
+            "# joined workspace/{ws} as member (invited); to work there: POST /workspaces/{ws}/tokens"
+        )),
+        "{}",
+        r.text
+    );
+}

@@ -696,7 +696,7 @@ async fn authorize_step_inner(state: &AppState, ip: &str, body: &[u8]) -> AppRes
                     Some("Enter the 6 digits from the email."),
                 ));
             }
-            let (tx, user_id, _) = match redeem_login_code(state, email, &code, ip).await {
+            let (tx, user_id, _, _) = match redeem_login_code(state, email, &code, ip).await {
                 Ok(x) => x,
                 Err(e) if e.code == "invalid_code" || e.code == "rate_limited" => {
                     return Ok(code_form(

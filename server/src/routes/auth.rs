@@ -115,7 +115,7 @@ async fn verify_code(
         Some(n) => validate::label("token_name", &n, 100)?,
         None => "default".to_string(),
     };
-    let (tx, user_id, workspace_id) = redeem_login_code(&state, &email, &code, &ip).await?;
+    let (tx, user_id, workspace_id, joined) = redeem_login_code(&state, &email, &code, &ip).await?;
     let minted = mint_token(&tx, &state, &user_id, &workspace_id, &token_name).await?;
     audit::record(
         &tx,
@@ -129,7 +129,7 @@ async fn verify_code(
     .await?;
     tx.commit().await?;
     tracing::info!(user = %handle(Kind::User, &user_id), "signed in");
-    Ok(token_reply(fmt, &minted, &email))
+    Ok(token_reply(fmt, &minted, &email, &joined))
 }
 
 /// Rate-limits, stores and mails a fresh login code for `email` (shared by
@@ -213,7 +213,7 @@ pub async fn redeem_login_code(
     email: &str,
     code: &str,
     ip: &str,
-) -> AppResult<(crate::db::WriteTx, String, String)> {
+) -> AppResult<(crate::db::WriteTx, String, String, Vec<(String, String)>)> {
     let email = email.to_string();
     let s = &state.settings;
     ratelimit::hit(
@@ -259,10 +259,10 @@ pub async fn redeem_login_code(
         return Err(invalid_code(StatusCode::UNAUTHORIZED));
     }
     let user_id = find_or_create_user(&tx, &email).await?;
-    crate::routes::workspaces::accept_invites(&tx, &user_id, &email).await?;
+    let joined = crate::routes::workspaces::accept_invites(&tx, &user_id, &email).await?;
     let workspace_id =
         crate::routes::workspaces::ensure_personal(&tx, &state.settings, &user_id, &email).await?;
-    Ok((tx, user_id, workspace_id))
+    Ok((tx, user_id, workspace_id, joined))
 }
 
 pub struct Minted {
@@ -313,7 +313,9 @@ pub async fn mint_token(
 }
 
 /// The answer that hands a new token to its owner (the only time it is shown).
-pub fn token_reply(fmt: Fmt, t: &Minted, email: &str) -> Response {
+/// A minted token's answer; `joined` are the workspaces (and roles) that
+/// pending invites made this sign-in join.
+pub fn token_reply(fmt: Fmt, t: &Minted, email: &str, joined: &[(String, String)]) -> Response {
     fmt.reply(
         StatusCode::CREATED,
         || {
@@ -323,14 +325,22 @@ pub fn token_reply(fmt: Fmt, t: &Minted, email: &str) -> Response {
                 .field("user", &handle(Kind::User, &t.user_id))
                 .field("workspace", &handle(Kind::Workspace, &t.workspace_id))
                 .field("expires_at", &t.expires_at.render());
-            format!(
+            let mut out = format!(
                 "{}\n{}\n{}\n",
                 line.finish(),
                 comment("created"),
                 comment(&format!(
                     "signed in as {email}; send Authorization: Bearer <token> on every request; it expires when idle"
                 ))
-            )
+            );
+            for (ws, role) in joined {
+                out.push_str(&comment(&format!(
+                    "joined {} as {role} (invited); to work there: POST /workspaces/{ws}/tokens",
+                    handle(Kind::Workspace, ws)
+                )));
+                out.push('\n');
+            }
+            out
         },
         || {
             json!({"data": {
@@ -338,7 +348,8 @@ pub fn token_reply(fmt: Fmt, t: &Minted, email: &str) -> Response {
                 "user": handle(Kind::User, &t.user_id), "email": email,
                 "workspace": handle(Kind::Workspace, &t.workspace_id),
                 "expires_at": t.expires_at.render(),
-            }, "result": "created"})
+            }, "result": "created",
+            "joined": joined.iter().map(|(ws, role)| json!({"workspace": handle(Kind::Workspace, ws), "role": role})).collect::<Vec<_>>()})
         },
     )
 }

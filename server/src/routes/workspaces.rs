@@ -238,7 +238,7 @@ async fn switch(
     )
     .await?;
     tx.commit().await?;
-    Ok(token_reply(fmt, &minted, &caller.email))
+    Ok(token_reply(fmt, &minted, &caller.email, &[]))
 }
 
 async fn members(
@@ -944,7 +944,14 @@ async fn insert_workspace(
 }
 
 /// Turns every pending invite for `email` into a membership.
-pub async fn accept_invites(tx: &crate::db::WriteTx, user_id: &str, email: &str) -> AppResult<()> {
+/// Turns the pending invites to `email` into memberships; returns the
+/// workspaces joined now, with the role.
+pub async fn accept_invites(
+    tx: &crate::db::WriteTx,
+    user_id: &str,
+    email: &str,
+) -> AppResult<Vec<(String, String)>> {
+    let mut joined_now = Vec::new();
     let backend = tx.get_database_backend();
     let invites = tx
         .query_all_raw(stmt(
@@ -989,14 +996,15 @@ pub async fn accept_invites(tx: &crate::db::WriteTx, user_id: &str, email: &str)
                 Some(json!({"role": [null, role]})),
             )
             .await?;
+            joined_now.push((ws, role));
         }
     }
-    Ok(())
+    Ok(joined_now)
 }
 
-/// The user's personal workspace, created on first sign-in (and again after
-/// the user deleted it). It counts in the user's workspaces but is made even
-/// at the cap: nobody is ever left without a workspace.
+/// The workspace a sign-in acts in: the user's personal workspace, created
+/// on first sign-in (and again after the user deleted it, if the workspaces
+/// cap has room; else the newest workspace the user belongs to).
 pub async fn ensure_personal(
     tx: &crate::db::WriteTx,
     settings: &crate::config::Settings,
