@@ -177,20 +177,7 @@ impl QueryPairs {
             .map(|(k, _)| k.as_str())
             .filter(|k| *k != "format" && *k != "code" && !allowed.contains(k))
             .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(AppError::new(
-            "unknown_field",
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unknown query parameter{} {}",
-                plural(unknown.len()),
-                shown(&unknown)
-            ),
-            crate::wire::suggest::unknown_hint(&unknown, allowed, "parameters"),
-        )
-        .allowed(allowed))
+        refuse_unknown(&unknown, allowed, "query parameter", "")
     }
 }
 
@@ -221,38 +208,40 @@ fn unknown_fields<'k>(
         .map(String::as_str)
         .filter(|k| !allowed.contains(k))
         .collect();
+    refuse_unknown(&unknown, allowed, "field", " in the body")
+}
+
+/// `unknown_field` for the `unknown` names (a `noun`, e.g. "field"), unless
+/// there are none: every one named, with what each was probably meant to be.
+fn refuse_unknown(
+    unknown: &[&str],
+    allowed: &[&str],
+    noun: &str,
+    place: &str,
+) -> Result<(), AppError> {
     if unknown.is_empty() {
         return Ok(());
+    }
+    let plural = if unknown.len() == 1 { "" } else { "s" };
+    let mut hint = crate::wire::suggest::unknown_hint(unknown, allowed, &format!("{noun}s"));
+    let server_set = [
+        "id",
+        "handle",
+        "workspace_id",
+        "created_at",
+        "updated_at",
+        "author",
+    ];
+    if unknown.iter().any(|u| server_set.contains(u)) {
+        hint.push_str(" (ids, handles, authors and timestamps are set by the server)");
     }
     Err(AppError::new(
         "unknown_field",
         StatusCode::BAD_REQUEST,
-        format!(
-            "unknown field{} {} in the body",
-            plural(unknown.len()),
-            shown(&unknown)
-        ),
-        {
-            let mut hint = crate::wire::suggest::unknown_hint(&unknown, allowed, "fields");
-            let server_set = [
-                "id",
-                "handle",
-                "workspace_id",
-                "created_at",
-                "updated_at",
-                "author",
-            ];
-            if unknown.iter().any(|u| server_set.contains(u)) {
-                hint.push_str(" (ids, handles, authors and timestamps are set by the server)");
-            }
-            hint
-        },
+        format!("unknown {noun}{plural} {}{place}", shown(unknown)),
+        hint,
     )
     .allowed(allowed))
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }
 
 /// Names as quoted in a message: each cut to 60 characters, at most 10.
