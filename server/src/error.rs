@@ -92,8 +92,8 @@ impl AppError {
         AppError::new(
             "invalid_token",
             StatusCode::UNAUTHORIZED,
-            "the bearer token is unknown, malformed or revoked",
-            "do not retry with this token; sign in again with POST /auth/request then POST /auth/verify",
+            "the bearer token is unknown, malformed or revoked (signing out, a revocation, a deleted workspace or removal from the workspace ends a token)",
+            "do not retry with this token; sign in again with POST /auth/request then POST /auth/verify (a member removed from a workspace needs a new invite to work there again)",
         )
     }
 

@@ -109,10 +109,13 @@ pub fn parse_body<T: DeserializeOwned + BodyFields>(bytes: &[u8]) -> Result<T, A
         } else {
             format!("field {path:?}")
         };
-        AppError::invalid(
-            format!("{field}: {inner}"),
-            "fix that field's value; GET /help lists each field's type",
-        )
+        // Codes are digits with leading zeros that a JSON number would lose.
+        let hint = if path == "code" && inner.contains("expected a string") {
+            "send the code as a JSON string of 6 digits, e.g. \"code\":\"042917\""
+        } else {
+            "fix that field's value; GET /help lists each field's type"
+        };
+        AppError::invalid(format!("{field}: {inner}"), hint)
     })
 }
 

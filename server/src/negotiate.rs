@@ -216,10 +216,15 @@ pub async fn no_route(req: Request<Body>) -> AppError {
 /// Known route, wrong method.
 pub async fn wrong_method(req: Request<Body>) -> AppError {
     let path: String = req.uri().path().chars().take(200).collect();
+    let hint = if path == "/activities" && req.method() == axum::http::Method::POST {
+        "log an activity on its contact: POST /contacts/{id}/activities (deal_id in the body adds a deal); GET /help lists the methods each endpoint takes"
+    } else {
+        "GET /help lists the methods each endpoint takes"
+    };
     AppError::new(
         "method_not_allowed",
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{} is not allowed on {}", req.method(), path),
-        "GET /help lists the methods each endpoint takes",
+        hint,
     )
 }

@@ -433,3 +433,34 @@ async fn bodies_are_json_whatever_the_content_type_says() {
         assert_eq!(got.json()["data"]["name"], format!("Form {i}"));
     }
 }
+
+/// Slips an agent makes get a hint that names the fix.
+#[tokio::test]
+async fn common_slips_get_a_hint_that_names_the_fix() {
+    let s = Server::start().await;
+    let t = s.login("slips@example.com").await;
+    let r = s.get("/contacts/jane@acme.com", &t).await;
+    r.assert_error(404, "not_found");
+    assert!(
+        r.text.contains("GET /contacts?email=jane@acme.com"),
+        "{}",
+        r.text
+    );
+    let r = s.post("/activities", Some(&t), r#"{"kind":"note"}"#).await;
+    r.assert_error(405, "method_not_allowed");
+    assert!(
+        r.text.contains("POST /contacts/{id}/activities"),
+        "{}",
+        r.text
+    );
+    s.request_code("slips@example.com").await;
+    let r = s
+        .post(
+            "/auth/verify",
+            None,
+            r#"{"email":"slips@example.com","code":123456}"#,
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("as a JSON string"), "{}", r.text);
+}

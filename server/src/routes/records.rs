@@ -82,10 +82,16 @@ pub fn not_found(kind: Kind, raw: &str) -> AppError {
     let shown: String = raw.chars().take(60).collect();
     AppError::not_found(
         format!("no {} {shown:?} in this workspace", kind.name()),
-        format!(
-            "check the id; GET /{} lists what exists (search= finds by name)",
-            plural(kind)
-        ),
+        if raw.contains('@') && kind == Kind::Contact {
+            format!(
+                "a path takes an id, not an email: GET /contacts?email={shown} finds a contact by email"
+            )
+        } else {
+            format!(
+                "check the id; GET /{} lists what exists (search= finds by name)",
+                plural(kind)
+            )
+        },
     )
 }
 
