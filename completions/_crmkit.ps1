@@ -797,6 +797,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;activities' {
             [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Only this contact''s')
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Only this deal''s')
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (comma-separated)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')

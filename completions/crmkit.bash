@@ -508,7 +508,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__activities)
-            opts="-h --contact --deal --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --contact --deal --kind --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -519,6 +519,10 @@ _crmkit() {
                     return 0
                     ;;
                 --deal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kind)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -708,6 +708,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;activities'= {
             cand --contact 'Only this contact''s'
             cand --deal 'Only this deal''s'
+            cand --kind 'Only these kinds: call, email, meeting, note, task (comma-separated)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'

@@ -101,6 +101,9 @@ pub enum Command {
         /// Only this deal's
         #[arg(long)]
         deal: Option<String>,
+        /// Only these kinds: call, email, meeting, note, task (comma-separated)
+        #[arg(long)]
+        kind: Option<String>,
         #[command(flatten)]
         page: Page,
     },
@@ -644,6 +647,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
         Command::Activities {
             contact,
             deal,
+            kind,
             page,
         } => {
             let c = ctx.client()?;
@@ -653,6 +657,9 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             }
             if let Some(v) = deal {
                 pairs.push(("deal".to_string(), v));
+            }
+            if let Some(v) = kind {
+                pairs.push(("kind".to_string(), v));
             }
             if let Some(l) = page.limit {
                 pairs.push(("limit".to_string(), l.to_string()));

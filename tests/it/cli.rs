@@ -166,6 +166,14 @@ async fn login_records_and_pipes() {
             .contains("kind=call")
     );
     assert!(cli.ok(&["activities"]).contains("body=hello"));
+    assert!(
+        cli.ok(&["activities", "--kind", "call"])
+            .contains("body=hello")
+    );
+    assert!(
+        !cli.ok(&["activities", "--kind", "note,task"])
+            .contains("body=hello")
+    );
     cli.ok(&["reminders", "--days", "7"]);
     assert!(
         cli.ok(&["audit", "--all"])

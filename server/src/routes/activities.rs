@@ -214,7 +214,7 @@ async fn list_for_contact(
     if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
         return Err(not_found(Kind::Contact, &contact_id));
     }
-    q.only(&["limit", "cursor"])?;
+    q.only(&["kind", "limit", "cursor"])?;
     list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
 }
 
@@ -224,7 +224,7 @@ async fn list_all(
     fmt: Fmt,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    q.only(&["contact", "deal", "limit", "cursor"])?;
+    q.only(&["contact", "deal", "kind", "limit", "cursor"])?;
     let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
         match q.get(key) {
             None | Some("") => Ok(None),
@@ -239,6 +239,29 @@ async fn list_all(
     let contact = parse("contact", Kind::Contact)?;
     let deal = parse("deal", Kind::Deal)?;
     list_activities(&state, &caller, fmt, contact, deal, &q).await
+}
+
+/// `kind=call` or `kind=call,email`: the kinds to list (all when absent).
+fn kinds_of(q: &QueryPairs) -> AppResult<Vec<String>> {
+    let Some(v) = q.get("kind").filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut kinds: Vec<String> = Vec::new();
+    for k in v.split(',').map(str::trim) {
+        if !ACTIVITY_KINDS.contains(&k) {
+            let shown: String = k.chars().take(60).collect();
+            return Err(AppError::invalid(
+                format!("kind {shown:?} is not an activity kind"),
+                "send kind= one kind or a comma-separated list, e.g. kind=call,meeting",
+            )
+            .allowed(ACTIVITY_KINDS));
+        }
+        if !kinds.iter().any(|x| x == k) {
+            kinds.push(k.to_owned());
+        }
+    }
+    kinds.sort();
+    Ok(kinds)
 }
 
 fn limit_of(q: &QueryPairs) -> AppResult<u32> {
@@ -258,12 +281,17 @@ async fn list_activities(
     q: &QueryPairs,
 ) -> AppResult<Response> {
     let limit = limit_of(q)?;
+    let kinds = kinds_of(q)?;
     let ws = caller.workspace_id.as_str();
-    let scope = format!(
+    // A cursor is bound to the filters it was made with.
+    let mut scope = format!(
         "activities|{}|{}",
         contact.as_deref().unwrap_or(""),
         deal.as_deref().unwrap_or("")
     );
+    if !kinds.is_empty() {
+        scope.push_str(&format!("|{}", kinds.join(",")));
+    }
     let mut sql = format!("SELECT {COLS} FROM activities WHERE workspace_id = ?");
     let mut vals: Vec<sea_orm::Value> = vec![ws.into()];
     if let Some(c) = &contact {
@@ -273,6 +301,13 @@ async fn list_activities(
     if let Some(d) = &deal {
         sql.push_str(" AND deal_id = ?");
         vals.push(d.clone().into());
+    }
+    if !kinds.is_empty() {
+        sql.push_str(&format!(
+            " AND kind IN ({})",
+            vec!["?"; kinds.len()].join(", ")
+        ));
+        vals.extend(kinds.iter().map(|k| k.clone().into()));
     }
     if let Some(c) = q.get("cursor") {
         let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;
