@@ -404,6 +404,28 @@ async fn reminders_show_due_follow_ups_soonest_first() {
     assert_eq!(lines.len(), 2);
     assert!(lines[1].starts_with(&format!("deal/{soon} due=upcoming")));
     assert!(!week.text.contains(&far));
+    assert!(!week.text.contains("more are due"), "{}", week.text);
+    // A limit that leaves some out says so (there is no cursor here).
+    let cut = s.get("/reminders?days=7&limit=1", &t).await;
+    let lines: Vec<&str> = cut.text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 1, "{}", cut.text);
+    assert!(
+        cut.text.contains("# more are due than shown"),
+        "{}",
+        cut.text
+    );
+    let cut = s
+        .get("/reminders?days=7&limit=1&format=json", &t)
+        .await
+        .json();
+    assert!(
+        cut["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("more are due")),
+        "{cut}"
+    );
+    let all = s.get("/reminders?days=7&format=json", &t).await.json();
+    assert!(all.get("note").is_none(), "{all}");
     s.patch(&format!("/contacts/{late}"), &t, r#"{"follow_up_at":null}"#)
         .await;
     assert!(

@@ -20,7 +20,7 @@ use crate::records::kinds::{FType, FieldDef};
 use crate::records::model::{self, Val};
 use crate::records::{CONTACT, DEAL, KindDef, store};
 use crate::routes::audit;
-use crate::routes::records::{list_reply, not_found, path_id};
+use crate::routes::records::{list_reply, not_found, noted_list_reply, path_id};
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
@@ -383,7 +383,7 @@ async fn reminders(
             "SELECT {} FROM {} WHERE workspace_id = ? AND follow_up_at IS NOT NULL AND follow_up_at <= ? ORDER BY follow_up_at ASC, id ASC LIMIT {}",
             store::columns(def),
             def.plural,
-            limit
+            limit + 1
         );
         let rows = state
             .db
@@ -401,6 +401,7 @@ async fn reminders(
         }
     }
     due.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.record.id.cmp(&b.record.id)));
+    let more = due.len() > limit as usize;
     due.truncate(limit as usize);
     let line = |d: &Due| {
         let r = &d.record;
@@ -418,5 +419,17 @@ async fn reminders(
         v["due"] = json!(if d.at <= now { "overdue" } else { "upcoming" });
         v
     };
-    Ok(list_reply(fmt, "reminders", &due, None, line, to_json))
+    // No cursor here: the soonest come first, and what the limit left out
+    // is said, never silently dropped.
+    let note =
+        more.then_some("more are due than shown: raise limit= (at most 200) or narrow days=");
+    Ok(noted_list_reply(
+        fmt,
+        "reminders",
+        &due,
+        None,
+        note,
+        line,
+        to_json,
+    ))
 }
