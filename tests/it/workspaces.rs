@@ -1214,3 +1214,45 @@ async fn a_sign_in_says_which_workspaces_it_joined() {
         r.text
     );
 }
+
+/// A deleted workspace takes its audit log with it, so the deletion is
+/// recorded in the personal workspace of each of its members.
+#[tokio::test]
+async fn a_workspace_deletion_is_audited_where_its_members_can_see_it() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let r = s
+        .post("/workspaces?format=json", Some(&a), r#"{"name":"Doomed"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let doomed = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .post(
+            &format!("/workspaces/{doomed}/tokens?format=json"),
+            Some(&a),
+            r#"{"token_name":"in-doomed"}"#,
+        )
+        .await;
+    let in_doomed = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let (_, _, m_personal) = s
+        .join_as_member(&in_doomed, "member@example.com", "m")
+        .await;
+    let n = s.smtp().mails_to("admin@example.com").len();
+    s.delete(&format!("/workspaces/{doomed}"), &a)
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(&s, "admin@example.com", n).await;
+    let r = s
+        .delete(&format!("/workspaces/{doomed}?code={code}"), &a)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let a_id = user_of(&s, &a).await;
+    for t in [&a, &m_personal] {
+        let audit = s.get("/audit?format=json", t).await.json();
+        let e = &audit["data"][0];
+        assert_eq!(e["action"], "workspace.delete", "{audit}");
+        assert_eq!(e["target"], format!("workspace/{doomed}"), "{audit}");
+        assert_eq!(e["changes"]["name"], json!(["Doomed", null]), "{audit}");
+        assert_eq!(e["user"], format!("user/{a_id}"), "{audit}");
+    }
+}

@@ -869,12 +869,27 @@ async fn delete_workspace(
     let owner = tx
         .query_one_raw(stmt(
             backend,
-            "SELECT created_by FROM workspaces WHERE id = ?",
+            "SELECT created_by, name FROM workspaces WHERE id = ?",
             vec![ws.clone().into()],
         ))
         .await?
         .ok_or_else(|| ws_not_found(&ws))?;
     let created_by: String = owner.try_get("", "created_by")?;
+    let name: String = owner.try_get("", "name")?;
+    // The workspace's own audit log goes with it: the deletion is recorded
+    // in the personal workspace of each of its members instead (the
+    // caller's included), so everyone who lost it can see who deleted it.
+    let personal = tx
+        .query_all_raw(stmt(
+            backend,
+            "SELECT p.id FROM memberships m JOIN workspaces p ON p.personal_of = m.user_id \
+             WHERE m.workspace_id = ? AND p.id <> ?",
+            vec![ws.clone().into(), ws.clone().into()],
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String>("", "id"))
+        .collect::<Result<Vec<_>, _>>()?;
     if backend == sea_orm::DatabaseBackend::Sqlite {
         // The search index knows rows by search key only: clear it first.
         for t in ["contacts", "companies", "deals"] {
@@ -907,6 +922,18 @@ async fn delete_workspace(
     ))
     .await?;
     tx.execute_raw(stmt(backend, "UPDATE users SET workspaces_count = workspaces_count - 1 WHERE id = ? AND workspaces_count > 0", vec![created_by.into()])).await?;
+    for p in &personal {
+        audit::record(
+            &tx,
+            p,
+            &caller.user_id,
+            &caller.token_name,
+            "workspace.delete",
+            &target,
+            Some(json!({"name": [name, null]})),
+        )
+        .await?;
+    }
     tx.commit().await?;
     state.tokens.forget_all();
     tracing::info!(workspace = %target, "workspace deleted");
