@@ -1256,3 +1256,73 @@ async fn a_workspace_deletion_is_audited_where_its_members_can_see_it() {
         assert_eq!(e["user"], format!("user/{a_id}"), "{audit}");
     }
 }
+
+/// Someone already signed in sees an invite in GET /workspaces and joins by
+/// taking a token there, without signing in again; nobody else can.
+#[tokio::test]
+async fn a_signed_in_invitee_joins_by_taking_a_token() {
+    let s = Server::start().await;
+    let a = s.login("admin@example.com").await;
+    let ws = ws_of(&s, &a).await;
+    let x = s.login("already@example.com").await;
+    let outsider = s.login("outsider@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites"),
+            Some(&a),
+            r#"{"email":"already@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mine = s.get("/workspaces", &x).await;
+    assert!(
+        mine.text
+            .lines()
+            .any(|l| l.starts_with(&format!("workspace/{ws} ")) && l.contains("status=invited")),
+        "{}",
+        mine.text
+    );
+    // Not for someone else.
+    s.post(&format!("/workspaces/{ws}/tokens"), Some(&outsider), "{}")
+        .await
+        .assert_error(404, "not_found");
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens"),
+            Some(&x),
+            r#"{"token_name":"joined"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        r.text
+            .contains(&format!("# joined workspace/{ws} as member")),
+        "{}",
+        r.text
+    );
+    let t = r
+        .text
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(ws_of(&s, &t).await, ws);
+    let mine = s.get("/workspaces", &x).await;
+    assert!(
+        mine.text
+            .lines()
+            .any(|l| l.starts_with(&format!("workspace/{ws} ")) && l.contains("status=member")),
+        "{}",
+        mine.text
+    );
+    assert!(pending_invites(&s, &a, &ws).await.is_empty());
+    assert_eq!(audit_actions(&s, &a).await[0], "token.create");
+    assert!(
+        audit_actions(&s, &a)
+            .await
+            .contains(&"member.join".to_string())
+    );
+}

@@ -111,12 +111,31 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
         items.push(json!({
             "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
             "role": r.try_get::<String>("", "role")?, "plan": r.try_get::<String>("", "plan")?,
+            "status": "member",
             "personal": personal.as_deref() == Some(caller.user_id.as_str()), "current": id == caller.workspace_id,
+        }));
+    }
+    // Invites to the caller's address: POST /workspaces/{id}/tokens joins.
+    let invites = state
+        .db
+        .query_all_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT w.id, w.name, w.plan, i.role FROM invites i JOIN workspaces w ON w.id = i.workspace_id \
+             WHERE i.email = ? ORDER BY i.created_at, w.id",
+            vec![caller.email.clone().into()],
+        ))
+        .await?;
+    for r in invites {
+        let id: String = r.try_get("", "id")?;
+        items.push(json!({
+            "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
+            "role": r.try_get::<String>("", "role")?, "plan": r.try_get::<String>("", "plan")?,
+            "status": "invited", "personal": false, "current": false,
         }));
     }
     let line = |v: &serde_json::Value| {
         let mut l = LineBuilder::new(v["handle"].as_str().unwrap_or(""));
-        for k in ["name", "role", "plan"] {
+        for k in ["name", "role", "plan", "status"] {
             l.field(k, v[k].as_str().unwrap_or(""));
         }
         if v["personal"] == true {
@@ -215,7 +234,18 @@ async fn switch(
     PathIds(ids): PathIds,
     RawBody(body): RawBody,
 ) -> AppResult<Response> {
-    let (ws, _) = membership(&state, &caller, &ids[0]).await?;
+    // A workspace with a pending invite to the caller's address is joined
+    // here, as a sign-in would (the token proves the address).
+    let (ws, invited) = match membership(&state, &caller, &ids[0]).await {
+        Ok((ws, _)) => (ws, false),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            match invited_to(&state, &caller, &ids[0]).await? {
+                Some(ws) => (ws, true),
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let body: TokenBody = if body.iter().all(u8::is_ascii_whitespace) {
         TokenBody { token_name: None }
     } else {
@@ -226,6 +256,16 @@ async fn switch(
         None => caller.token_name.clone(),
     };
     let tx = write_tx(&state.db).await?;
+    let joined = if invited {
+        let joined = accept_invites(&tx, &caller.user_id, &caller.email).await?;
+        if !joined.iter().any(|(w, _)| *w == ws) {
+            // Withdrawn meanwhile.
+            return Err(ws_not_found(&ids[0]));
+        }
+        joined
+    } else {
+        Vec::new()
+    };
     let minted = mint_token(&tx, &state, &caller.user_id, &ws, &name).await?;
     audit::record(
         &tx,
@@ -238,7 +278,24 @@ async fn switch(
     )
     .await?;
     tx.commit().await?;
-    Ok(token_reply(fmt, &minted, &caller.email, &[]))
+    Ok(token_reply(fmt, &minted, &caller.email, &joined))
+}
+
+/// The workspace `raw` names, if it holds a pending invite to the caller's
+/// address.
+async fn invited_to(state: &AppState, caller: &Caller, raw: &str) -> AppResult<Option<String>> {
+    let Ok(id) = parse_ref(Kind::Workspace, raw) else {
+        return Ok(None);
+    };
+    let row = state
+        .db
+        .query_one_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT 1 AS one FROM invites WHERE workspace_id = ? AND email = ?",
+            vec![id.clone().into(), caller.email.clone().into()],
+        ))
+        .await?;
+    Ok(row.map(|_| id))
 }
 
 async fn members(
@@ -477,7 +534,7 @@ async fn invite(
         to: email.clone(),
         subject: format!("You are invited to the crmkit workspace \"{ws_name}\""),
         text: format!(
-            "{} invited you to the crmkit workspace \"{ws_name}\" as {role}.\n\nTo join, sign in with this address:\n  1. POST {base}/auth/request {{\"email\":\"{email}\"}}\n  2. POST {base}/auth/verify {{\"email\":\"{email}\",\"code\":\"<the code we email you>\"}}\nThen POST {base}/workspaces/{ws}/tokens to work in it. The manual: {base}/help\n",
+            "{} invited you to the crmkit workspace \"{ws_name}\" as {role}.\n\nTo join, sign in with this address:\n  1. POST {base}/auth/request {{\"email\":\"{email}\"}}\n  2. POST {base}/auth/verify {{\"email\":\"{email}\",\"code\":\"<the code we email you>\"}}\nThen POST {base}/workspaces/{ws}/tokens to work in it (signed in already? that call alone joins). The manual: {base}/help\n",
             caller.email
         ),
         html: format!(
