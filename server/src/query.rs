@@ -269,8 +269,11 @@ struct CursorBody {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn fingerprint(q: &ListQuery) -> String {
-    crate::secrets::hex(&Sha256::digest(canonical_fingerprint(q).as_bytes()))[..16].to_string()
+/// The list (`contacts`, …) and what selects and orders its rows: a cursor
+/// from another list or query does not fit.
+fn fingerprint(list: &str, q: &ListQuery) -> String {
+    let text = format!("{list}\n{}", canonical_fingerprint(q));
+    crate::secrets::hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
 }
 
 fn sign(key: &[u8], ws: &str, payload: &str) -> String {
@@ -307,12 +310,13 @@ fn sort_value(q: &ListQuery, r: &Record) -> J {
 pub fn make_cursor(
     key: &[u8],
     ws: &str,
+    list: &str,
     q: &ListQuery,
     last: &Record,
     search_key: Option<i64>,
 ) -> String {
     let body = CursorBody {
-        q: fingerprint(q),
+        q: fingerprint(list, q),
         v: sort_value(q, last),
         i: last.id.clone(),
         k: search_key,
@@ -329,7 +333,13 @@ pub struct After {
     key: Option<i64>,
 }
 
-pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<After, AppError> {
+pub fn read_cursor(
+    key: &[u8],
+    ws: &str,
+    list: &str,
+    q: &ListQuery,
+    cursor: &str,
+) -> Result<After, AppError> {
     let (payload, sig) = cursor
         .split_once('.')
         .ok_or_else(|| bad_cursor("it is malformed"))?;
@@ -343,9 +353,9 @@ pub fn read_cursor(key: &[u8], ws: &str, q: &ListQuery, cursor: &str) -> Result<
         .map_err(|_| bad_cursor("it is malformed"))?;
     let body: CursorBody =
         serde_json::from_slice(&bytes).map_err(|_| bad_cursor("it is malformed"))?;
-    if body.q != fingerprint(q) {
+    if body.q != fingerprint(list, q) {
         return Err(bad_cursor(
-            "it belongs to a query with other filters, search or sort",
+            "it belongs to another list, or to a query with other filters, search or sort",
         ));
     }
     let spec = q.sort.field;

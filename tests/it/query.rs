@@ -184,6 +184,16 @@ async fn cursors_are_tamper_evident_and_bound_r05() {
     let cursor = page.next_cursor().unwrap();
     let bpage = s.get("/contacts?limit=1", &b).await;
     let bcursor = bpage.next_cursor().unwrap();
+    // A contacts cursor does not page companies (same sort, no filter).
+    for i in 0..3 {
+        create(&s, &a, "companies", json!({"name": format!("co{i}")})).await;
+    }
+    let contacts = s.get("/contacts?limit=1", &a).await.next_cursor().unwrap();
+    let r = s
+        .get(&format!("/companies?limit=1&cursor={contacts}"), &a)
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("another list"), "{}", r.text);
     let mut edited = cursor.clone().into_bytes();
     edited[3] = if edited[3] == b'A' { b'B' } else { b'A' };
     let edited = String::from_utf8(edited).unwrap();

@@ -367,7 +367,7 @@ async fn reminders(
             .ok_or_else(|| {
                 AppError::invalid(
                     format!(
-                        "days={:?} is not a whole number of days from 0 to 3650",
+                        "days={:?} must be a whole number of days from 0 to 3650",
                         v.chars().take(20).collect::<String>()
                     ),
                     "send days=7 to look a week ahead; leave it out for what is due now",

@@ -146,7 +146,13 @@ async fn list(
         AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint).allowed(&e.allowed)
     })?;
     let after = match &q.cursor {
-        Some(c) => Some(read_cursor(&state.cursor_key, &caller.workspace_id, &q, c)?),
+        Some(c) => Some(read_cursor(
+            &state.cursor_key,
+            &caller.workspace_id,
+            def.plural,
+            &q,
+            c,
+        )?),
         None => None,
     };
     let limit = u64::from(q.limit);
@@ -188,8 +194,16 @@ async fn list(
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next = if more {
-        rows.last()
-            .map(|(last, key)| make_cursor(&state.cursor_key, &caller.workspace_id, &q, last, *key))
+        rows.last().map(|(last, key)| {
+            make_cursor(
+                &state.cursor_key,
+                &caller.workspace_id,
+                def.plural,
+                &q,
+                last,
+                *key,
+            )
+        })
     } else {
         None
     };

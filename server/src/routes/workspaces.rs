@@ -546,7 +546,7 @@ async fn invite(
             html_escape(base)
         ),
         local_line: format!(
-            "to={email} invite to workspace {ws} as {role}: sign in at {base}/auth/request"
+            "to={email} invite to workspace {ws} as {role}: sign in with POST {base}/auth/request, or signed in already POST {base}/workspaces/{ws}/tokens"
         ),
     };
     // Commit, then mail: a transaction held across SMTP would hold the
