@@ -21,7 +21,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "An agent-first CRM: `crmkit serve` runs the API; every other command is its client",
     after_help = "Exit codes: 0 ok, 1 error, 2 usage or invalid request, 3 not found, 4 authentication needed, \
-                  5 forbidden, 6 needs a human (confirmation or step-up code), 130 interrupted."
+                  5 forbidden, 6 needs a human (confirmation or step-up code), 130 interrupted.\n\n\
+                  Environment: CRMKIT_TOKEN (a token to use instead of the stored one), CRMKIT_KEYRING=off \
+                  (keep the token in a file, mode 0600, not the OS keyring), CRMKIT_CONFIG_DIR (where that \
+                  file lives), NO_COLOR."
 )]
 struct Cli {
     #[command(flatten)]
@@ -93,12 +96,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "crmkit", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "crmkit", &mut out);
+            print_all(&out)
         }
         Command::Man => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => print_all(&out),
                 Err(e) => fail(1, &e),
             }
         }
@@ -205,6 +210,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(e.exit_code(), &e),
             }
         }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`)
+/// is success, as for every other command.
+fn print_all(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
     }
 }
 

@@ -24,9 +24,10 @@ impl Answer {
     }
 }
 
-/// `error:`/`message:`/`hint:` (text) or `{"error","message","hint"}` (JSON).
+/// `error:`/`message:`/`hint:`/`allowed:` (text) or the same keys in JSON.
 fn api_error(status: u16, text: &str) -> CliError {
     let (mut code, mut message, mut hint) = (String::new(), String::new(), String::new());
+    let mut allowed = String::new();
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         code = v["error"].as_str().unwrap_or("").to_string();
         message = v["message"]
@@ -35,6 +36,13 @@ fn api_error(status: u16, text: &str) -> CliError {
             .unwrap_or("")
             .to_string();
         hint = v["hint"].as_str().unwrap_or("").to_string();
+        if let Some(list) = v["allowed"].as_array() {
+            allowed = list
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
     } else {
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("error: ") {
@@ -43,6 +51,8 @@ fn api_error(status: u16, text: &str) -> CliError {
                 message = v.to_string();
             } else if let Some(v) = line.strip_prefix("hint: ") {
                 hint = v.to_string();
+            } else if let Some(v) = line.strip_prefix("allowed: ") {
+                allowed = v.to_string();
             }
         }
     }
@@ -52,6 +62,9 @@ fn api_error(status: u16, text: &str) -> CliError {
     }
     if !hint.is_empty() {
         out.push_str(&format!("\nhint: {hint}"));
+    }
+    if !allowed.is_empty() {
+        out.push_str(&format!("\nallowed: {allowed}"));
     }
     CliError::new(for_api(status, &code), out).with_api_code(&code)
 }

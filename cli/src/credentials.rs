@@ -161,10 +161,13 @@ pub fn store() -> Result<Box<dyn Store>, CliError> {
         }
     }
     let file = File::default_location()?;
-    eprintln!(
-        "warning: no OS keyring available; keeping the token in {} (mode 0600)",
-        file.path.display()
-    );
+    // Only a fallback is worth a warning: CRMKIT_KEYRING=off chose the file.
+    if !off {
+        eprintln!(
+            "warning: no OS keyring available; keeping the token in {} (mode 0600; CRMKIT_KEYRING=off chooses the file without this warning)",
+            file.path.display()
+        );
+    }
     Ok(Box::new(file))
 }
 
@@ -186,7 +189,7 @@ impl SignIn<'_> {
     }
 
     /// How to sign in again: `crmkit login`, with the profile if any.
-    fn login_hint(&self) -> String {
+    pub fn login_hint(&self) -> String {
         match self.profile {
             None => "crmkit login".into(),
             Some(p) => format!("crmkit login --profile {p}"),

@@ -43,6 +43,8 @@ pub fn for_api(status: u16, code: &str) -> u8 {
         (404, _) => 3,
         (401, _) => 4,
         (403, _) => 5,
+        // Not a fault of the request: the same one works later (Retry-After).
+        (429, _) => 1,
         (400..=499, _) => 2,
         _ => 1,
     }
@@ -60,6 +62,7 @@ mod tests {
         assert_eq!(for_api(403, "plan_limit_reached"), 5);
         assert_eq!(for_api(409, "confirmation_required"), 6);
         assert_eq!(for_api(409, "conflict"), 2);
+        assert_eq!(for_api(429, "rate_limited"), 1);
         assert_eq!(for_api(500, "internal"), 1);
         assert_eq!(for_api(502, "email_failed"), 1);
     }

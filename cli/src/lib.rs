@@ -22,6 +22,16 @@ pub use exit::CliError;
 use output::{Format, emit, show};
 
 /// Options every client command takes.
+/// The server URL as sign-ins are kept under it: `http(s)://host[:port]`
+/// with any path, without a trailing `/` (so `…:8080/` is the same server).
+fn server_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if !(t.starts_with("http://") || t.starts_with("https://")) {
+        return Err(format!("{t:?} needs its scheme: http://{t} (or https://)"));
+    }
+    Ok(t.trim_end_matches('/').to_string())
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct Global {
     /// Server URL
@@ -29,7 +39,8 @@ pub struct Global {
         long,
         env = "CRMKIT_URL",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        value_parser = server_url
     )]
     pub server: String,
     /// Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)
@@ -371,7 +382,7 @@ fn read_data(spec: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
-fn body_of(w: &WriteArgs, kind: &str) -> Result<Value, CliError> {
+fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
     let mut m: Map<String, Value> = match &w.data {
         Some(d) => read_data(d)?.as_object().cloned().unwrap_or_default(),
         None => Map::new(),
@@ -418,7 +429,7 @@ fn body_of(w: &WriteArgs, kind: &str) -> Result<Value, CliError> {
     }
     if m.is_empty() {
         return Err(CliError::usage(format!(
-            "nothing to send: give fields such as --name, or --data (see `crmkit {kind} create --help`)"
+            "nothing to send: give fields such as --name, or --data (see `crmkit {kind} {verb} --help`)"
         )));
     }
     Ok(Value::Object(m))
@@ -620,6 +631,13 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
         }
         Command::Tokens(TokensCmd::Revoke { id }) => {
             let c = ctx.client()?;
+            // Which token this session runs on, to forget it here if it goes.
+            let current = c
+                .get("/whoami?format=json", true)
+                .await
+                .and_then(|a| a.json())
+                .ok()
+                .and_then(|v| v["data"]["token"].as_str().map(str::to_string));
             let a = c
                 .send(
                     Method::DELETE,
@@ -638,6 +656,15 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
                 },
                 &a.text,
             );
+            let bare = |t: &str| t.strip_prefix("token/").unwrap_or(t).to_string();
+            if current.as_deref().map(bare) == Some(bare(&id))
+                && std::env::var("CRMKIT_TOKEN").is_err()
+            {
+                credentials::store()?
+                    .delete(&ctx.global.signin().key())
+                    .map_err(|e| CliError::new(1, e))?;
+                eprintln!("# signed out of {}", ctx.global.signin());
+            }
             Ok(())
         }
         Command::Workspaces(w) => workspaces(&ctx, w).await,
@@ -716,17 +743,19 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         let c = Client::new(server, Some(token.clone()))?;
         let who = c.get("/whoami?format=json", true).await?.json()?;
         let store = credentials::store()?;
+        let old = store.get(&signin.key()).ok().flatten();
         store.set(&signin.key(), &token).map_err(|e| {
             CliError::new(
                 1,
                 format!("cannot store the token in {}: {e}", store.name()),
             )
         })?;
+        let email = who["data"]["email"].as_str().unwrap_or("?");
         eprintln!(
-            "# signed in to {signin} as {} (token kept in {})",
-            who["data"]["email"].as_str().unwrap_or("?"),
+            "# signed in to {signin} as {email} (token kept in {})",
             store.name()
         );
+        retire(server, old.filter(|o| *o != token), email).await;
         return Ok(());
     }
     let email = match a.email {
@@ -748,13 +777,15 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             .await?;
             if a.request_only {
                 eprintln!(
-                    "# a sign-in code was emailed to {email}; finish with: crmkit login --email {email} --code CODE"
+                    "# a sign-in code was emailed to {email}; finish with: {} --email {email} --code CODE",
+                    signin.login_hint()
                 );
                 return Ok(());
             }
             if !tty() {
                 return Err(CliError::human(format!(
-                    "a sign-in code was emailed to {email}; finish with: crmkit login --email {email} --code CODE"
+                    "a sign-in code was emailed to {email}; finish with: {} --email {email} --code CODE",
+                    signin.login_hint()
                 )));
             }
             prompt(&format!("Code emailed to {email}: ")).await?
@@ -769,6 +800,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         .as_str()
         .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
     let store = credentials::store()?;
+    let old = store.get(&signin.key()).ok().flatten();
     store.set(&signin.key(), token).map_err(|e| {
         CliError::new(
             1,
@@ -780,7 +812,43 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         v["data"]["workspace"].as_str().unwrap_or("?"),
         store.name()
     );
+    retire(server, old, &email).await;
     Ok(())
+}
+
+/// Revokes a token this CLI kept and has just replaced, so that switching
+/// and signing in again leave no live tokens behind (best effort: a token
+/// already dead is fine). Says whose it was when it was another user's.
+async fn retire(server: &str, old: Option<String>, now_email: &str) {
+    let Some(old) = old else { return };
+    let Ok(c) = Client::new(server, Some(old)) else {
+        return;
+    };
+    let Ok(v) = c
+        .get("/whoami?format=json", true)
+        .await
+        .and_then(|a| a.json())
+    else {
+        return;
+    };
+    let Some(id) = v["data"]["token"].as_str() else {
+        return;
+    };
+    let revoked = c
+        .send(
+            Method::DELETE,
+            &format!("/tokens/{}", id_path(id)),
+            None,
+            false,
+            &[],
+            false,
+        )
+        .await
+        .is_ok();
+    let was = v["data"]["email"].as_str().unwrap_or("?");
+    if revoked && was != now_email {
+        eprintln!("# replaced the sign-in of {was} in this profile (its token is revoked)");
+    }
 }
 
 async fn logout(ctx: &Ctx) -> Result<(), CliError> {
@@ -898,9 +966,16 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .as_str()
                 .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
             let store = credentials::store()?;
-            store
-                .set(&ctx.global.signin().key(), token)
-                .map_err(|e| CliError::new(1, e))?;
+            let key = ctx.global.signin().key();
+            // The token replaced is revoked, unless CRMKIT_TOKEN was in use.
+            let old = if std::env::var("CRMKIT_TOKEN").is_ok() {
+                None
+            } else {
+                store.get(&key).ok().flatten()
+            };
+            store.set(&key, token).map_err(|e| CliError::new(1, e))?;
+            let email = v["data"]["email"].as_str().unwrap_or("").to_string();
+            retire(&ctx.global.server, old, &email).await;
             emit(&format!(
                 "# now working in {}\n",
                 v["data"]["workspace"].as_str().unwrap_or("?")
@@ -1023,7 +1098,7 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             );
         }
         RecordCmd::Create(w) => {
-            let body = body_of(&w, kind)?;
+            let body = body_of(&w, kind, "create")?;
             let c = ctx.client()?;
             show(
                 plain,
@@ -1040,7 +1115,7 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             );
         }
         RecordCmd::Update { id, fields } => {
-            let body = body_of(&fields, kind)?;
+            let body = body_of(&fields, kind, "update")?;
             let c = ctx.client()?;
             show(
                 plain,

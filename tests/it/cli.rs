@@ -73,7 +73,20 @@ async fn login_records_and_pipes() {
     let s = Server::start().await;
     let cli = Cli::new(&s);
     cli.login(&s, "cli@example.com").await;
+    // The file chosen with CRMKIT_KEYRING=off: no warning.
     let err = String::from_utf8_lossy(&cli.run(&["whoami"]).stderr).to_string();
+    assert!(!err.contains("no OS keyring"), "{err}");
+    // A keyring that cannot be reached: the file, with a warning.
+    let out = cli
+        .cmd(&["whoami"])
+        .env_remove("CRMKIT_KEYRING")
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/crmkit-test-bus",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         err.contains("no OS keyring"),
         "the file fallback warns: {err}"
@@ -635,4 +648,140 @@ async fn a_create_past_the_plan_cap_exits_5() {
     assert!(err.contains("plan_limit_reached"), "{err}");
     let list = cli.ok(&["contacts", "list"]);
     assert!(!list.contains("One Too Many"), "{list}");
+}
+
+/// A reader that stops early is success for the generated outputs too.
+#[test]
+fn completions_and_man_page_survive_a_closed_pipe() {
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the output is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Replacing a kept sign-in leaves no live token behind: signing in again,
+/// as another user, or switching workspaces revokes the token replaced, and
+/// revoking the session's own token forgets it here. The sign-in hints keep
+/// the profile, errors show what is allowed, and a server URL's trailing /
+/// names the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_tokens_are_revoked_and_hints_keep_the_profile() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "first@example.com").await;
+    let first = crate::cli_token(&cli.dir);
+    // The same profile, another user: the old token dies, with a note.
+    let n = s.smtp().mails_to("second@example.com").len();
+    cli.run(&["login", "--email", "second@example.com"]);
+    let code = s.nth_code("second@example.com", n + 1).await;
+    let out = cli.run(&["login", "--email", "second@example.com", "--code", &code]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("replaced the sign-in of first@example.com"),
+        "{err}"
+    );
+    assert_eq!(s.get("/whoami", &first).await.status, 401);
+    // Switching workspaces revokes the token it replaces.
+    let made = cli.ok(&["workspaces", "create", "Elsewhere"]);
+    let ws = made
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let before = crate::cli_token(&cli.dir);
+    cli.ok(&["workspaces", "use", &ws]);
+    assert_eq!(s.get("/whoami", &before).await.status, 401);
+    let tokens = cli.ok(&["tokens", "list"]);
+    assert_eq!(
+        tokens.lines().filter(|l| l.starts_with("token/")).count(),
+        1,
+        "{tokens}"
+    );
+    // Revoking the session's own token forgets it here.
+    let now = crate::cli_token(&cli.dir);
+    let id = s.get("/whoami?format=json", &now).await.json()["data"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cli.run(&["tokens", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli.run(&["whoami"]);
+    assert_eq!(code_of(&out), 4);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not signed in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The finish-with line keeps the profile.
+    let n = s.smtp().mails_to("third@example.com").len();
+    let out = cli.run(&[
+        "--profile",
+        "work",
+        "login",
+        "--email",
+        "third@example.com",
+        "--request-only",
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("crmkit login --profile work --email third@example.com --code CODE"),
+        "{err}"
+    );
+    let code = s.nth_code("third@example.com", n + 1).await;
+    // A trailing / is the same server.
+    cli.cmd(&[
+        "--profile",
+        "work",
+        "login",
+        "--email",
+        "third@example.com",
+        "--code",
+        &code,
+    ])
+    .env("CRMKIT_URL", format!("{}/", s.base))
+    .output()
+    .unwrap();
+    let who = cli.ok(&["--profile", "work", "whoami"]);
+    assert!(who.contains("email=third@example.com"), "{who}");
+    // An unknown field's error shows what is allowed.
+    let out = cli.run(&[
+        "--profile",
+        "work",
+        "contacts",
+        "create",
+        "--name",
+        "X",
+        "--domain",
+        "x.com",
+    ]);
+    assert_eq!(code_of(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allowed: name, email"), "{err}");
+    // A server URL without its scheme is a usage error.
+    let out = cli
+        .cmd(&["whoami"])
+        .env("CRMKIT_URL", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
 }
