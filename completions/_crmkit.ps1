@@ -305,8 +305,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -431,8 +431,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -472,8 +472,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -598,8 +598,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -639,8 +639,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -765,8 +765,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -1067,8 +1067,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             break
         }
         'crmkit;help;contacts;list' {
@@ -1098,8 +1098,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             break
         }
         'crmkit;help;companies;list' {
@@ -1129,8 +1129,8 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'A contact''s activity log')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity on a contact')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             break
         }
         'crmkit;help;deals;list' {

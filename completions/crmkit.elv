@@ -267,8 +267,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;contacts;list'= {
@@ -385,8 +385,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;contacts;help;list'= {
@@ -417,8 +417,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;companies;list'= {
@@ -535,8 +535,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;companies;help;list'= {
@@ -567,8 +567,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;deals;list'= {
@@ -685,8 +685,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;deals;help;list'= {
@@ -946,8 +946,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
         }
         &'crmkit;help;contacts;list'= {
         }
@@ -969,8 +969,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
         }
         &'crmkit;help;companies;list'= {
         }
@@ -992,8 +992,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'A contact''s activity log'
-            cand log 'Log an activity on a contact'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
         }
         &'crmkit;help;deals;list'= {
         }

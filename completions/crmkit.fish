@@ -221,8 +221,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_s
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l stage -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
@@ -330,8 +330,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
@@ -345,8 +345,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l stage -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
@@ -454,8 +454,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
@@ -469,8 +469,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l stage -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
@@ -578,8 +578,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l contact -d 'Only this contact\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'Only this deal\'s' -r
@@ -768,20 +768,20 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "get" -d 'One record'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "get" -d 'One record'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "activities" -d 'A contact\'s activity log'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "log" -d 'Log an activity on a contact'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'

@@ -322,13 +322,13 @@ pub enum RecordCmd {
         #[arg(long)]
         yes: bool,
     },
-    /// A contact's activity log
+    /// Activities: a contact's log, or those naming a deal (companies have none)
     Activities {
         id: String,
         #[command(flatten)]
         page: Page,
     },
-    /// Log an activity on a contact
+    /// Log an activity (on contacts only; --deal adds a deal)
     Log {
         id: String,
         /// call, email, meeting, note or task
@@ -1180,23 +1180,27 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             show(plain, &a.text);
         }
         RecordCmd::Activities { id, page } => {
-            if kind != "contacts" {
-                return Err(CliError::usage(format!(
-                    "activities are logged on contacts: use `crmkit activities --deal ID` for a deal's ({kind})"
-                )));
-            }
-            let c = ctx.client()?;
-            let pairs: Vec<(String, String)> = page
+            let mut pairs: Vec<(String, String)> = page
                 .limit
                 .map(|l| ("limit".to_string(), l.to_string()))
                 .into_iter()
                 .collect();
-            ctx.list(
-                &c,
-                &with_query(&format!("/contacts/{}/activities", id_path(&id)), &pairs),
-                &page,
-            )
-            .await?;
+            // A contact's log has a path of its own; a deal's is the
+            // activities that name it; a company has none.
+            let path = match kind {
+                "contacts" => format!("/contacts/{}/activities", id_path(&id)),
+                "deals" => {
+                    pairs.insert(0, ("deal".to_string(), id.clone()));
+                    "/activities".to_string()
+                }
+                _ => {
+                    return Err(CliError::usage(
+                        "companies have no activity log: activities belong to a contact (`crmkit contacts activities CONTACT`) and may name a deal (`crmkit deals activities DEAL`)",
+                    ));
+                }
+            };
+            let c = ctx.client()?;
+            ctx.list(&c, &with_query(&path, &pairs), &page).await?;
         }
         RecordCmd::Log {
             id,
@@ -1206,9 +1210,14 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             at,
         } => {
             if kind != "contacts" {
-                return Err(CliError::usage(
-                    "activities are logged on contacts: `crmkit contacts log CONTACT --kind call --deal DEAL`",
-                ));
+                return Err(CliError::usage(format!(
+                    "activities are logged on a contact: `crmkit contacts log CONTACT --kind call{}`",
+                    if kind == "deals" {
+                        format!(" --deal {id}")
+                    } else {
+                        String::new()
+                    }
+                )));
             }
             let mut m = Map::new();
             m.insert("kind".into(), json!(activity));

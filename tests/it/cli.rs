@@ -145,6 +145,30 @@ async fn login_records_and_pipes() {
         "--contact",
         &cid,
     ]);
+    // A deal's activities are those that name it; a company has none.
+    let deal = cli.ok(&["deals", "list"]);
+    let did = deal.split_whitespace().next().unwrap().to_string();
+    cli.ok(&[
+        "contacts",
+        "log",
+        &cid,
+        "--kind",
+        "meeting",
+        "--body",
+        "on the deal",
+        "--deal",
+        &did,
+    ]);
+    let on_deal = cli.ok(&["deals", "activities", &did]);
+    assert!(on_deal.contains("body=\"on the deal\""), "{on_deal}");
+    assert!(!on_deal.contains("body=hello"), "{on_deal}");
+    let out = cli.run(&["companies", "activities", &co_id]);
+    assert_eq!(code_of(&out), 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("crmkit contacts activities"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Piped output is the server's lines, unchanged.
     let piped = cli.ok(&["contacts", "list", "--stage", "lead", "--tag", "vip"]);
