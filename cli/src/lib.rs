@@ -755,7 +755,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             "# signed in to {signin} as {email} (token kept in {})",
             store.name()
         );
-        retire(server, old.filter(|o| *o != token), email).await;
+        retire(server, old.filter(|o| *o != token), Some(email)).await;
         return Ok(());
     }
     let email = match a.email {
@@ -812,14 +812,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         v["data"]["workspace"].as_str().unwrap_or("?"),
         store.name()
     );
-    retire(server, old, &email).await;
+    retire(server, old, Some(&email)).await;
     Ok(())
 }
 
 /// Revokes a token this CLI kept and has just replaced, so that switching
 /// and signing in again leave no live tokens behind (best effort: a token
 /// already dead is fine). Says whose it was when it was another user's.
-async fn retire(server: &str, old: Option<String>, now_email: &str) {
+async fn retire(server: &str, old: Option<String>, now_email: Option<&str>) {
     let Some(old) = old else { return };
     let Ok(c) = Client::new(server, Some(old)) else {
         return;
@@ -846,7 +846,7 @@ async fn retire(server: &str, old: Option<String>, now_email: &str) {
         .await
         .is_ok();
     let was = v["data"]["email"].as_str().unwrap_or("?");
-    if revoked && was != now_email {
+    if revoked && now_email.is_some_and(|now| now != was) {
         eprintln!("# replaced the sign-in of {was} in this profile (its token is revoked)");
     }
 }
@@ -975,7 +975,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             };
             store.set(&key, token).map_err(|e| CliError::new(1, e))?;
             let email = v["data"]["email"].as_str().unwrap_or("").to_string();
-            retire(&ctx.global.server, old, &email).await;
+            retire(&ctx.global.server, old, Some(&email)).await;
             emit(&format!(
                 "# now working in {}\n",
                 v["data"]["workspace"].as_str().unwrap_or("?")
@@ -1049,7 +1049,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             if !yes {
                 if !tty() {
                     return Err(CliError::human(format!(
-                        "deleting workspace {id} removes all its data; add --yes to confirm"
+                        "deleting workspace {id} removes all its data; add --yes to confirm (the emailed step-up code then goes in --code)"
                     )));
                 }
                 if !prompt(&format!("Delete workspace {id} and ALL its data? [y/N] "))
@@ -1059,7 +1059,16 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     return Err(CliError::human("not deleted"));
                 }
             }
-            let a = with_step_up(
+            // Deleting the workspace this sign-in acts in revokes its token:
+            // a token for another workspace is minted first and kept if the
+            // delete goes through (not for the call that only mails the code).
+            let asks = code.is_some() || tty();
+            let spare = if asks {
+                spare_token(&c, &id).await?
+            } else {
+                None
+            };
+            let done = with_step_up(
                 &c,
                 Method::DELETE,
                 &format!("/workspaces/{}", id_path(&id)),
@@ -1067,11 +1076,65 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 json_fmt,
                 code,
             )
-            .await?;
+            .await;
+            let a = match done {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some((token, _)) = spare {
+                        retire(&ctx.global.server, Some(token), None).await;
+                    }
+                    return Err(e);
+                }
+            };
             show(plain, &a.text);
+            if let Some((token, ws)) = spare
+                && std::env::var("CRMKIT_TOKEN").is_err()
+            {
+                credentials::store()?
+                    .set(&ctx.global.signin().key(), &token)
+                    .map_err(|e| CliError::new(1, e))?;
+                eprintln!("# now working in {ws}");
+            }
         }
     }
     Ok(())
+}
+
+/// When the sign-in acts in workspace `id`: a fresh token (and its
+/// workspace's handle) for another workspace of the user's, the personal one
+/// first; `None` when it acts elsewhere or there is no other.
+async fn spare_token(c: &Client, id: &str) -> Result<Option<(String, String)>, CliError> {
+    let bare = |w: &str| w.strip_prefix("workspace/").unwrap_or(w).to_string();
+    let who = c.get("/whoami?format=json", true).await?.json()?;
+    let current = who["data"]["workspace"].as_str().map(bare);
+    if current.as_deref() != Some(bare(id).as_str()) {
+        return Ok(None);
+    }
+    let list = c.get("/workspaces?format=json", true).await?.json()?;
+    let mut others: Vec<&Value> = list["data"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    others.retain(|w| w["status"] == "member" && w["id"].as_str() != Some(bare(id).as_str()));
+    others.sort_by_key(|w| w["personal"] != true);
+    let Some(other) = others.first().and_then(|w| w["id"].as_str()) else {
+        return Ok(None);
+    };
+    let name = who["data"]["token_name"].as_str().unwrap_or("crmkit-cli");
+    let v = c
+        .send(
+            Method::POST,
+            &format!("/workspaces/{}/tokens", id_path(other)),
+            Some(&json!({ "token_name": name })),
+            true,
+            &[],
+            false,
+        )
+        .await?
+        .json()?;
+    Ok(v["data"]["token"]
+        .as_str()
+        .map(|t| (t.to_string(), format!("workspace/{other}"))))
 }
 
 async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliError> {

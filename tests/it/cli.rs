@@ -366,7 +366,15 @@ async fn workspaces_switch_and_logout() {
     let out = cli.run(&["workspaces", "delete", &ws, "--yes"]);
     assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
     let code = s.nth_code("ws@example.com", n + 1).await;
-    cli.ok(&["workspaces", "delete", &ws, "--yes", "--code", &code]);
+    // It was the workspace this sign-in acted in: the CLI moves to another
+    // (the personal one) and keeps working.
+    let out = cli.run(&["workspaces", "delete", &ws, "--yes", "--code", &code]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("# now working in workspace/"), "{err}");
+    let who = cli.ok(&["whoami"]);
+    assert!(!who.contains(&ws), "{who}");
+    assert!(who.contains("email=ws@example.com"), "{who}");
     // Logout revokes on the server and forgets locally.
     cli.login(&s, "ws@example.com").await;
     let token = crate::cli_token(&cli.dir);
