@@ -942,7 +942,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1013,6 +1013,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1318,7 +1322,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1389,6 +1393,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1498,7 +1506,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1569,6 +1577,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1874,7 +1886,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1945,6 +1957,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2028,7 +2044,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2099,6 +2115,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2404,7 +2424,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2475,6 +2495,10 @@ _crmkit() {
                     return 0
                     ;;
                 --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

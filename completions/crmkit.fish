@@ -265,6 +265,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -289,6 +290,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -389,6 +391,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -413,6 +416,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -513,6 +517,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -537,6 +542,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''

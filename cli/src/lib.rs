@@ -300,6 +300,9 @@ pub struct WriteArgs {
     /// The whole body as JSON, @file.json or - for stdin (flags override it)
     #[arg(long)]
     pub data: Option<String>,
+    /// Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags
+    #[arg(long, value_name = "FIELD")]
+    pub clear: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -410,6 +413,11 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
     }
     if !w.tag.is_empty() {
         m.insert("tags".into(), json!(w.tag));
+    }
+    for f in &w.clear {
+        // Tags are cleared by an empty list; every other field by null.
+        let empty = if f == "tags" { json!([]) } else { Value::Null };
+        m.insert(f.clone(), empty);
     }
     if !w.custom.is_empty() {
         let mut c = m
@@ -740,6 +748,11 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             .read_line(&mut token)
             .map_err(|e| CliError::new(1, e.to_string()))?;
         let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(CliError::usage(
+                "--with-token reads a token from stdin, and stdin was empty: pipe one in, e.g. `echo $TOKEN | crmkit login --with-token`",
+            ));
+        }
         let c = Client::new(server, Some(token.clone()))?;
         let who = c.get("/whoami?format=json", true).await?.json()?;
         let store = credentials::store()?;
@@ -1056,7 +1069,8 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     .await?
                     .eq_ignore_ascii_case("y")
                 {
-                    return Err(CliError::human("not deleted"));
+                    eprintln!("# not deleted");
+                    return Ok(());
                 }
             }
             // Deleting the workspace this sign-in acts in revokes its token:
@@ -1227,7 +1241,8 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 }
                 eprintln!("{message}");
                 if !prompt("Delete? [y/N] ").await?.eq_ignore_ascii_case("y") {
-                    return Err(CliError::human("not deleted"));
+                    eprintln!("# not deleted");
+                    return Ok(());
                 }
             }
             let a = c

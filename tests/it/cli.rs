@@ -817,3 +817,45 @@ async fn replaced_tokens_are_revoked_and_hints_keep_the_profile() {
         .unwrap();
     assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--clear FIELD` clears a field on update; `--with-token` with nothing on
+/// stdin is a usage error, not a server round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_clear_and_an_empty_token_is_refused() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "clear@example.com").await;
+    let made = cli.ok(&[
+        "contacts",
+        "create",
+        "--name",
+        "Clear Me",
+        "--tag",
+        "vip",
+        "--follow-up",
+        "2030-01-01T00:00:00Z",
+        "--note",
+        "call",
+    ]);
+    let id = made.split_whitespace().next().unwrap().to_string();
+    assert!(made.contains("tags=vip"), "{made}");
+    cli.ok(&[
+        "contacts",
+        "update",
+        &id,
+        "--clear",
+        "follow_up_at",
+        "--clear",
+        "tags",
+        "--clear",
+        "follow_up_note",
+    ]);
+    let now = cli.ok(&["contacts", "get", &id]);
+    assert!(now.contains("name=\"Clear Me\""), "{now}");
+    for gone in ["tags=", "follow_up_at=", "follow_up_note="] {
+        assert!(!now.contains(gone), "{gone}: {now}");
+    }
+    let out = cli.run(&["login", "--with-token"]);
+    assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin was empty"));
+}
