@@ -776,7 +776,8 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         None if tty() => prompt("Email: ").await?,
         None => return Err(CliError::usage("give --email (no terminal to ask on)")),
     };
-    let code = match a.code {
+    let asked = a.code.is_none();
+    let mut code = match a.code {
         Some(c) => c,
         None => {
             anon.send(
@@ -804,11 +805,23 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             prompt(&format!("Code emailed to {email}: ")).await?
         }
     };
-    let body = json!({"email": email, "code": code, "token_name": a.token_name});
-    let v = anon
-        .send(Method::POST, "/auth/verify", Some(&body), true, &[], false)
-        .await?
-        .json()?;
+    // A person who mistyped the code is asked again (the code takes 5 tries).
+    let mut tries = 1;
+    let v = loop {
+        let body = json!({"email": email, "code": code, "token_name": a.token_name});
+        match anon
+            .send(Method::POST, "/auth/verify", Some(&body), true, &[], false)
+            .await
+        {
+            Ok(answer) => break answer.json()?,
+            Err(e) if asked && tries < 3 && e.message.contains("invalid_code") => {
+                tries += 1;
+                eprintln!("# that code did not work");
+                code = prompt(&format!("Code emailed to {email} (try {tries} of 3): ")).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let token = v["data"]["token"]
         .as_str()
         .ok_or_else(|| CliError::new(1, "the server sent no token"))?;

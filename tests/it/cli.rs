@@ -859,3 +859,67 @@ async fn fields_clear_and_an_empty_token_is_refused() {
     assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stdin was empty"));
 }
+
+/// On a terminal, a mistyped sign-in code is asked for again (driven on a
+/// pseudo-terminal with Python's `pty`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_code_is_asked_again_on_a_terminal() {
+    const DRIVE: &str = r#"
+import os, pty, select, sys, time
+code_file = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+seen = b""
+def wait_for(text, secs=20):
+    global seen
+    deadline = time.time() + secs
+    while text not in seen and time.time() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 1024)
+            except OSError:
+                break
+    return text in seen
+if not wait_for(b"Code emailed"):
+    print("NO PROMPT", seen); sys.exit(3)
+os.write(fd, b"000000\r")
+if not wait_for(b"try 2 of 3"):
+    print("NOT ASKED AGAIN", seen); sys.exit(4)
+deadline = time.time() + 20
+while not os.path.exists(code_file) and time.time() < deadline:
+    time.sleep(0.1)
+os.write(fd, open(code_file).read().strip().encode() + b"\r")
+wait_for(b"signed in to")
+_, status = os.waitpid(pid, 0)
+print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
+"#;
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    if !crate::require("python3 (for a pseudo-terminal)", python) {
+        return;
+    }
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let code_file = cli.dir.path().join("code.txt");
+    let mut child = Command::new("python3")
+        .args(["-c", DRIVE])
+        .arg(&code_file)
+        .arg(bin())
+        .args(["login", "--email", "typo@example.com"])
+        .env("CRMKIT_URL", &cli.server)
+        .env("CRMKIT_CONFIG_DIR", cli.dir.path())
+        .env("CRMKIT_KEYRING", "off")
+        .env_remove("CRMKIT_TOKEN")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = s.nth_code("typo@example.com", 1).await;
+    std::fs::write(&code_file, &code).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("EXIT 0"), "{said}");
+    assert!(said.contains("that code did not work"), "{said}");
+    assert!(cli.ok(&["whoami"]).contains("email=typo@example.com"));
+}
