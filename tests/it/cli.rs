@@ -901,7 +901,7 @@ print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").r
     let s = Server::start().await;
     let cli = Cli::new(&s);
     let code_file = cli.dir.path().join("code.txt");
-    let mut child = Command::new("python3")
+    let child = Command::new("python3")
         .args(["-c", DRIVE])
         .arg(&code_file)
         .arg(bin())
