@@ -61,12 +61,52 @@ fn api_error(status: u16, text: &str) -> CliError {
         out = format!("the server answered {status}: {}", text.trim());
     }
     if !hint.is_empty() {
-        out.push_str(&format!("\nhint: {hint}"));
+        out.push_str(&format!("\nhint: {}", for_the_cli(&hint)));
     }
     if !allowed.is_empty() {
         out.push_str(&format!("\nallowed: {allowed}"));
     }
     CliError::new(for_api(status, &code), out).with_api_code(&code)
+}
+
+/// The server's hints name API calls; where a command does the same, the
+/// hint names the command (`crmkit api` shows the server's words as sent).
+fn for_the_cli(hint: &str) -> String {
+    const SAME: &[(&str, &str)] = &[
+        (
+            "sign in again with POST /auth/request then POST /auth/verify",
+            "sign in again: crmkit login",
+        ),
+        (
+            "request a fresh one (POST /auth/request)",
+            "request a fresh one (crmkit login)",
+        ),
+        (
+            "GET /workspaces lists the workspaces you belong to",
+            "crmkit workspaces list shows the workspaces you belong to",
+        ),
+        (
+            "GET /workspaces, then POST /workspaces/{id}/tokens",
+            "crmkit workspaces list, then crmkit workspaces use ID",
+        ),
+        (
+            "GET /tokens lists your tokens and their ids",
+            "crmkit tokens list shows your tokens and their ids",
+        ),
+        (
+            "repeat the same request with ?code=CODE or header X-Escalation-Code: CODE",
+            "run the same command again with --code CODE",
+        ),
+        (
+            "GET /help lists every endpoint",
+            "crmkit --help lists every command",
+        ),
+    ];
+    let mut out = hint.to_string();
+    for (api, cli) in SAME {
+        out = out.replace(api, cli);
+    }
+    out
 }
 
 impl CliError {

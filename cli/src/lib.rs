@@ -929,10 +929,8 @@ async fn with_step_up(
     {
         Err(e) if e.code == 6 && e.message.contains("escalation_required") && code.is_none() => {
             if !tty() {
-                return Err(CliError::human(format!(
-                    "{}\nrerun with --code CODE (the code in the email)",
-                    e.message
-                )));
+                // The hint already says: the same command with --code CODE.
+                return Err(CliError::human(e.message));
             }
             let code = prompt("A confirmation code was emailed to you. Code: ").await?;
             c.send(

@@ -344,6 +344,13 @@ async fn workspaces_switch_and_logout() {
         "admin",
     ]);
     assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    // The hint names the command's own flag, not the HTTP spelling.
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("run the same command again with --code CODE"),
+        "{err}"
+    );
+    assert!(!err.contains("X-Escalation-Code"), "{err}");
     let code = s.nth_code("ws@example.com", n + 1).await;
     let out = cli.ok(&[
         "workspaces",
