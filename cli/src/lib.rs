@@ -768,6 +768,13 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             "# signed in to {signin} as {email} (token kept in {})",
             store.name()
         );
+        if ctx.json() {
+            println!(
+                "{}",
+                json!({"result": "signed_in", "server": server, "profile": signin.profile,
+                       "email": email, "workspace": who["data"]["workspace"], "kept_in": store.name()})
+            );
+        }
         retire(server, old.filter(|o| *o != token), Some(email)).await;
         return Ok(());
     }
@@ -790,10 +797,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             )
             .await?;
             if a.request_only {
-                eprintln!(
-                    "# a sign-in code was emailed to {email}; finish with: {} --email {email} --code CODE",
-                    signin.login_hint()
-                );
+                let finish = format!("{} --email {email} --code CODE", signin.login_hint());
+                eprintln!("# a sign-in code was emailed to {email}; finish with: {finish}");
+                if ctx.json() {
+                    println!(
+                        "{}",
+                        json!({"result": "code_sent", "email": email, "finish_with": finish})
+                    );
+                }
                 return Ok(());
             }
             if !tty() {
@@ -838,6 +849,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         v["data"]["workspace"].as_str().unwrap_or("?"),
         store.name()
     );
+    if ctx.json() {
+        println!(
+            "{}",
+            json!({"result": "signed_in", "server": server, "profile": signin.profile,
+                   "email": email, "workspace": v["data"]["workspace"], "joined": v["joined"],
+                   "kept_in": store.name()})
+        );
+    }
     retire(server, old, Some(&email)).await;
     Ok(())
 }

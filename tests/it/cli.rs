@@ -930,3 +930,42 @@ print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").r
     assert!(said.contains("that code did not work"), "{said}");
     assert!(cli.ok(&["whoami"]).contains("email=typo@example.com"));
 }
+
+/// `--json` covers sign-in too: a script or agent reads what happened from
+/// stdout instead of the `#` lines on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_speaks_json_when_asked() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let out = cli.ok(&[
+        "--json",
+        "login",
+        "--email",
+        "json@example.com",
+        "--request-only",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"], "code_sent", "{v}");
+    assert_eq!(
+        v["finish_with"],
+        "crmkit login --email json@example.com --code CODE"
+    );
+    let code = s.nth_code("json@example.com", 1).await;
+    let out = cli.ok(&[
+        "--json",
+        "login",
+        "--email",
+        "json@example.com",
+        "--code",
+        &code,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"], "signed_in", "{v}");
+    assert_eq!(v["email"], "json@example.com");
+    assert!(
+        v["workspace"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("workspace/w_")),
+        "{v}"
+    );
+}
