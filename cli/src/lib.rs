@@ -994,17 +994,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .as_str()
                 .unwrap_or("crmkit-cli")
                 .to_string();
-            let v = c
-                .send(
-                    Method::POST,
-                    &format!("/workspaces/{}/tokens", id_path(&id)),
-                    Some(&json!({"token_name": name})),
-                    true,
-                    &[],
-                    false,
-                )
-                .await?
-                .json()?;
+            let v = mint_in(&c, &id, &name).await?;
             let token = v["data"]["token"]
                 .as_str()
                 .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
@@ -1144,6 +1134,20 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A new token for workspace `id` named `name` (the server's JSON answer).
+async fn mint_in(c: &Client, id: &str, name: &str) -> Result<Value, CliError> {
+    c.send(
+        Method::POST,
+        &format!("/workspaces/{}/tokens", id_path(id)),
+        Some(&json!({ "token_name": name })),
+        true,
+        &[],
+        false,
+    )
+    .await?
+    .json()
+}
+
 /// When the sign-in acts in workspace `id`: a fresh token (and its
 /// workspace's handle) for another workspace of the user's, the personal one
 /// first; `None` when it acts elsewhere or there is no other.
@@ -1165,17 +1169,7 @@ async fn spare_token(c: &Client, id: &str) -> Result<Option<(String, String)>, C
         return Ok(None);
     };
     let name = who["data"]["token_name"].as_str().unwrap_or("crmkit-cli");
-    let v = c
-        .send(
-            Method::POST,
-            &format!("/workspaces/{}/tokens", id_path(other)),
-            Some(&json!({ "token_name": name })),
-            true,
-            &[],
-            false,
-        )
-        .await?
-        .json()?;
+    let v = mint_in(c, other, name).await?;
     Ok(v["data"]["token"]
         .as_str()
         .map(|t| (t.to_string(), format!("workspace/{other}"))))
