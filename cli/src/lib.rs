@@ -390,6 +390,60 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
         Some(d) => read_data(d)?.as_object().cloned().unwrap_or_default(),
         None => Map::new(),
     };
+    // The flags are shared by the three kinds: one that names a field this
+    // kind lacks is refused here, naming the flags that do apply.
+    const FLAGS: &[(&str, &str)] = &[
+        ("--name", "name"),
+        ("--email", "email"),
+        ("--phone", "phone"),
+        ("--title", "title"),
+        ("--domain", "domain"),
+        ("--industry", "industry"),
+        ("--company", "company_id"),
+        ("--contact", "contact_id"),
+        ("--stage", "stage"),
+        ("--status", "status"),
+        ("--amount-cents", "amount_cents"),
+        ("--currency", "currency"),
+        ("--tag", "tags"),
+        ("--custom", "custom"),
+        ("--follow-up", "follow_up_at"),
+        ("--note", "follow_up_note"),
+    ];
+    // Every kind has custom fields (the query schema spells them custom.KEY).
+    let mut fields: Vec<&str> = schema_of(kind).fields.iter().map(|f| f.name).collect();
+    fields.push("custom");
+    let given = [
+        w.name.is_some(),
+        w.email.is_some(),
+        w.phone.is_some(),
+        w.title.is_some(),
+        w.domain.is_some(),
+        w.industry.is_some(),
+        w.company.is_some(),
+        w.contact.is_some(),
+        w.stage.is_some(),
+        w.status.is_some(),
+        w.amount_cents.is_some(),
+        w.currency.is_some(),
+        !w.tag.is_empty(),
+        !w.custom.is_empty(),
+        w.follow_up.is_some(),
+        w.note.is_some(),
+    ];
+    for ((flag, field), given) in FLAGS.iter().zip(given) {
+        if given && !fields.contains(field) {
+            let apply: Vec<&str> = FLAGS
+                .iter()
+                .filter(|(_, f)| fields.contains(f))
+                .map(|(fl, _)| *fl)
+                .collect();
+            return Err(CliError::usage(format!(
+                "{flag} is not a field of {kind}; the flags for {kind}: {}",
+                apply.join(" ")
+            )));
+        }
+    }
     let mut set = |k: &str, v: &Option<String>| {
         if let Some(v) = v {
             m.insert(k.into(), Value::String(v.clone()));

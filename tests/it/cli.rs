@@ -802,7 +802,7 @@ async fn replaced_tokens_are_revoked_and_hints_keep_the_profile() {
     .unwrap();
     let who = cli.ok(&["--profile", "work", "whoami"]);
     assert!(who.contains("email=third@example.com"), "{who}");
-    // An unknown field's error shows what is allowed.
+    // A flag of another kind is refused before sending, naming this kind's.
     let out = cli.run(&[
         "--profile",
         "work",
@@ -812,6 +812,22 @@ async fn replaced_tokens_are_revoked_and_hints_keep_the_profile() {
         "X",
         "--domain",
         "x.com",
+    ]);
+    assert_eq!(code_of(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--domain is not a field of contacts"), "{err}");
+    assert!(
+        err.contains("--email") && !err.contains("--industry"),
+        "{err}"
+    );
+    // The server's refusal of an unknown field shows what is allowed.
+    let out = cli.run(&[
+        "--profile",
+        "work",
+        "contacts",
+        "create",
+        "--data",
+        r#"{"nmae":"X"}"#,
     ]);
     assert_eq!(code_of(&out), 2);
     let err = String::from_utf8_lossy(&out.stderr);
