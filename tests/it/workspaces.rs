@@ -1274,6 +1274,17 @@ async fn a_signed_in_invitee_joins_by_taking_a_token() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    // A second invite, from the outsider's workspace: taking a token in the
+    // first says nothing of it.
+    let other = ws_of(&s, &outsider).await;
+    let r = s
+        .post(
+            &format!("/workspaces/{other}/invites"),
+            Some(&outsider),
+            r#"{"email":"already@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     let mine = s.get("/workspaces", &x).await;
     assert!(
         mine.text
@@ -1319,6 +1330,14 @@ async fn a_signed_in_invitee_joins_by_taking_a_token() {
         mine.text
     );
     assert!(pending_invites(&s, &a, &ws).await.is_empty());
+    assert!(
+        mine.text
+            .lines()
+            .any(|l| l.starts_with(&format!("workspace/{other} ")) && l.contains("status=invited")),
+        "the other invite stays pending: {}",
+        mine.text
+    );
+    assert_eq!(pending_invites(&s, &outsider, &other).await.len(), 1);
     assert_eq!(audit_actions(&s, &a).await[0], "token.create");
     assert!(
         audit_actions(&s, &a)

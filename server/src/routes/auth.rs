@@ -259,7 +259,7 @@ pub async fn redeem_login_code(
         return Err(invalid_code(StatusCode::UNAUTHORIZED));
     }
     let user_id = find_or_create_user(&tx, &email).await?;
-    let joined = crate::routes::workspaces::accept_invites(&tx, &user_id, &email).await?;
+    let joined = crate::routes::workspaces::accept_invites(&tx, &user_id, &email, None).await?;
     let workspace_id =
         crate::routes::workspaces::ensure_personal(&tx, &state.settings, &user_id, &email).await?;
     Ok((tx, user_id, workspace_id, joined))

@@ -257,7 +257,9 @@ async fn switch(
     };
     let tx = write_tx(&state.db).await?;
     let joined = if invited {
-        let joined = accept_invites(&tx, &caller.user_id, &caller.email).await?;
+        // Only this workspace's invite: taking a token here says nothing of
+        // the others.
+        let joined = accept_invites(&tx, &caller.user_id, &caller.email, Some(&ws)).await?;
         if !joined.iter().any(|(w, _)| *w == ws) {
             // Withdrawn meanwhile.
             return Err(ws_not_found(&ids[0]));
@@ -1028,20 +1030,27 @@ async fn insert_workspace(
 }
 
 /// Turns every pending invite for `email` into a membership.
-/// Turns the pending invites to `email` into memberships; returns the
-/// workspaces joined now, with the role.
+/// Turns the pending invites to `email` (all, or only the one to workspace
+/// `only`) into memberships; returns the workspaces joined now, with the
+/// role.
 pub async fn accept_invites(
     tx: &crate::db::WriteTx,
     user_id: &str,
     email: &str,
+    only: Option<&str>,
 ) -> AppResult<Vec<(String, String)>> {
     let mut joined_now = Vec::new();
     let backend = tx.get_database_backend();
+    let (filter, mut values) = match only {
+        Some(ws) => (" AND workspace_id = ?", vec![ws.into()]),
+        None => ("", Vec::new()),
+    };
+    values.insert(0, email.into());
     let invites = tx
         .query_all_raw(stmt(
             backend,
-            "SELECT workspace_id, id, role FROM invites WHERE email = ?",
-            vec![email.into()],
+            &format!("SELECT workspace_id, id, role FROM invites WHERE email = ?{filter}"),
+            values,
         ))
         .await?;
     for inv in invites {
