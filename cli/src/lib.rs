@@ -392,57 +392,41 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
     };
     // The flags are shared by the three kinds: one that names a field this
     // kind lacks is refused here, naming the flags that do apply.
-    const FLAGS: &[(&str, &str)] = &[
-        ("--name", "name"),
-        ("--email", "email"),
-        ("--phone", "phone"),
-        ("--title", "title"),
-        ("--domain", "domain"),
-        ("--industry", "industry"),
-        ("--company", "company_id"),
-        ("--contact", "contact_id"),
-        ("--stage", "stage"),
-        ("--status", "status"),
-        ("--amount-cents", "amount_cents"),
-        ("--currency", "currency"),
-        ("--tag", "tags"),
-        ("--custom", "custom"),
-        ("--follow-up", "follow_up_at"),
-        ("--note", "follow_up_note"),
+    // Each flag with the body field it sets, and whether it was given.
+    let flags: [(&str, &str, bool); 16] = [
+        ("--name", "name", w.name.is_some()),
+        ("--email", "email", w.email.is_some()),
+        ("--phone", "phone", w.phone.is_some()),
+        ("--title", "title", w.title.is_some()),
+        ("--domain", "domain", w.domain.is_some()),
+        ("--industry", "industry", w.industry.is_some()),
+        ("--company", "company_id", w.company.is_some()),
+        ("--contact", "contact_id", w.contact.is_some()),
+        ("--stage", "stage", w.stage.is_some()),
+        ("--status", "status", w.status.is_some()),
+        ("--amount-cents", "amount_cents", w.amount_cents.is_some()),
+        ("--currency", "currency", w.currency.is_some()),
+        ("--tag", "tags", !w.tag.is_empty()),
+        ("--custom", "custom", !w.custom.is_empty()),
+        ("--follow-up", "follow_up_at", w.follow_up.is_some()),
+        ("--note", "follow_up_note", w.note.is_some()),
     ];
     // Every kind has custom fields (the query schema spells them custom.KEY).
     let mut fields: Vec<&str> = schema_of(kind).fields.iter().map(|f| f.name).collect();
     fields.push("custom");
-    let given = [
-        w.name.is_some(),
-        w.email.is_some(),
-        w.phone.is_some(),
-        w.title.is_some(),
-        w.domain.is_some(),
-        w.industry.is_some(),
-        w.company.is_some(),
-        w.contact.is_some(),
-        w.stage.is_some(),
-        w.status.is_some(),
-        w.amount_cents.is_some(),
-        w.currency.is_some(),
-        !w.tag.is_empty(),
-        !w.custom.is_empty(),
-        w.follow_up.is_some(),
-        w.note.is_some(),
-    ];
-    for ((flag, field), given) in FLAGS.iter().zip(given) {
-        if given && !fields.contains(field) {
-            let apply: Vec<&str> = FLAGS
-                .iter()
-                .filter(|(_, f)| fields.contains(f))
-                .map(|(fl, _)| *fl)
-                .collect();
-            return Err(CliError::usage(format!(
-                "{flag} is not a field of {kind}; the flags for {kind}: {}",
-                apply.join(" ")
-            )));
-        }
+    if let Some((flag, _, _)) = flags
+        .iter()
+        .find(|(_, f, given)| *given && !fields.contains(f))
+    {
+        let apply: Vec<&str> = flags
+            .iter()
+            .filter(|(_, f, _)| fields.contains(f))
+            .map(|(fl, _, _)| *fl)
+            .collect();
+        return Err(CliError::usage(format!(
+            "{flag} is not a field of {kind}; the flags for {kind}: {}",
+            apply.join(" ")
+        )));
     }
     let mut set = |k: &str, v: &Option<String>| {
         if let Some(v) = v {

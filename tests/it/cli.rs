@@ -35,6 +35,21 @@ impl Cli {
         c
     }
 
+    /// `python3 -c SCRIPT SCRIPT_ARGS… crmkit ARGS…` in this environment: the
+    /// script runs the CLI on a pseudo-terminal (Python's `pty`).
+    fn on_a_terminal(&self, script: &str, script_args: &[&str], args: &[&str]) -> Command {
+        let mut c = Command::new("python3");
+        c.args(["-c", script])
+            .args(script_args)
+            .arg(bin())
+            .args(args)
+            .env("CRMKIT_URL", &self.server)
+            .env("CRMKIT_CONFIG_DIR", self.dir.path())
+            .env("CRMKIT_KEYRING", "off")
+            .env_remove("CRMKIT_TOKEN");
+        c
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
@@ -62,6 +77,12 @@ impl Cli {
         let code = s.nth_code(email, n + 1).await;
         self.ok(&["login", "--email", email, "--code", &code]);
     }
+}
+
+/// Python for the pseudo-terminal tests, or a clear skip line.
+fn python_here() -> bool {
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    crate::require("python3 (for a pseudo-terminal)", python)
 }
 
 fn code_of(out: &Output) -> i32 {
@@ -594,22 +615,12 @@ for _ in range(100):
 print("HUNG")
 os.kill(pid, 9)
 "#;
-    let python = Command::new("python3").arg("--version").output().is_ok();
-    if !crate::require("python3 (for a pseudo-terminal)", python) {
+    if !python_here() {
         return;
     }
     let s = Server::start().await;
     let cli = Cli::new(&s);
-    let out = Command::new("python3")
-        .args(["-c", DRIVE])
-        .arg(bin())
-        .arg("login")
-        .env("CRMKIT_URL", &cli.server)
-        .env("CRMKIT_CONFIG_DIR", cli.dir.path())
-        .env("CRMKIT_KEYRING", "off")
-        .env_remove("CRMKIT_TOKEN")
-        .output()
-        .unwrap();
+    let out = cli.on_a_terminal(DRIVE, &[], &["login"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("EXIT 130"), "{said}");
 }
@@ -917,22 +928,19 @@ wait_for(b"signed in to")
 _, status = os.waitpid(pid, 0)
 print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
 "#;
-    let python = Command::new("python3").arg("--version").output().is_ok();
-    if !crate::require("python3 (for a pseudo-terminal)", python) {
+    if !python_here() {
         return;
     }
     let s = Server::start().await;
     let cli = Cli::new(&s);
     let code_file = cli.dir.path().join("code.txt");
-    let child = Command::new("python3")
-        .args(["-c", DRIVE])
-        .arg(&code_file)
-        .arg(bin())
-        .args(["login", "--email", "typo@example.com"])
-        .env("CRMKIT_URL", &cli.server)
-        .env("CRMKIT_CONFIG_DIR", cli.dir.path())
-        .env("CRMKIT_KEYRING", "off")
-        .env_remove("CRMKIT_TOKEN")
+    let code_arg = code_file.to_string_lossy().to_string();
+    let child = cli
+        .on_a_terminal(
+            DRIVE,
+            &[&code_arg],
+            &["login", "--email", "typo@example.com"],
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

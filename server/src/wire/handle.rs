@@ -214,6 +214,10 @@ pub fn parse_ref(expected: Kind, s: &str) -> Result<String, RefError> {
 /// No route has a kind's name followed by another segment, so nothing else
 /// is joined.
 pub fn join_path_handles(path: &str) -> Option<String> {
+    // Every request passes here: most paths name no kind, and allocate nothing.
+    if !path.split('/').any(|s| Kind::from_name(s).is_some()) {
+        return None;
+    }
     let segments: Vec<&str> = path.split('/').collect();
     // Only after a collection (`/contacts/…`, `/members/…`): a path that
     // starts with a kind's name (`/contact/c_…`) is no route, and is shown
