@@ -1128,6 +1128,111 @@ async fn cleared_links_move_updated_at() {
     }
 }
 
+/// Activities can be listed by when they happened: one bound or a range,
+/// offsets honoured, with the cursor bound to the range; bad conditions are
+/// 400s that name the parameter.
+#[tokio::test]
+async fn activities_filter_by_when_they_happened() {
+    let s = Server::start().await;
+    let t = s.login("when@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "When"})).await;
+    for day in 1..=6 {
+        let body = json!({"kind": "call", "body": format!("day {day}"), "occurred_at": format!("2026-06-0{day}T12:00:00Z")});
+        let r = s
+            .post(
+                &format!("/contacts/{c}/activities"),
+                Some(&t),
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let bodies = |path: String| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let v = s.get(&path, &t).await.json();
+            v["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}: {v}"))
+                .iter()
+                .map(|a| a["body"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        bodies("/activities?occurred_at=gte:2026-06-05T00:00:00Z&format=json".into()).await,
+        ["day 6", "day 5"]
+    );
+    // 14:00+02:00 is 12:00Z: gt excludes day 2 itself.
+    assert_eq!(
+        bodies(format!(
+            "/contacts/{c}/activities?occurred_at=gt:2026-06-02T14:00:00%2B02:00&occurred_at=lt:2026-06-05T00:00:00Z&format=json"
+        ))
+        .await,
+        ["day 4", "day 3"]
+    );
+    assert_eq!(
+        bodies("/activities?occurred_at=2026-06-03T12:00:00Z&format=json".into()).await,
+        ["day 3"]
+    );
+    // Paged through a range; the cursor does not serve another range.
+    let range = "occurred_at=gte:2026-06-02T00:00:00Z&occurred_at=lt:2026-06-06T00:00:00Z";
+    let r = s.get(&format!("/activities?{range}&limit=3"), &t).await;
+    let cursor = r.next_cursor().expect("a next page");
+    assert_eq!(
+        bodies(format!(
+            "/activities?{range}&limit=3&cursor={cursor}&format=json"
+        ))
+        .await,
+        ["day 2"]
+    );
+    s.get(
+        &format!("/activities?occurred_at=gte:2026-06-01T00:00:00Z&limit=3&cursor={cursor}"),
+        &t,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    for (query, code, needle) in [
+        (
+            "occurred_at=gte:yesterday",
+            "invalid_request",
+            "occurred_at needs a time",
+        ),
+        (
+            "occurred_at=gte:2026-06-01T00:00:00+02:00",
+            "invalid_request",
+            "%2B",
+        ),
+        (
+            "occurred_at=in:2026-06-01T00:00:00Z",
+            "unknown_operator",
+            "allowed: eq, ne, gt, gte, lt, lte",
+        ),
+        (
+            "occurred_at=after:2026-06-01T00:00:00Z",
+            "unknown_operator",
+            "occurred_at=op:",
+        ),
+        ("occurred_at=gte:", "invalid_request", "occurred_at="),
+        (
+            "occurred_at=gt:2026-06-01T00:00:00Z&occurred_at=gt:2026-06-01T00:00:00Z&occurred_at=gt:2026-06-01T00:00:00Z&occurred_at=gt:2026-06-01T00:00:00Z&occurred_at=gt:2026-06-01T00:00:00Z",
+            "invalid_request",
+            "at most 4",
+        ),
+        (
+            "occured_at=gte:2026-06-01T00:00:00Z",
+            "unknown_field",
+            "occurred_at",
+        ),
+    ] {
+        let r = s.get(&format!("/activities?{query}"), &t).await;
+        r.assert_error(400, code);
+        assert!(r.text.contains(needle), "{query}: {}", r.text);
+    }
+    // Nothing was lost to the refusals.
+    assert_eq!(bodies("/activities?format=json".into()).await.len(), 6);
+}
+
 /// Activities can be listed by kind, one or several, and the cursor stays
 /// bound to that filter.
 #[tokio::test]

@@ -24,7 +24,7 @@ use crate::routes::records::{list_reply, not_found, noted_list_reply, path_id};
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
-use crate::wire::query::parse_limit;
+use crate::wire::query::{Op, parse_limit, parse_time_condition};
 
 pub const ACTIVITY_KINDS: &[&str] = &["call", "email", "meeting", "note", "task"];
 
@@ -214,7 +214,7 @@ async fn list_for_contact(
     if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
         return Err(not_found(Kind::Contact, &contact_id));
     }
-    q.only(&["kind", "limit", "cursor"])?;
+    q.only(&["kind", "occurred_at", "limit", "cursor"])?;
     list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
 }
 
@@ -224,7 +224,7 @@ async fn list_all(
     fmt: Fmt,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    q.only(&["contact", "deal", "kind", "limit", "cursor"])?;
+    q.only(&["contact", "deal", "kind", "occurred_at", "limit", "cursor"])?;
     let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
         match q.get(key) {
             None | Some("") => Ok(None),
@@ -264,6 +264,39 @@ fn kinds_of(q: &QueryPairs) -> AppResult<Vec<String>> {
     Ok(kinds)
 }
 
+/// At most this many `occurred_at` conditions: a range needs two.
+const MAX_TIME_CONDITIONS: usize = 4;
+
+/// `occurred_at=[op:]TIME`, repeatable (`gte:` and `lt:` make a range): the
+/// SQL comparisons and the times they compare with, in UTC.
+fn occurred_of(q: &QueryPairs) -> AppResult<Vec<(Op, Ts)>> {
+    let values: Vec<&str> =
+        q.0.iter()
+            .filter(|(k, _)| k == "occurred_at")
+            .map(|(_, v)| v.as_str())
+            .collect();
+    if values.len() > MAX_TIME_CONDITIONS {
+        return Err(AppError::invalid(
+            format!(
+                "occurred_at is given {} times; at most {MAX_TIME_CONDITIONS} are allowed",
+                values.len()
+            ),
+            "a range needs two: occurred_at=gte:START&occurred_at=lt:END",
+        ));
+    }
+    values
+        .into_iter()
+        .map(|v| {
+            parse_time_condition("occurred_at", v)
+                .map(|(op, t)| (op, Ts::new(t)))
+                .map_err(|e| {
+                    AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)
+                        .allowed(&e.allowed)
+                })
+        })
+        .collect()
+}
+
 fn limit_of(q: &QueryPairs) -> AppResult<u32> {
     match q.get("limit") {
         None => Ok(50),
@@ -282,6 +315,7 @@ async fn list_activities(
 ) -> AppResult<Response> {
     let limit = limit_of(q)?;
     let kinds = kinds_of(q)?;
+    let occurred = occurred_of(q)?;
     let ws = caller.workspace_id.as_str();
     // A cursor is bound to the filters it was made with.
     let mut scope = format!(
@@ -308,6 +342,19 @@ async fn list_activities(
             vec!["?"; kinds.len()].join(", ")
         ));
         vals.extend(kinds.iter().map(|k| k.clone().into()));
+    }
+    for (op, at) in &occurred {
+        let cmp = match op {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Gt => ">",
+            Op::Gte => ">=",
+            Op::Lt => "<",
+            _ => "<=",
+        };
+        sql.push_str(&format!(" AND occurred_at {cmp} ?"));
+        vals.push((*at).into());
+        scope.push_str(&format!("|{}:{}", op.name(), at.render()));
     }
     if let Some(c) = q.get("cursor") {
         let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;

@@ -645,6 +645,40 @@ fn parse_filter(target: Target, value: &str) -> Result<Filter, QueryError> {
     })
 }
 
+/// The operators a time condition outside a record list takes (an
+/// activity's `occurred_at`, which is never missing).
+pub const TIME_CONDITION_OPS: [Op; 6] = [Op::Eq, Op::Ne, Op::Gt, Op::Gte, Op::Lt, Op::Lte];
+
+/// One `NAME=[op:]time` condition on a time that is not a record field
+/// (`occurred_at=gte:2026-06-01T00:00:00Z` on activities): the operator and
+/// the time, with the same errors and hints as a record's time filter.
+pub fn parse_time_condition(name: &str, value: &str) -> Result<(Op, OffsetDateTime), QueryError> {
+    if value.chars().count() > MAX_VALUE_CHARS || value.contains('\0') {
+        return Err(QueryError::invalid(
+            format!("the value of {name} is not a time"),
+            format!("send {name}=gte:2026-06-10T00:00:00Z (RFC 3339)"),
+        ));
+    }
+    let (op, operand) = split_op(name, FieldType::Time, value)?;
+    if !TIME_CONDITION_OPS.contains(&op) {
+        return Err(QueryError::new(
+            "unknown_operator",
+            format!("{name} does not support the {op} operator"),
+            format!(
+                "use one of the allowed operators as {name}=op:TIME; for a range send {name} twice, e.g. {name}=gte:2026-06-01T00:00:00Z&{name}=lt:2026-07-01T00:00:00Z"
+            ),
+        )
+        .allowing(TIME_CONDITION_OPS.iter().map(|o| o.name().to_owned()).collect()));
+    }
+    if operand.is_empty() {
+        return Err(QueryError::invalid(
+            format!("{name}={} has no time", show(value)),
+            format!("put the time after the operator, e.g. {name}=gte:2026-06-10T00:00:00Z"),
+        ));
+    }
+    Ok((op, parse_time(name, operand)?))
+}
+
 /// Splits `[op:]value`. A known operator name before the first `:` is an
 /// operator; a lower-case word there that is not one is refused (see
 /// [`looks_like_op`]), so a typo never silently becomes an equality test
@@ -684,22 +718,7 @@ fn parse_scalar(name: &str, ty: FieldType, raw: &str) -> Result<Scalar, QueryErr
             )
             .allowing(vec!["a whole number, e.g. 100000 or -5".to_owned()])
         }),
-        FieldType::Time => time_fmt::parse(raw).map(Scalar::Time).map_err(|expected| {
-            // A `+01:00` offset sent unencoded arrives as a space.
-            let plus = if raw.contains(' ') {
-                " (a + in a URL must be sent as %2B: a +01:00 offset is %2B01:00)"
-            } else {
-                ""
-            };
-            QueryError::invalid(
-                format!("{name} needs a time, got {}", show(raw)),
-                format!("{expected}; e.g. {name}=gte:2026-06-10T00:00:00Z{plus}"),
-            )
-            .allowing(vec![
-                "2026-06-10T09:00:00Z".to_owned(),
-                "2026-06-10T11:00:00.5+02:00".to_owned(),
-            ])
-        }),
+        FieldType::Time => parse_time(name, raw).map(Scalar::Time),
         FieldType::Enum(values) => {
             if values.contains(&raw) {
                 Ok(Scalar::Text(raw.to_owned()))
@@ -729,6 +748,27 @@ fn parse_scalar(name: &str, ty: FieldType, raw: &str) -> Result<Scalar, QueryErr
             })
         }
     }
+}
+
+/// A time in a filter: RFC 3339, with a hint that names `%2B` when an
+/// unencoded `+` arrived as a space.
+fn parse_time(name: &str, raw: &str) -> Result<OffsetDateTime, QueryError> {
+    time_fmt::parse(raw).map_err(|expected| {
+        // A `+01:00` offset sent unencoded arrives as a space.
+        let plus = if raw.contains(' ') {
+            " (a + in a URL must be sent as %2B: a +01:00 offset is %2B01:00)"
+        } else {
+            ""
+        };
+        QueryError::invalid(
+            format!("{name} needs a time, got {}", show(raw)),
+            format!("{expected}; e.g. {name}=gte:2026-06-10T00:00:00Z{plus}"),
+        )
+        .allowing(vec![
+            "2026-06-10T09:00:00Z".to_owned(),
+            "2026-06-10T11:00:00.5+02:00".to_owned(),
+        ])
+    })
 }
 
 /// A deterministic digest-ready string of what selects and orders the rows
@@ -782,6 +822,37 @@ mod tests {
     const C1: &str = "c_7k2m9q4x1d3f";
     const C2: &str = "c_0000000000zz";
     const CO: &str = "co_p3v8n2w6za00";
+
+    #[test]
+    fn time_conditions_outside_a_record_list() {
+        assert_eq!(
+            parse_time_condition("occurred_at", "gte:2026-06-01T02:00:00+02:00").unwrap(),
+            (Op::Gte, datetime!(2026-06-01 00:00:00 UTC))
+        );
+        assert_eq!(
+            parse_time_condition("occurred_at", "2026-06-01T00:00:00Z").unwrap(),
+            (Op::Eq, datetime!(2026-06-01 00:00:00 UTC))
+        );
+        for (value, code) in [
+            ("in:2026-06-01T00:00:00Z", "unknown_operator"),
+            ("is:null", "unknown_operator"),
+            ("like:2026", "unknown_operator"),
+            ("after:2026-06-01T00:00:00Z", "unknown_operator"),
+            ("gte:", "invalid_request"),
+            ("gte:yesterday", "invalid_request"),
+            ("gte:2026-06-01T00:00:00 02:00", "invalid_request"),
+            ("gte:2026-06-01\0", "invalid_request"),
+        ] {
+            let e = parse_time_condition("occurred_at", value).expect_err(value);
+            assert_eq!(e.code, code, "{value}: {e:?}");
+            assert!(e.message.contains("occurred_at"), "{value}: {e:?}");
+            assert!(e.hint.contains("occurred_at="), "{value}: {e:?}");
+        }
+        let e = parse_time_condition("occurred_at", "in:2026-06-01T00:00:00Z").unwrap_err();
+        assert_eq!(e.allowed, ["eq", "ne", "gt", "gte", "lt", "lte"]);
+        let e = parse_time_condition("occurred_at", "gte:2026-06-01T00:00:00 02:00").unwrap_err();
+        assert!(e.hint.contains("%2B"), "{e:?}");
+    }
 
     #[test]
     fn defaults() {
