@@ -508,7 +508,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__activities)
-            opts="-h --contact --deal --kind --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --contact --deal --kind --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,6 +523,14 @@ _crmkit() {
                     return 0
                     ;;
                 --kind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -908,12 +916,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__activities)
-            opts="-h --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1472,12 +1488,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__activities)
-            opts="-h --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2010,12 +2034,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__activities)
-            opts="-h --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -153,7 +153,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+            cand remove 'Remove a member, or withdraw a pending invite'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -178,8 +178,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
             cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
         }
         &'crmkit;workspaces;members'= {
             cand --server 'Server URL'
@@ -233,7 +233,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+            cand remove 'Remove a member, or withdraw a pending invite'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -359,6 +359,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;contacts;activities'= {
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
@@ -511,6 +513,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;companies;activities'= {
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
@@ -663,6 +667,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;deals;activities'= {
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
@@ -715,6 +721,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --contact 'Only this contact''s'
             cand --deal 'Only this deal''s'
             cand --kind 'Only these kinds: call, email, meeting, note, task (comma-separated)'
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
@@ -927,7 +935,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+            cand remove 'Remove a member, or withdraw a pending invite'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
         }
         &'crmkit;help;workspaces;list'= {

@@ -136,7 +136,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "members" -d 'Members and pending invites'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
@@ -159,7 +159,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -206,7 +206,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "members" -d 'Members and pending invites'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
@@ -306,6 +306,8 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -432,6 +434,8 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -558,6 +562,8 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -590,6 +596,8 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l contact -d 'Only this contact\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'Only this deal\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (comma-separated)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l server -d 'Server URL' -r
@@ -767,7 +775,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "members" -d 'Members and pending invites'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'One record'

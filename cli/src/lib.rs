@@ -116,6 +116,8 @@ pub enum Command {
         #[arg(long)]
         kind: Option<String>,
         #[command(flatten)]
+        when: When,
+        #[command(flatten)]
         page: Page,
     },
     /// Contacts and deals whose follow-up is due
@@ -187,11 +189,20 @@ pub enum WorkspacesCmd {
     /// Create one (you become admin)
     Create { name: String },
     /// Switch: mint a token for that workspace and make it current
-    Use { id: String },
+    ///
+    /// WORKSPACE is its id (w_…), handle or name, in every workspaces command.
+    Use {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+    },
     /// Members and pending invites
-    Members { id: String },
+    Members {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+    },
     /// Invite someone by email (inviting as admin needs the emailed code)
     Invite {
+        #[arg(value_name = "WORKSPACE")]
         id: String,
         email: String,
         #[arg(long, default_value = "member")]
@@ -201,16 +212,26 @@ pub enum WorkspacesCmd {
     },
     /// Change a member's role (promoting to admin needs the emailed code)
     Role {
+        #[arg(value_name = "WORKSPACE")]
         id: String,
+        /// The member: user/u_…, u_… or their email
+        #[arg(value_name = "MEMBER")]
         user: String,
         role: String,
         #[arg(long)]
         code: Option<String>,
     },
-    /// Remove a member (user/u_…), or withdraw a pending invite (invite/i_…)
-    Remove { id: String, user: String },
+    /// Remove a member, or withdraw a pending invite
+    Remove {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+        /// user/u_…, invite/i_… or an email (a member's first, else an invite's)
+        #[arg(value_name = "MEMBER")]
+        user: String,
+    },
     /// Delete a workspace and all its data (needs the emailed code)
     Delete {
+        #[arg(value_name = "WORKSPACE")]
         id: String,
         #[arg(long)]
         code: Option<String>,
@@ -230,6 +251,28 @@ pub struct Page {
     /// Follow cursors to the end
     #[arg(long)]
     pub all: bool,
+}
+
+/// Which activities by when they happened (`occurred_at`).
+#[derive(Args, Debug, Default)]
+pub struct When {
+    /// Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only activities before TIME (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+impl When {
+    fn pairs(self) -> impl Iterator<Item = (String, String)> {
+        let since = self.since.map(|t| format!("gte:{t}"));
+        let until = self.until.map(|t| format!("lt:{t}"));
+        since
+            .into_iter()
+            .chain(until)
+            .map(|v| ("occurred_at".to_string(), v))
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -328,6 +371,8 @@ pub enum RecordCmd {
     /// Activities: a contact's log, or those naming a deal (companies have none)
     Activities {
         id: String,
+        #[command(flatten)]
+        when: When,
         #[command(flatten)]
         page: Page,
     },
@@ -721,6 +766,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             contact,
             deal,
             kind,
+            when,
             page,
         } => {
             let c = ctx.client()?;
@@ -734,6 +780,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             if let Some(v) = kind {
                 pairs.push(("kind".to_string(), v));
             }
+            pairs.extend(when.pairs());
             if let Some(l) = page.limit {
                 pairs.push(("limit".to_string(), l.to_string()));
             }
@@ -1004,8 +1051,133 @@ async fn with_step_up(
     }
 }
 
+/// A workspace as given on the command line: its id or handle, passed on
+/// as is, or its name among the workspaces you belong to or are invited to
+/// (an exact match first, then one that ignores case).
+async fn workspace_id(c: &Client, arg: &str) -> Result<String, CliError> {
+    if arg.starts_with("w_") || arg.starts_with("workspace/") {
+        return Ok(arg.to_string());
+    }
+    let v = c.get("/workspaces?format=json", true).await?.json()?;
+    let all: Vec<(&str, &str)> = v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|w| Some((w["name"].as_str()?, w["id"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found: Vec<&(&str, &str)> = all.iter().filter(|(n, _)| *n == arg).collect();
+    if found.is_empty() {
+        found = all
+            .iter()
+            .filter(|(n, _)| n.to_lowercase() == arg.to_lowercase())
+            .collect();
+    }
+    match found.as_slice() {
+        [(_, id)] => Ok((*id).to_string()),
+        [] => {
+            let names: Vec<String> = all.iter().map(|(n, id)| format!("{n:?} ({id})")).collect();
+            Err(CliError::new(
+                3,
+                format!(
+                    "no workspace of yours is named {arg:?}; yours: {}; give a name or id as `crmkit workspaces list` prints it",
+                    names.join(", ")
+                ),
+            ))
+        }
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(_, id)| *id).collect();
+            Err(CliError::usage(format!(
+                "{} of your workspaces are named {arg:?} ({}); give the id",
+                many.len(),
+                ids.join(", ")
+            )))
+        }
+    }
+}
+
+/// A member as given on the command line: a user or invite id or handle,
+/// passed on as is, or an email address, looked up among the workspace's
+/// members first and its pending invites second.
+async fn member_ref(c: &Client, ws: &str, arg: &str) -> Result<String, CliError> {
+    if !arg.contains('@') {
+        return Ok(arg.to_string());
+    }
+    let v = c
+        .get(
+            &format!("/workspaces/{}/members?format=json", id_path(ws)),
+            true,
+        )
+        .await?
+        .json()?;
+    let rows = v["data"].as_array().cloned().unwrap_or_default();
+    let wanted = arg.trim().to_lowercase();
+    for status in ["member", "invited"] {
+        if let Some(h) = rows.iter().find_map(|r| {
+            (r["status"] == status
+                && r["email"].as_str().map(str::to_lowercase).as_deref() == Some(&wanted))
+            .then(|| r["handle"].as_str())
+            .flatten()
+        }) {
+            return Ok(h.to_string());
+        }
+    }
+    Err(CliError::new(
+        3,
+        format!(
+            "{arg} is neither a member of {ws} nor invited to it; `crmkit workspaces members {ws}` lists who is"
+        ),
+    ))
+}
+
 async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
     let c = ctx.client()?;
+    let w = match w {
+        WorkspacesCmd::Use { id } => WorkspacesCmd::Use {
+            id: workspace_id(&c, &id).await?,
+        },
+        WorkspacesCmd::Members { id } => WorkspacesCmd::Members {
+            id: workspace_id(&c, &id).await?,
+        },
+        WorkspacesCmd::Invite {
+            id,
+            email,
+            role,
+            code,
+        } => WorkspacesCmd::Invite {
+            id: workspace_id(&c, &id).await?,
+            email,
+            role,
+            code,
+        },
+        WorkspacesCmd::Role {
+            id,
+            user,
+            role,
+            code,
+        } => {
+            let id = workspace_id(&c, &id).await?;
+            let user = member_ref(&c, &id, &user).await?;
+            WorkspacesCmd::Role {
+                id,
+                user,
+                role,
+                code,
+            }
+        }
+        WorkspacesCmd::Remove { id, user } => {
+            let id = workspace_id(&c, &id).await?;
+            let user = member_ref(&c, &id, &user).await?;
+            WorkspacesCmd::Remove { id, user }
+        }
+        WorkspacesCmd::Delete { id, code, yes } => WorkspacesCmd::Delete {
+            id: workspace_id(&c, &id).await?,
+            code,
+            yes,
+        },
+        other => other,
+    };
     let json_fmt = ctx.json();
     let plain = if ctx.format == Format::Table {
         Format::Text
@@ -1319,12 +1491,9 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 .await?;
             show(plain, &a.text);
         }
-        RecordCmd::Activities { id, page } => {
-            let mut pairs: Vec<(String, String)> = page
-                .limit
-                .map(|l| ("limit".to_string(), l.to_string()))
-                .into_iter()
-                .collect();
+        RecordCmd::Activities { id, when, page } => {
+            let mut pairs: Vec<(String, String)> = when.pairs().collect();
+            pairs.extend(page.limit.map(|l| ("limit".to_string(), l.to_string())));
             // A contact's log has a path of its own; a deal's is the
             // activities that name it; a company has none.
             let path = match kind {

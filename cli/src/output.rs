@@ -42,6 +42,18 @@ pub fn emit(s: &str) {
 /// Server text as a table: one row per record line (columns: handle, then
 /// every key in order of first appearance); `# ` lines follow the table.
 pub fn table(text: &str) -> String {
+    table_within(text, None)
+}
+
+/// Fewer columns a terminal has for each of a table's, on average, than
+/// this, and the table would not fit: each record is shown as a block of
+/// `key value` lines instead (like psql's expanded display), rather than as
+/// columns wrapped a few characters wide.
+const MIN_COLUMN_WIDTH: usize = 14;
+
+/// [`table`] for a terminal `width` columns wide (`None`: the terminal's own
+/// width, when there is one).
+fn table_within(text: &str, width: Option<u16>) -> String {
     let mut keys: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -62,23 +74,83 @@ pub fn table(text: &str) -> String {
         let mut t = Table::new();
         t.load_style(presets::UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic);
+        if let Some(w) = width {
+            t.set_width(w);
+        }
         if std::env::var_os("NO_COLOR").is_some() {
             t.force_no_tty();
         }
         let mut header = vec!["handle".to_string()];
         header.extend(keys.iter().cloned());
-        t.set_header(header);
-        for r in &rows {
-            let mut cells = vec![r.handle.clone()];
-            cells.extend(keys.iter().map(|k| r.get(k).unwrap_or("").to_string()));
-            t.add_row(cells);
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let mut cells = vec![r.handle.clone()];
+                cells.extend(keys.iter().map(|k| r.get(k).unwrap_or("").to_string()));
+                cells
+            })
+            .collect();
+        // Each column's widest cell, plus its padding and border.
+        let natural: usize = (0..header.len())
+            .map(|i| {
+                std::iter::once(&header[i])
+                    .chain(cells.iter().map(|row| &row[i]))
+                    .map(|c| c.lines().map(|l| l.chars().count()).max().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0)
+                    + 3
+            })
+            .sum::<usize>()
+            + 1;
+        let narrow = t
+            .width()
+            .map(usize::from)
+            .filter(|w| natural > *w && w / header.len() < MIN_COLUMN_WIDTH);
+        if narrow.is_some() {
+            out.push_str(&blocks(&header, &cells));
+        } else {
+            t.set_header(header);
+            for row in cells {
+                t.add_row(row);
+            }
+            out.push_str(&t.to_string());
+            out.push('\n');
         }
-        out.push_str(&t.to_string());
-        out.push('\n');
     }
     for n in notes {
         out.push_str(&n);
         out.push('\n');
+    }
+    out
+}
+
+/// Records as blocks: the handle, then one indented `key  value` line per
+/// field that has a value (multi-line values continue under the value),
+/// with a blank line between records.
+fn blocks(header: &[String], cells: &[Vec<String>]) -> String {
+    let key_width = header[1..]
+        .iter()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (n, row) in cells.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        out.push_str(&row[0]);
+        out.push('\n');
+        for (key, value) in header[1..].iter().zip(&row[1..]) {
+            if value.is_empty() {
+                continue;
+            }
+            let mut lines = value.lines();
+            let first = lines.next().unwrap_or("");
+            out.push_str(&format!("  {key:<key_width$}  {first}\n"));
+            for more in lines {
+                out.push_str(&format!("  {:<key_width$}  {more}\n", ""));
+            }
+        }
     }
     out
 }
@@ -112,5 +184,34 @@ mod tests {
             assert!(header.contains(col), "{t}");
         }
         assert!(t.contains("Jane Doe") && t.ends_with("# 2 contacts\n"));
+    }
+
+    const WIDE: &str = "contact/c_7k2m9q4x1d3f name=\"Jane Doe\" email=jane@acme.example stage=lead title=CTO company_id=co_p3v8n2w6za00 tags=vip,renewal\ncontact/c_0000000000zz name=Ann\n# 2 contacts\n";
+
+    #[test]
+    fn a_table_too_wide_for_a_narrow_terminal_becomes_blocks() {
+        let t = table_within(WIDE, Some(40));
+        assert_eq!(
+            t,
+            "contact/c_7k2m9q4x1d3f\n  name        Jane Doe\n  email       jane@acme.example\n  stage       lead\n  title       CTO\n  company_id  co_p3v8n2w6za00\n  tags        vip,renewal\n\ncontact/c_0000000000zz\n  name        Ann\n# 2 contacts\n"
+        );
+    }
+
+    #[test]
+    fn a_table_that_fits_or_has_room_stays_a_table() {
+        for width in [200, 120] {
+            let t = table_within(WIDE, Some(width));
+            assert!(
+                t.lines().nth(1).unwrap().contains("company_id"),
+                "{width}: {t}"
+            );
+            assert!(
+                t.lines().all(|l| l.chars().count() <= usize::from(width)),
+                "{width}: {t}"
+            );
+        }
+        // Two columns on a narrow terminal: wrapped, still a table.
+        let t = table_within("contact/c_1 name=\"Jane Doe\"\n", Some(30));
+        assert!(t.contains("handle"), "{t}");
     }
 }

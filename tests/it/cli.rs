@@ -232,6 +232,30 @@ async fn login_records_and_pipes() {
         !cli.ok(&["activities", "--kind", "note,task"])
             .contains("body=hello")
     );
+    // By when they happened: the offset's + reaches the server intact.
+    assert!(
+        cli.ok(&["activities", "--since", "2020-01-01T00:00:00+02:00"])
+            .contains("body=hello")
+    );
+    assert!(
+        !cli.ok(&["activities", "--until", "2020-01-01T00:00:00Z"])
+            .contains("body=hello")
+    );
+    let in_future = cli.ok(&[
+        "deals",
+        "activities",
+        &did,
+        "--since",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert!(!in_future.contains("on the deal"), "{in_future}");
+    let out = cli.run(&["activities", "--since", "yesterday"]);
+    assert_ne!(code_of(&out), 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("occurred_at needs a time"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cli.ok(&["reminders", "--days", "7"]);
     assert!(
         cli.ok(&["audit", "--all"])
@@ -328,6 +352,67 @@ async fn exit_codes_follow_the_contract() {
         .unwrap();
     assert_eq!(code_of(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
+
+/// Workspace commands take a workspace's name as well as its id, and a
+/// member's email as well as their handle; a name that is no one's, or
+/// that two workspaces share, is refused with what to give instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_by_name_and_members_by_email() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "names@example.com").await;
+    let made = cli.ok(&["workspaces", "create", "Team Blue"]);
+    let ws = made
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    // Exact name, then any case.
+    assert!(cli.ok(&["workspaces", "use", "team blue"]).contains(&ws));
+    let who = cli.ok(&["whoami"]);
+    assert!(who.contains(&format!("workspace=workspace/{ws}")), "{who}");
+    // A member joins; another is invited.
+    let admin = crate::cli_token(&cli.dir);
+    s.join_as_member(&admin, "mate@example.com", "mate").await;
+    cli.ok(&["workspaces", "invite", "Team Blue", "later@example.com"]);
+    let members = cli.ok(&["workspaces", "members", "Team Blue"]);
+    assert!(members.contains("mate@example.com"), "{members}");
+    assert!(members.contains("later@example.com"), "{members}");
+    // By email: the member is removed, the invite withdrawn.
+    cli.ok(&["workspaces", "remove", "Team Blue", "MATE@example.com"]);
+    cli.ok(&["workspaces", "remove", "Team Blue", "later@example.com"]);
+    let members = cli.ok(&["workspaces", "members", &ws]);
+    assert!(!members.contains("mate@example.com"), "{members}");
+    assert!(!members.contains("later@example.com"), "{members}");
+    let out = cli.run(&["workspaces", "remove", "Team Blue", "nobody@example.com"]);
+    assert_eq!(code_of(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("crmkit workspaces members"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No such name: 3, naming the workspaces there are.
+    let out = cli.run(&["workspaces", "use", "Team Red"]);
+    assert_eq!(code_of(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("\"Team Blue\"") && err.contains(&ws), "{err}");
+    // Two of that name: 2, naming both ids; the id still works.
+    let other = cli.ok(&["workspaces", "create", "team blue"]);
+    let other = other
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("workspace/")
+        .to_string();
+    let out = cli.run(&["workspaces", "use", "TEAM BLUE"]);
+    assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains(&ws) && err.contains(&other), "{err}");
+    // An exact match wins over a match that ignores case.
+    assert!(cli.ok(&["workspaces", "use", "team blue"]).contains(&other));
+    assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
