@@ -1133,51 +1133,6 @@ async fn member_ref(c: &Client, ws: &str, arg: &str) -> Result<String, CliError>
 
 async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
     let c = ctx.client()?;
-    let w = match w {
-        WorkspacesCmd::Use { id } => WorkspacesCmd::Use {
-            id: workspace_id(&c, &id).await?,
-        },
-        WorkspacesCmd::Members { id } => WorkspacesCmd::Members {
-            id: workspace_id(&c, &id).await?,
-        },
-        WorkspacesCmd::Invite {
-            id,
-            email,
-            role,
-            code,
-        } => WorkspacesCmd::Invite {
-            id: workspace_id(&c, &id).await?,
-            email,
-            role,
-            code,
-        },
-        WorkspacesCmd::Role {
-            id,
-            user,
-            role,
-            code,
-        } => {
-            let id = workspace_id(&c, &id).await?;
-            let user = member_ref(&c, &id, &user).await?;
-            WorkspacesCmd::Role {
-                id,
-                user,
-                role,
-                code,
-            }
-        }
-        WorkspacesCmd::Remove { id, user } => {
-            let id = workspace_id(&c, &id).await?;
-            let user = member_ref(&c, &id, &user).await?;
-            WorkspacesCmd::Remove { id, user }
-        }
-        WorkspacesCmd::Delete { id, code, yes } => WorkspacesCmd::Delete {
-            id: workspace_id(&c, &id).await?,
-            code,
-            yes,
-        },
-        other => other,
-    };
     let json_fmt = ctx.json();
     let plain = if ctx.format == Format::Table {
         Format::Text
@@ -1200,6 +1155,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             show(plain, &a.text);
         }
         WorkspacesCmd::Use { id } => {
+            let id = workspace_id(&c, &id).await?;
             let name = c.get("/whoami?format=json", true).await?.json()?["data"]["token_name"]
                 .as_str()
                 .unwrap_or("crmkit-cli")
@@ -1224,18 +1180,18 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 v["data"]["workspace"].as_str().unwrap_or("?")
             ));
         }
-        WorkspacesCmd::Members { id } => show(
-            ctx.format,
-            &c.get(&format!("/workspaces/{}/members", id_path(&id)), json_fmt)
-                .await?
-                .text,
-        ),
+        WorkspacesCmd::Members { id } => {
+            let id = workspace_id(&c, &id).await?;
+            let path = format!("/workspaces/{}/members", id_path(&id));
+            show(ctx.format, &c.get(&path, json_fmt).await?.text);
+        }
         WorkspacesCmd::Invite {
             id,
             email,
             role,
             code,
         } => {
+            let id = workspace_id(&c, &id).await?;
             let a = with_step_up(
                 &c,
                 Method::POST,
@@ -1253,6 +1209,8 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             role,
             code,
         } => {
+            let id = workspace_id(&c, &id).await?;
+            let user = member_ref(&c, &id, &user).await?;
             let path = format!(
                 "/workspaces/{}/members/{}/role",
                 id_path(&id),
@@ -1270,6 +1228,8 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             show(plain, &a.text);
         }
         WorkspacesCmd::Remove { id, user } => {
+            let id = workspace_id(&c, &id).await?;
+            let user = member_ref(&c, &id, &user).await?;
             // `members` lists pending invites beside members; either goes.
             let under = if user.starts_with("invite/") || user.starts_with("i_") {
                 "invites"
@@ -1289,6 +1249,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             show(plain, &a.text);
         }
         WorkspacesCmd::Delete { id, code, yes } => {
+            let id = workspace_id(&c, &id).await?;
             if !yes {
                 if !tty() {
                     return Err(CliError::human(format!(

@@ -89,6 +89,15 @@ fn code_of(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// The id of the workspace a `workspaces create` printed.
+fn created_workspace(out: &str) -> String {
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no workspace line: {out:?}"))
+        .trim_start_matches("workspace/")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_records_and_pipes() {
     let s = Server::start().await;
@@ -363,12 +372,7 @@ async fn workspaces_by_name_and_members_by_email() {
     let cli = Cli::new(&s);
     cli.login(&s, "names@example.com").await;
     let made = cli.ok(&["workspaces", "create", "Team Blue"]);
-    let ws = made
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = created_workspace(&made);
     // Exact name, then any case.
     assert!(cli.ok(&["workspaces", "use", "team blue"]).contains(&ws));
     let who = cli.ok(&["whoami"]);
@@ -400,12 +404,7 @@ async fn workspaces_by_name_and_members_by_email() {
     assert!(err.contains("\"Team Blue\"") && err.contains(&ws), "{err}");
     // Two of that name: 2, naming both ids; the id still works.
     let other = cli.ok(&["workspaces", "create", "team blue"]);
-    let other = other
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let other = created_workspace(&other);
     let out = cli.run(&["workspaces", "use", "TEAM BLUE"]);
     assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -421,12 +420,7 @@ async fn workspaces_switch_and_logout() {
     let cli = Cli::new(&s);
     cli.login(&s, "ws@example.com").await;
     let made = cli.ok(&["workspaces", "create", "Team"]);
-    let ws = made
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = created_workspace(&made);
     assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
     assert!(
         cli.ok(&["whoami"])
@@ -832,12 +826,7 @@ async fn replaced_tokens_are_revoked_and_hints_keep_the_profile() {
     assert_eq!(s.get("/whoami", &first).await.status, 401);
     // Switching workspaces revokes the token it replaces.
     let made = cli.ok(&["workspaces", "create", "Elsewhere"]);
-    let ws = made
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_start_matches("workspace/")
-        .to_string();
+    let ws = created_workspace(&made);
     let before = crate::cli_token(&cli.dir);
     cli.ok(&["workspaces", "use", &ws]);
     assert_eq!(s.get("/whoami", &before).await.status, 401);

@@ -1128,6 +1128,29 @@ async fn cleared_links_move_updated_at() {
     }
 }
 
+/// Logs an activity on contact `c`.
+async fn log_activity(s: &Server, t: &str, c: &str, body: Value) {
+    let r = s
+        .post(
+            &format!("/contacts/{c}/activities"),
+            Some(t),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// One field of each activity a JSON list at `path` answers with, in order.
+async fn activity_fields(s: &Server, t: &str, path: String, field: &str) -> Vec<String> {
+    let v = s.get(&path, t).await.json();
+    v["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}: {v}"))
+        .iter()
+        .map(|a| a[field].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Activities can be listed by when they happened: one bound or a range,
 /// offsets honoured, with the cursor bound to the range; bad conditions are
 /// 400s that name the parameter.
@@ -1137,28 +1160,16 @@ async fn activities_filter_by_when_they_happened() {
     let t = s.login("when@example.com").await;
     let c = create(&s, &t, "contacts", json!({"name": "When"})).await;
     for day in 1..=6 {
-        let body = json!({"kind": "call", "body": format!("day {day}"), "occurred_at": format!("2026-06-0{day}T12:00:00Z")});
-        let r = s
-            .post(
-                &format!("/contacts/{c}/activities"),
-                Some(&t),
-                &body.to_string(),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        let at = format!("2026-06-0{day}T12:00:00Z");
+        log_activity(
+            &s,
+            &t,
+            &c,
+            json!({"kind": "call", "body": format!("day {day}"), "occurred_at": at}),
+        )
+        .await;
     }
-    let bodies = |path: String| {
-        let (s, t) = (&s, t.clone());
-        async move {
-            let v = s.get(&path, &t).await.json();
-            v["data"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{path}: {v}"))
-                .iter()
-                .map(|a| a["body"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
-    };
+    let bodies = |path: String| activity_fields(&s, &t, path, "body");
     assert_eq!(
         bodies("/activities?occurred_at=gte:2026-06-05T00:00:00Z&format=json".into()).await,
         ["day 6", "day 5"]
@@ -1245,27 +1256,9 @@ async fn activities_filter_by_kind() {
         .enumerate()
     {
         let body = json!({"kind": kind, "body": format!("#{i}"), "occurred_at": format!("2026-06-10T09:0{i}:00Z")});
-        let r = s
-            .post(
-                &format!("/contacts/{c}/activities"),
-                Some(&t),
-                &body.to_string(),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        log_activity(&s, &t, &c, body).await;
     }
-    let kinds = |path: String| {
-        let (s, t) = (&s, t.clone());
-        async move {
-            let v = s.get(&path, &t).await.json();
-            v["data"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{v}"))
-                .iter()
-                .map(|a| a["kind"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
-    };
+    let kinds = |path: String| activity_fields(&s, &t, path, "kind");
     assert_eq!(
         kinds("/activities?kind=call&format=json".into()).await,
         ["call"; 3]
