@@ -403,6 +403,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;contacts;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
@@ -574,6 +575,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;companies;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
@@ -745,6 +747,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;deals;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
@@ -809,7 +812,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;activities' {
             [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Only this contact''s')
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Only this deal''s')
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (comma-separated)')
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')

@@ -916,12 +916,16 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__activities)
-            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --kind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --since)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1488,12 +1492,16 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__activities)
-            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --kind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --since)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2034,12 +2042,16 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__activities)
-            opts="-h --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --kind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --since)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -359,6 +359,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;contacts;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
             cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
             cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
@@ -513,6 +514,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;companies;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
             cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
             cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
@@ -667,6 +669,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;deals;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
             cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
             cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
@@ -720,7 +723,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;activities'= {
             cand --contact 'Only this contact''s'
             cand --deal 'Only this deal''s'
-            cand --kind 'Only these kinds: call, email, meeting, note, task (comma-separated)'
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
             cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
             cand --until 'Only activities before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'

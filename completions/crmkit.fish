@@ -306,6 +306,7 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
@@ -434,6 +435,7 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
@@ -562,6 +564,7 @@ json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l yes
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
@@ -595,7 +598,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l contact -d 'Only this contact\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'Only this deal\'s' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (comma-separated)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l limit -d 'At most N per page (1..200)' -r

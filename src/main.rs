@@ -115,10 +115,11 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
             };
+            let json_errors = cli.global.json;
             let run = async {
                 tokio::select! {
                     r = crmkit_cli::run(cli.global, cmd) => r,
-                    _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(130, "interrupted")),
+                    _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(130, "interrupted; a change already sent may have been made: check (e.g. list or get) before running it again")),
                 }
             };
             let result = rt.block_on(run);
@@ -132,6 +133,11 @@ fn main() -> ExitCode {
                     if e.code == 130 {
                         // Off the prompt's line.
                         eprintln!();
+                    }
+                    if json_errors {
+                        // One JSON object on stderr, as the server sent it.
+                        eprintln!("{}", e.to_json());
+                        return ExitCode::from(e.code);
                     }
                     fail(e.code, &e)
                 }

@@ -9,6 +9,8 @@ use crate::exit::{CliError, for_api};
 pub struct Client {
     pub base: String,
     pub token: Option<String>,
+    /// The sign-in command hints name (`crmkit login --profile work`).
+    pub login: String,
     http: reqwest::Client,
 }
 
@@ -25,9 +27,13 @@ impl Answer {
 }
 
 /// `error:`/`message:`/`hint:`/`allowed:` (text) or the same keys in JSON.
-fn api_error(status: u16, text: &str) -> CliError {
+/// An answer without an error code did not come from a crmkit server (a
+/// proxy, another web server, a wrong `--server` path): that is said, with
+/// exit 1, rather than read as "not found".
+fn api_error(base: &str, login: &str, status: u16, text: &str) -> CliError {
     let (mut code, mut message, mut hint) = (String::new(), String::new(), String::new());
     let mut allowed = String::new();
+    let mut body = None;
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         code = v["error"].as_str().unwrap_or("").to_string();
         message = v["message"]
@@ -43,6 +49,9 @@ fn api_error(status: u16, text: &str) -> CliError {
                 .collect::<Vec<_>>()
                 .join(", ");
         }
+        if !code.is_empty() {
+            body = Some(v);
+        }
     } else {
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("error: ") {
@@ -56,27 +65,43 @@ fn api_error(status: u16, text: &str) -> CliError {
             }
         }
     }
-    let mut out = format!("{code}: {message}");
     if code.is_empty() {
-        out = format!("the server answered {status}: {}", text.trim());
+        let shown: String = text.trim().chars().take(200).collect();
+        return CliError::new(
+            1,
+            format!(
+                "{base} answered {status} without a crmkit error, so it is not a crmkit server (or not its root URL); check --server or CRMKIT_URL. It sent: {shown}"
+            ),
+        );
     }
+    // crmkit's routes hang off the server's root: a path in the server URL
+    // makes every command a "no route".
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    if code == "not_found" && message.starts_with("no route ") && after_scheme.contains('/') {
+        return CliError::new(
+            1,
+            format!(
+                "{message}: the server URL {base} has a path, and crmkit's routes start at the server's root; set --server or CRMKIT_URL to the root (e.g. http://host:8080)"
+            ),
+        );
+    }
+    let mut out = format!("{code}: {message}");
     if !hint.is_empty() {
-        out.push_str(&format!("\nhint: {}", for_the_cli(&hint)));
+        out.push_str(&format!("\nhint: {}", for_the_cli(&hint, login)));
     }
     if !allowed.is_empty() {
         out.push_str(&format!("\nallowed: {allowed}"));
     }
-    CliError::new(for_api(status, &code), out).with_api_code(&code)
+    let mut e = CliError::new(for_api(status, &code), out).with_api_code(&code);
+    e.body = body;
+    e
 }
 
 /// The server's hints name API calls; where a command does the same, the
 /// hint names the command (`crmkit api` shows the server's words as sent).
-fn for_the_cli(hint: &str) -> String {
+/// `login` is the sign-in command of this profile.
+fn for_the_cli(hint: &str, login: &str) -> String {
     const SAME: &[(&str, &str)] = &[
-        (
-            "sign in again with POST /auth/request then POST /auth/verify",
-            "sign in again: crmkit login",
-        ),
         (
             "request a fresh one (POST /auth/request)",
             "request a fresh one (crmkit login)",
@@ -87,7 +112,7 @@ fn for_the_cli(hint: &str) -> String {
         ),
         (
             "GET /workspaces, then POST /workspaces/{id}/tokens",
-            "crmkit workspaces list, then crmkit workspaces use ID",
+            "crmkit workspaces list, then crmkit workspaces use WORKSPACE",
         ),
         (
             "GET /tokens lists your tokens and their ids",
@@ -101,10 +126,67 @@ fn for_the_cli(hint: &str) -> String {
             "GET /help lists every endpoint",
             "crmkit --help lists every command",
         ),
+        ("see GET /help", "see the manual: crmkit api GET /help"),
+        (
+            "GET /workspaces/{id}/members lists them",
+            "crmkit workspaces members WORKSPACE lists them",
+        ),
+        (
+            "POST /workspaces/{id}/members/{userId}/role {\"role\":\"admin\"}",
+            "crmkit workspaces role WORKSPACE MEMBER admin",
+        ),
+        (
+            "POST /workspaces/{id}/members/{userId}/role",
+            "crmkit workspaces role WORKSPACE MEMBER ROLE",
+        ),
+        (
+            "GET /whoami with a token for that workspace shows usage",
+            "crmkit whoami in that workspace shows usage",
+        ),
+        (
+            "send sort=FIELD (ascending) or sort=-FIELD (descending)",
+            "give --sort FIELD (ascending) or --sort -FIELD (descending)",
+        ),
+        ("send limit=", "give --limit "),
+        (
+            "fetch further pages with cursor=… from the `# next:` line (JSON: next_cursor)",
+            "fetch further pages with --cursor … from the `# next:` line, or all of them with --all",
+        ),
+        (
+            "GET /contacts?email=",
+            "crmkit contacts list --where email=",
+        ),
+        (
+            "GET /contacts lists what exists (search= finds by name)",
+            "crmkit contacts list shows what exists (--search finds by name)",
+        ),
+        (
+            "GET /companies lists what exists (search= finds by name)",
+            "crmkit companies list shows what exists (--search finds by name)",
+        ),
+        (
+            "GET /deals lists what exists (search= finds by name)",
+            "crmkit deals list shows what exists (--search finds by name)",
+        ),
     ];
-    let mut out = hint.to_string();
+    let mut out = hint.replace(
+        "sign in again with POST /auth/request then POST /auth/verify",
+        &format!("sign in again: {login}"),
+    );
     for (api, cli) in SAME {
         out = out.replace(api, cli);
+    }
+    // `send FIELD as …, or null to clear`: the CLI clears with --clear.
+    if let Some(field) = out
+        .strip_prefix("send ")
+        .and_then(|r| r.split_whitespace().next())
+        && out.ends_with("or null to clear")
+    {
+        let field = field.to_string();
+        out = out.replace(
+            "or null to clear",
+            &format!("or empty it with --clear {field}"),
+        );
     }
     out
 }
@@ -128,6 +210,7 @@ impl Client {
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
+            login: "crmkit login".to_string(),
             http,
         })
     }
@@ -143,6 +226,7 @@ impl Client {
         raw: bool,
     ) -> Result<Answer, CliError> {
         let url = format!("{}{}", self.base, path);
+        let writes = method != Method::GET;
         let mut rb = self.http.request(method, &url);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
@@ -171,13 +255,12 @@ impl Client {
             } else {
                 "request failed"
             };
-            CliError::new(
-                1,
-                format!(
-                    "{why}: {} ({e}); is `crmkit serve` running there? set --server or CRMKIT_URL",
-                    self.base
-                ),
-            )
+            let made = if writes && !e.is_connect() {
+                "; the change may have been made: check before sending it again"
+            } else {
+                "; is `crmkit serve` running there? set --server or CRMKIT_URL"
+            };
+            CliError::new(1, format!("{why}: {} ({e}){made}", self.base))
         })?;
         let status = res.status().as_u16();
         let text = res
@@ -185,7 +268,7 @@ impl Client {
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
         if status >= 400 && !raw {
-            return Err(api_error(status, &text));
+            return Err(api_error(&self.base, &self.login, status, &text));
         }
         Ok(Answer { status, text })
     }
@@ -202,6 +285,8 @@ mod tests {
     #[test]
     fn text_errors_keep_the_hint_and_map_the_exit_code() {
         let e = api_error(
+            "http://x",
+            "crmkit login",
             404,
             "error: not_found\nmessage: no contact\nhint: check the id\n",
         );
@@ -209,7 +294,48 @@ mod tests {
         assert!(
             e.message.contains("not_found: no contact") && e.message.contains("hint: check the id")
         );
-        let e = api_error(401, r#"{"error":"token_expired","message":"m","hint":"h"}"#);
+        let e = api_error(
+            "http://x",
+            "crmkit login --profile work",
+            401,
+            r#"{"error":"token_expired","message":"m","hint":"h"}"#,
+        );
         assert_eq!(e.code, 4);
+        assert_eq!(e.to_json()["error"], "token_expired");
+        // Not a crmkit answer: said so, exit 1, not "not found".
+        let e = api_error(
+            "http://x",
+            "crmkit login",
+            404,
+            "<!DOCTYPE HTML><html>nothing here</html>",
+        );
+        assert_eq!(e.code, 1);
+        assert!(e.message.contains("not a crmkit server"), "{}", e.message);
+        assert!(e.body.is_none());
+    }
+
+    #[test]
+    fn hints_name_the_commands_of_this_profile() {
+        assert_eq!(
+            for_the_cli(
+                "sign in again with POST /auth/request then POST /auth/verify",
+                "crmkit login --profile work"
+            ),
+            "sign in again: crmkit login --profile work"
+        );
+        assert_eq!(
+            for_the_cli(
+                "send follow_up_at as RFC3339, e.g. 2026-06-10T09:00:00Z, or null to clear",
+                "crmkit login"
+            ),
+            "send follow_up_at as RFC3339, e.g. 2026-06-10T09:00:00Z, or empty it with --clear follow_up_at"
+        );
+        assert_eq!(
+            for_the_cli(
+                "check the id; GET /deals lists what exists (search= finds by name)",
+                "crmkit login"
+            ),
+            "check the id; crmkit deals list shows what exists (--search finds by name)"
+        );
     }
 }

@@ -6,6 +6,9 @@
 pub struct CliError {
     pub code: u8,
     pub message: String,
+    /// The server's error object as it sent it (`error`, `message`, `hint`,
+    /// `allowed`, …), shown as is on stderr under `--json`.
+    pub body: Option<serde_json::Value>,
 }
 
 impl CliError {
@@ -13,6 +16,7 @@ impl CliError {
         CliError {
             code,
             message: message.into(),
+            body: None,
         }
     }
     pub fn usage(message: impl Into<String>) -> CliError {
@@ -23,6 +27,31 @@ impl CliError {
     }
     pub fn auth(message: impl Into<String>) -> CliError {
         CliError::new(4, message)
+    }
+}
+
+impl CliError {
+    /// The error as one JSON object for `--json`: the server's own when it
+    /// sent one, else `{"error": WHAT, "message": …}` with WHAT named after
+    /// the exit code.
+    pub fn to_json(&self) -> serde_json::Value {
+        if let Some(b) = &self.body {
+            return b.clone();
+        }
+        let what = match self.code {
+            2 => "usage",
+            3 => "not_found",
+            4 => "auth_required",
+            5 => "forbidden",
+            6 => "needs_a_human",
+            130 => "interrupted",
+            _ => "error",
+        };
+        let message = self
+            .message
+            .strip_prefix("error: ")
+            .unwrap_or(&self.message);
+        serde_json::json!({"error": what, "message": message, "exit_code": self.code})
     }
 }
 

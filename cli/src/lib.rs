@@ -112,9 +112,6 @@ pub enum Command {
         /// Only this deal's
         #[arg(long)]
         deal: Option<String>,
-        /// Only these kinds: call, email, meeting, note, task (comma-separated)
-        #[arg(long)]
-        kind: Option<String>,
         #[command(flatten)]
         when: When,
         #[command(flatten)]
@@ -253,9 +250,12 @@ pub struct Page {
     pub all: bool,
 }
 
-/// Which activities by when they happened (`occurred_at`).
+/// Which activities: by kind and by when they happened (`occurred_at`).
 #[derive(Args, Debug, Default)]
 pub struct When {
+    /// Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)
+    #[arg(long)]
+    pub kind: Vec<String>,
     /// Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
@@ -265,13 +265,26 @@ pub struct When {
 }
 
 impl When {
-    fn pairs(self) -> impl Iterator<Item = (String, String)> {
-        let since = self.since.map(|t| format!("gte:{t}"));
-        let until = self.until.map(|t| format!("lt:{t}"));
-        since
-            .into_iter()
-            .chain(until)
-            .map(|v| ("occurred_at".to_string(), v))
+    /// The query's pairs; times are checked here, so that a bad one is
+    /// refused naming its flag.
+    fn pairs(self) -> Result<Vec<(String, String)>, CliError> {
+        let mut out = Vec::new();
+        if !self.kind.is_empty() {
+            out.push(("kind".to_string(), self.kind.join(",")));
+        }
+        for (flag, op, time) in [
+            ("--since", "gte", self.since),
+            ("--until", "lt", self.until),
+        ] {
+            let Some(t) = time else { continue };
+            if crmkit_server::wire::time_fmt::parse(&t).is_err() {
+                return Err(CliError::usage(format!(
+                    "{flag} {t:?} is not a time: give RFC 3339, e.g. {flag} 2026-06-01T00:00:00Z or 2026-06-01T09:00:00+02:00"
+                )));
+            }
+            out.push(("occurred_at".to_string(), format!("{op}:{t}")));
+        }
+        Ok(out)
     }
 }
 
@@ -498,6 +511,11 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
         m.insert("tags".into(), json!(w.tag));
     }
     for f in &w.clear {
+        if let Some((flag, _, _)) = flags.iter().find(|(_, field, given)| *given && field == f) {
+            return Err(CliError::usage(format!(
+                "{flag} sets {f} and --clear {f} empties it: give one of them"
+            )));
+        }
         // Tags are cleared by an empty list; every other field by null.
         let empty = if f == "tags" { json!([]) } else { Value::Null };
         m.insert(f.clone(), empty);
@@ -578,6 +596,12 @@ fn list_query(kind: &str, a: &ListArgs) -> Result<Vec<(String, String)>, CliErro
     Ok(pairs)
 }
 
+/// Whether a typed sign-in code has the shape of one (6 digits).
+fn is_code(code: &str) -> bool {
+    let c = code.trim();
+    c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn with_query(path: &str, pairs: &[(String, String)]) -> String {
     if pairs.is_empty() {
         return path.to_string();
@@ -623,7 +647,9 @@ impl Ctx {
 
     fn client(&self) -> Result<Client, CliError> {
         let token = credentials::token(&self.global.signin())?;
-        Client::new(&self.global.server, Some(token))
+        let mut c = Client::new(&self.global.server, Some(token))?;
+        c.login = self.global.signin().login_hint();
+        Ok(c)
     }
 
     /// GET and show, following cursors with `--all`.
@@ -765,7 +791,6 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
         Command::Activities {
             contact,
             deal,
-            kind,
             when,
             page,
         } => {
@@ -777,10 +802,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             if let Some(v) = deal {
                 pairs.push(("deal".to_string(), v));
             }
-            if let Some(v) = kind {
-                pairs.push(("kind".to_string(), v));
-            }
-            pairs.extend(when.pairs());
+            pairs.extend(when.pairs()?);
             if let Some(l) = page.limit {
                 pairs.push(("limit".to_string(), l.to_string()));
             }
@@ -854,18 +876,24 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             store.name()
         );
         if ctx.json() {
-            println!(
-                "{}",
+            emit(&format!(
+                "{}\n",
                 json!({"result": "signed_in", "server": server, "profile": signin.profile,
                        "email": email, "workspace": who["data"]["workspace"], "kept_in": store.name()})
-            );
+            ));
         }
         retire(server, old.filter(|o| *o != token), Some(email)).await;
         return Ok(());
     }
     let email = match a.email {
         Some(e) => e,
-        None if tty() => prompt("Email: ").await?,
+        None if tty() => {
+            let mut email = prompt("Email: ").await?;
+            while email.trim().is_empty() {
+                email = prompt("Email (the address to mail a sign-in code to): ").await?;
+            }
+            email.trim().to_string()
+        }
         None => return Err(CliError::usage("give --email (no terminal to ask on)")),
     };
     let asked = a.code.is_none();
@@ -885,10 +913,10 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
                 let finish = format!("{} --email {email} --code CODE", signin.login_hint());
                 eprintln!("# a sign-in code was emailed to {email}; finish with: {finish}");
                 if ctx.json() {
-                    println!(
-                        "{}",
+                    emit(&format!(
+                        "{}\n",
                         json!({"result": "code_sent", "email": email, "finish_with": finish})
-                    );
+                    ));
                 }
                 return Ok(());
             }
@@ -901,6 +929,14 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             prompt(&format!("Code emailed to {email}: ")).await?
         }
     };
+    // What is not 6 digits is asked for again before it costs one of the
+    // code's tries.
+    if asked {
+        while !is_code(&code) {
+            eprintln!("# the code is the 6 digits in the email");
+            code = prompt(&format!("Code emailed to {email}: ")).await?;
+        }
+    }
     // A person who mistyped the code is asked again (the code takes 5 tries).
     let mut tries = 1;
     let v = loop {
@@ -914,6 +950,10 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
                 tries += 1;
                 eprintln!("# that code did not work");
                 code = prompt(&format!("Code emailed to {email} (try {tries} of 3): ")).await?;
+                while !is_code(&code) {
+                    eprintln!("# the code is the 6 digits in the email");
+                    code = prompt(&format!("Code emailed to {email} (try {tries} of 3): ")).await?;
+                }
             }
             Err(e) => return Err(e),
         }
@@ -934,13 +974,29 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         v["data"]["workspace"].as_str().unwrap_or("?"),
         store.name()
     );
+    if let Some(joined) = v["joined"].as_array().filter(|j| !j.is_empty()) {
+        let names: Vec<String> = joined
+            .iter()
+            .map(|j| {
+                format!(
+                    "{} as {}",
+                    j["workspace"].as_str().unwrap_or("?"),
+                    j["role"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        eprintln!(
+            "# joined {} (invites accepted); `crmkit workspaces use WORKSPACE` works there",
+            names.join(", ")
+        );
+    }
     if ctx.json() {
-        println!(
-            "{}",
+        emit(&format!(
+            "{}\n",
             json!({"result": "signed_in", "server": server, "profile": signin.profile,
                    "email": email, "workspace": v["data"]["workspace"], "joined": v["joined"],
                    "kept_in": store.name()})
-        );
+        ));
     }
     retire(server, old, Some(&email)).await;
     Ok(())
@@ -983,7 +1039,15 @@ async fn retire(server: &str, old: Option<String>, now_email: Option<&str>) {
 
 async fn logout(ctx: &Ctx) -> Result<(), CliError> {
     let signin = ctx.global.signin();
-    let c = ctx.client()?;
+    let c = match ctx.client() {
+        Ok(c) => c,
+        // Signed out already: what logout is for is done.
+        Err(e) if e.code == 4 => {
+            eprintln!("# not signed in to {signin}: nothing to sign out of");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     match c.get("/whoami?format=json", true).await {
         Ok(a) => {
             let v = a.json()?;
@@ -1099,8 +1163,15 @@ async fn workspace_id(c: &Client, arg: &str) -> Result<String, CliError> {
 
 /// A member as given on the command line: a user or invite id or handle,
 /// passed on as is, or an email address, looked up among the workspace's
-/// members first and its pending invites second.
-async fn member_ref(c: &Client, ws: &str, arg: &str) -> Result<String, CliError> {
+/// members first and, with `invites_too`, its pending invites second (a role
+/// change applies to members only: an invitee's role is set by inviting
+/// again).
+async fn member_ref(
+    c: &Client,
+    ws: &str,
+    arg: &str,
+    invites_too: bool,
+) -> Result<String, CliError> {
     if !arg.contains('@') {
         return Ok(arg.to_string());
     }
@@ -1114,12 +1185,18 @@ async fn member_ref(c: &Client, ws: &str, arg: &str) -> Result<String, CliError>
     let rows = v["data"].as_array().cloned().unwrap_or_default();
     let wanted = arg.trim().to_lowercase();
     for status in ["member", "invited"] {
-        if let Some(h) = rows.iter().find_map(|r| {
+        let found = rows.iter().find_map(|r| {
             (r["status"] == status
                 && r["email"].as_str().map(str::to_lowercase).as_deref() == Some(&wanted))
             .then(|| r["handle"].as_str())
             .flatten()
-        }) {
+        });
+        if let Some(h) = found {
+            if status == "invited" && !invites_too {
+                return Err(CliError::usage(format!(
+                    "{arg} is invited to {ws}, not yet a member; to change the invite's role, invite again: crmkit workspaces invite {ws} {arg} --role ROLE"
+                )));
+            }
             return Ok(h.to_string());
         }
     }
@@ -1152,7 +1229,21 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     false,
                 )
                 .await?;
-            show(plain, &a.text);
+            // The server's way in is a token call; the CLI's is `use`.
+            let text: String = a
+                .text
+                .lines()
+                .map(
+                    |l| match l.strip_prefix("# to work in it: POST /workspaces/") {
+                        Some(rest) => format!(
+                            "# to work in it: crmkit workspaces use {}\n",
+                            rest.split('/').next().unwrap_or("WORKSPACE")
+                        ),
+                        None => format!("{l}\n"),
+                    },
+                )
+                .collect();
+            show(plain, if json_fmt { &a.text } else { &text });
         }
         WorkspacesCmd::Use { id } => {
             let id = workspace_id(&c, &id).await?;
@@ -1175,10 +1266,15 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             store.set(&key, token).map_err(|e| CliError::new(1, e))?;
             let email = v["data"]["email"].as_str().unwrap_or("").to_string();
             retire(&ctx.global.server, old, Some(&email)).await;
-            emit(&format!(
-                "# now working in {}\n",
-                v["data"]["workspace"].as_str().unwrap_or("?")
-            ));
+            let ws = v["data"]["workspace"].as_str().unwrap_or("?");
+            if json_fmt {
+                emit(&format!(
+                    "{}\n",
+                    json!({"data": {"workspace": ws, "email": email}, "result": "switched"})
+                ));
+            } else {
+                emit(&format!("# now working in {ws}\n"));
+            }
         }
         WorkspacesCmd::Members { id } => {
             let id = workspace_id(&c, &id).await?;
@@ -1210,7 +1306,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             code,
         } => {
             let id = workspace_id(&c, &id).await?;
-            let user = member_ref(&c, &id, &user).await?;
+            let user = member_ref(&c, &id, &user, false).await?;
             let path = format!(
                 "/workspaces/{}/members/{}/role",
                 id_path(&id),
@@ -1229,7 +1325,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
         }
         WorkspacesCmd::Remove { id, user } => {
             let id = workspace_id(&c, &id).await?;
-            let user = member_ref(&c, &id, &user).await?;
+            let user = member_ref(&c, &id, &user, true).await?;
             // `members` lists pending invites beside members; either goes.
             let under = if user.starts_with("invite/") || user.starts_with("i_") {
                 "invites"
@@ -1453,7 +1549,7 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             show(plain, &a.text);
         }
         RecordCmd::Activities { id, when, page } => {
-            let mut pairs: Vec<(String, String)> = when.pairs().collect();
+            let mut pairs = when.pairs()?;
             pairs.extend(page.limit.map(|l| ("limit".to_string(), l.to_string())));
             // A contact's log has a path of its own; a deal's is the
             // activities that name it; a company has none.

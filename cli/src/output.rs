@@ -27,15 +27,18 @@ impl Format {
     }
 }
 
-/// Writes to stdout; a closed pipe is not an error (`crmkit … | head`).
+/// Writes to stdout. A closed pipe is not an error (`crmkit … | head`);
+/// any other failure to write (a full disk, a closed stdout) is, with exit
+/// 1, so that an export that did not reach its file never reports success.
 pub fn emit(s: &str) {
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(s.as_bytes())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
-        std::process::exit(0);
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("crmkit: error: cannot write the output: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -45,14 +48,11 @@ pub fn table(text: &str) -> String {
     table_within(text, None)
 }
 
-/// Fewer columns a terminal has for each of a table's, on average, than
-/// this, and the table would not fit: each record is shown as a block of
-/// `key value` lines instead (like psql's expanded display), rather than as
-/// columns wrapped a few characters wide.
-const MIN_COLUMN_WIDTH: usize = 14;
-
 /// [`table`] for a terminal `width` columns wide (`None`: the terminal's own
-/// width, when there is one).
+/// width, when there is one). A table wider than the terminal is shown as
+/// one block of `key value` lines per record instead (like psql's expanded
+/// display): wrapped cells would break ids, emails and times mid-word, and a
+/// copied id must be whole.
 fn table_within(text: &str, width: Option<u16>) -> String {
     let mut keys: Vec<String> = Vec::new();
     let mut rows = Vec::new();
@@ -102,11 +102,7 @@ fn table_within(text: &str, width: Option<u16>) -> String {
             })
             .sum::<usize>()
             + 1;
-        let narrow = t
-            .width()
-            .map(usize::from)
-            .filter(|w| natural > *w && w / header.len() < MIN_COLUMN_WIDTH);
-        if narrow.is_some() {
+        if t.width().is_some_and(|w| natural > usize::from(w)) {
             out.push_str(&blocks(&header, &cells));
         } else {
             t.set_header(header);
@@ -189,7 +185,15 @@ mod tests {
     const WIDE: &str = "contact/c_7k2m9q4x1d3f name=\"Jane Doe\" email=jane@acme.example stage=lead title=CTO company_id=co_p3v8n2w6za00 tags=vip,renewal\ncontact/c_0000000000zz name=Ann\n# 2 contacts\n";
 
     #[test]
-    fn a_table_too_wide_for_a_narrow_terminal_becomes_blocks() {
+    fn a_table_wider_than_the_terminal_becomes_blocks() {
+        // 105 columns wide: blocks at 104, a table at 105.
+        assert!(table_within(WIDE, Some(104)).starts_with("contact/c_7k2m9q4x1d3f\n  name"));
+        let t = table_within(WIDE, Some(105));
+        assert!(t.lines().nth(1).unwrap().contains("company_id"), "{t}");
+    }
+
+    #[test]
+    fn blocks_show_each_field_with_a_value() {
         let t = table_within(WIDE, Some(40));
         assert_eq!(
             t,
@@ -199,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_table_that_fits_or_has_room_stays_a_table() {
-        for width in [200, 120] {
+        for width in [200, 105] {
             let t = table_within(WIDE, Some(width));
             assert!(
                 t.lines().nth(1).unwrap().contains("company_id"),
@@ -210,7 +214,6 @@ mod tests {
                 "{width}: {t}"
             );
         }
-        // Two columns on a narrow terminal: wrapped, still a table.
         let t = table_within("contact/c_1 name=\"Jane Doe\"\n", Some(30));
         assert!(t.contains("handle"), "{t}");
     }

@@ -258,12 +258,24 @@ async fn login_records_and_pipes() {
         "2099-01-01T00:00:00Z",
     ]);
     assert!(!in_future.contains("on the deal"), "{in_future}");
+    // A bad time is refused before sending, naming the flag.
     let out = cli.run(&["activities", "--since", "yesterday"]);
-    assert_ne!(code_of(&out), 0);
+    assert_eq!(code_of(&out), 2);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("occurred_at needs a time"),
+        String::from_utf8_lossy(&out.stderr).contains("--since \"yesterday\" is not a time"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // A contact's log filters by kind too; --kind repeats.
+    let calls = cli.ok(&["contacts", "activities", &cid, "--kind", "call"]);
+    assert!(
+        calls.contains("body=hello") && !calls.contains("on the deal"),
+        "{calls}"
+    );
+    let both = cli.ok(&["activities", "--kind", "call", "--kind", "meeting"]);
+    assert!(
+        both.contains("body=hello") && both.contains("on the deal"),
+        "{both}"
     );
     cli.ok(&["reminders", "--days", "7"]);
     assert!(
@@ -361,6 +373,115 @@ async fn exit_codes_follow_the_contract() {
         .unwrap();
     assert_eq!(code_of(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
+
+/// What scripts and agents read: errors as JSON under --json, write
+/// failures and foreign servers as errors, not successes or "not found",
+/// conflicting flags refused, and hints in the CLI's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_get_errors_they_can_act_on() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "scripts@example.com").await;
+    // --json: the server's error object on stderr, nothing on stdout.
+    let out = cli.run(&["--json", "contacts", "get", "c_000000000000"]);
+    assert_eq!(code_of(&out), 3);
+    assert!(out.stdout.is_empty());
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON on stderr");
+    assert_eq!(err["error"], "not_found", "{err}");
+    assert!(err["hint"].as_str().is_some(), "{err}");
+    // A client-side refusal is JSON too.
+    let out = cli.run(&["--json", "activities", "--since", "soon"]);
+    assert_eq!(code_of(&out), 2);
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON on stderr");
+    assert_eq!(err["error"], "usage", "{err}");
+    // Without --json the hint names the CLI's command.
+    let out = cli.run(&["deals", "get", "d_000000000000"]);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        text.contains("crmkit deals list shows what exists"),
+        "{text}"
+    );
+    // A value and --clear for the same field: refused, nothing changed.
+    let made = cli.ok(&["contacts", "create", "--name", "Clear", "--title", "CEO"]);
+    let id = made.split_whitespace().next().unwrap().to_string();
+    let out = cli.run(&[
+        "contacts", "update", &id, "--clear", "title", "--title", "VP",
+    ]);
+    assert_eq!(code_of(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--title sets title and --clear title"));
+    assert!(cli.ok(&["contacts", "get", &id]).contains("title=CEO"));
+    // A failed write of the output is an error; a closed pipe is not.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = cli
+        .cmd(&["contacts", "list"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the output"));
+    // Creating a workspace says how to work in it with the CLI.
+    let made = cli.ok(&["workspaces", "create", "Scripts"]);
+    let ws = created_workspace(&made);
+    assert!(
+        made.contains(&format!("# to work in it: crmkit workspaces use {ws}")),
+        "{made}"
+    );
+    // `use --json` prints JSON on stdout.
+    let used: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--json", "workspaces", "use", &ws])).expect("JSON");
+    assert_eq!(used["data"]["workspace"], format!("workspace/{ws}"));
+    // A role change names members only; an invitee is told to re-invite.
+    cli.ok(&["workspaces", "invite", &ws, "later@example.com"]);
+    let out = cli.run(&["workspaces", "role", &ws, "later@example.com", "admin"]);
+    assert_eq!(code_of(&out), 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("crmkit workspaces invite"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A server URL with a path: said, exit 1.
+    let token = crate::cli_token(&cli.dir);
+    let out = cli
+        .cmd(&["contacts", "list"])
+        .env("CRMKIT_URL", format!("{}/api", s.base))
+        .env("CRMKIT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server's root"));
+    // Something that is not crmkit: said, exit 1, not "not found".
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in other.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let page = "<!DOCTYPE html><html>nothing here</html>";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    let out = cli
+        .cmd(&["contacts", "list"])
+        .env("CRMKIT_URL", &other_url)
+        .env("CRMKIT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a crmkit server"));
+    // Signing out twice: the second has nothing to do, and says so.
+    cli.ok(&["logout"]);
+    let out = cli.run(&["logout"]);
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed in"));
 }
 
 /// Workspace commands take a workspace's name as well as its id, and a
@@ -991,6 +1112,13 @@ def wait_for(text, secs=20):
     return text in seen
 if not wait_for(b"Code emailed"):
     print("NO PROMPT", seen); sys.exit(3)
+# Not 6 digits: asked again without a try spent.
+os.write(fd, b"123\r")
+if not wait_for(b"the code is the 6 digits"):
+    print("NOT TOLD", seen); sys.exit(5)
+seen = seen.replace(b"Code emailed", b"Code mailed")
+if not wait_for(b"Code emailed"):
+    print("NO SECOND PROMPT", seen); sys.exit(6)
 os.write(fd, b"000000\r")
 if not wait_for(b"try 2 of 3"):
     print("NOT ASKED AGAIN", seen); sys.exit(4)
