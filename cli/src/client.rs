@@ -128,6 +128,10 @@ fn for_the_cli(hint: &str, login: &str) -> String {
         ),
         ("see GET /help", "see the manual: crmkit api GET /help"),
         (
+            "is joined with POST /workspaces/{id}/tokens",
+            "is joined with crmkit workspaces use WORKSPACE",
+        ),
+        (
             "GET /workspaces/{id}/members lists them",
             "crmkit workspaces members WORKSPACE lists them",
         ),

@@ -172,7 +172,8 @@ impl QueryPairs {
 
     /// Rejects any parameter not in `allowed` (`format` and a stray step-up
     /// `code` are always allowed), naming every one and what each was
-    /// probably meant to be.
+    /// probably meant to be, and any allowed one given twice unless it is
+    /// one of [`REPEATABLE`]: a second value is never silently dropped.
     pub fn only(&self, allowed: &[&str]) -> Result<(), AppError> {
         let unknown: Vec<&str> = self
             .0
@@ -180,9 +181,35 @@ impl QueryPairs {
             .map(|(k, _)| k.as_str())
             .filter(|k| *k != "format" && *k != "code" && !allowed.contains(k))
             .collect();
-        refuse_unknown(&unknown, allowed, "query parameter", "")
+        refuse_unknown(&unknown, allowed, "query parameter", "")?;
+        for key in allowed.iter().filter(|k| !REPEATABLE.contains(k)) {
+            if self.0.iter().filter(|(k, _)| k == key).count() > 1 {
+                return Err(AppError::invalid(
+                    format!("{key} is given more than once"),
+                    format!("send {key} at most once"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `key` when given and not empty; an empty value is
+    /// refused rather than read as "not given", which would widen the
+    /// answer (an empty `contact=` listing the whole workspace's log).
+    pub fn nonempty(&self, key: &str, hint: &str) -> Result<Option<&str>, AppError> {
+        match self.get(key) {
+            Some(v) if v.trim().is_empty() => Err(AppError::invalid(
+                format!("{key}= has no value"),
+                format!("leave {key} out, or {hint}"),
+            )),
+            other => Ok(other),
+        }
     }
 }
+
+/// Query parameters that may be given more than once (each a condition,
+/// all of them applied): an activity time range is two `occurred_at`.
+const REPEATABLE: &[&str] = &["occurred_at"];
 
 /// Marks a route that takes no query parameters besides `format` (and a
 /// step-up `code`): anything else is refused with `unknown_field`, so a

@@ -1116,8 +1116,10 @@ if not wait_for(b"Code emailed"):
 os.write(fd, b"123\r")
 if not wait_for(b"the code is the 6 digits"):
     print("NOT TOLD", seen); sys.exit(5)
-seen = seen.replace(b"Code emailed", b"Code mailed")
-if not wait_for(b"Code emailed"):
+deadline = time.time() + 20
+while seen.count(b"Code emailed") < 2 and time.time() < deadline:
+    wait_for(b"\x00", 0.2)
+if seen.count(b"Code emailed") < 2:
     print("NO SECOND PROMPT", seen); sys.exit(6)
 os.write(fd, b"000000\r")
 if not wait_for(b"try 2 of 3"):

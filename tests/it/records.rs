@@ -1292,3 +1292,164 @@ async fn activities_filter_by_kind() {
         r.text
     );
 }
+
+/// Parameters that would widen or quietly narrow an answer are refused: an
+/// empty `contact=`, `deal=` or `kind=`, and a parameter given twice where
+/// only one value can apply.
+#[tokio::test]
+async fn empty_and_repeated_parameters_are_refused_not_guessed() {
+    let s = Server::start().await;
+    let t = s.login("params@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Params"})).await;
+    log_activity(&s, &t, &c, json!({"kind": "call"})).await;
+    for query in [
+        "/activities?contact=",
+        "/activities?deal=",
+        "/activities?kind=",
+        "/activities?kind=%20",
+    ] {
+        let r = s.get(query, &t).await;
+        r.assert_error(400, "invalid_request");
+        assert!(r.text.contains("has no value"), "{query}: {}", r.text);
+    }
+    let r = s.get(&format!("/contacts/{c}/activities?kind="), &t).await;
+    r.assert_error(400, "invalid_request");
+    for query in [
+        format!("/activities?contact={c}&contact={c}"),
+        "/activities?kind=call&kind=note".to_string(),
+        "/audit?limit=1&limit=2".to_string(),
+        "/reminders?days=1&days=100".to_string(),
+    ] {
+        let r = s.get(&query, &t).await;
+        r.assert_error(400, "invalid_request");
+        assert!(r.text.contains("more than once"), "{query}: {}", r.text);
+    }
+    // /reminders has no cursor, and its limit's hint does not offer one.
+    let r = s.get("/reminders?limit=201", &t).await;
+    r.assert_error(400, "invalid_request");
+    assert!(!r.text.contains("cursor="), "{}", r.text);
+    // An endpoint without parameters says so, rather than pointing to a
+    // list of them.
+    let r = s.get("/whoami?x=1", &t).await;
+    r.assert_error(400, "unknown_field");
+    assert!(r.text.contains("takes no query parameters"), "{}", r.text);
+}
+
+/// Writes that would quietly lose or distort data are refused: clearing a
+/// deal's status (which put `open` back), an activity dated far ahead or
+/// long ago (the log cannot be edited), and a custom object merged past its
+/// 64 KiB. Tags differing only in case are one tag.
+#[tokio::test]
+async fn writes_that_would_distort_data_are_refused() {
+    let s = Server::start().await;
+    let t = s.login("distort@example.com").await;
+    let d = create(&s, &t, "deals", json!({"title": "Won", "status": "won"})).await;
+    let r = s
+        .patch(&format!("/deals/{d}"), &t, r#"{"status":null}"#)
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("\"status\": \"open\""), "{}", r.text);
+    let v = s.get(&format!("/deals/{d}?format=json"), &t).await.json();
+    assert_eq!(v["data"]["status"], "won");
+
+    let c = create(&s, &t, "contacts", json!({"name": "Log"})).await;
+    let path = format!("/contacts/{c}/activities");
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    for (at, needle) in [
+        ("9999-12-31T23:59:59Z", "more than a day ahead"),
+        ("1800-01-01T00:00:00Z", "before 1900"),
+        ("2026-11-30 10:00", "leave it out (or null) for now"),
+    ] {
+        let body = json!({"kind": "call", "occurred_at": at}).to_string();
+        let r = s.post(&path, Some(&t), &body).await;
+        r.assert_error(400, "invalid_request");
+        assert!(r.text.contains(needle), "{at}: {}", r.text);
+        assert!(!r.text.contains("null to clear"), "{at}: {}", r.text);
+    }
+    let body = json!({"kind": "call", "occurred_at": soon}).to_string();
+    assert_eq!(s.post(&path, Some(&t), &body).await.status, 201);
+    let logged = activity_fields(&s, &t, format!("{path}?format=json"), "kind").await;
+    assert_eq!(logged.len(), 1, "only the plausible one is logged");
+
+    let big = "x".repeat(40 * 1024);
+    let r = s
+        .patch(
+            &format!("/contacts/{c}"),
+            &t,
+            &json!({"custom": {"a": big}}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .patch(
+            &format!("/contacts/{c}"),
+            &t,
+            &json!({"custom": {"b": big}}).to_string(),
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(r.text.contains("once merged"), "{}", r.text);
+    let v = s
+        .get(&format!("/contacts/{c}?format=json"), &t)
+        .await
+        .json();
+    assert!(
+        v["data"]["custom"].get("b").is_none(),
+        "nothing of the refused merge kept"
+    );
+    assert_eq!(
+        v["data"]["custom"]["a"].as_str().map(str::len),
+        Some(40 * 1024)
+    );
+
+    let r = s
+        .patch(
+            &format!("/contacts/{c}?format=json"),
+            &t,
+            r#"{"tags":["vip","VIP"," vip ","Renewal","renewal"]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["data"]["tags"], json!(["vip", "Renewal"]));
+}
+
+/// A delete's confirm token holds for what the user was told links to the
+/// record: a deal linked since makes it void, and the record stays.
+#[tokio::test]
+async fn a_confirm_token_lapses_when_links_change() {
+    let s = Server::start().await;
+    let t = s.login("lapse@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Linked later"})).await;
+    let r = s.delete(&format!("/contacts/{c}?format=json"), &t).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.json()["error"], "confirmation_required");
+    assert!(r.text.contains("nothing links to it"), "{}", r.text);
+    let token = r.json()["confirm"].as_str().unwrap().to_string();
+    create(&s, &t, "deals", json!({"title": "Big", "contact_id": c})).await;
+    let r = s
+        .delete(&format!("/contacts/{c}?confirm={token}"), &t)
+        .await;
+    r.assert_error(409, "confirmation_required");
+    assert!(
+        r.text.contains("has changed since that confirm token"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("1 deals link to it"), "{}", r.text);
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
+    // The fresh token, issued with the deal counted, works.
+    let fresh = s
+        .delete(&format!("/contacts/{c}?format=json"), &t)
+        .await
+        .json()["confirm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .delete(&format!("/contacts/{c}?confirm={fresh}"), &t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

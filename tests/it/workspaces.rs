@@ -1293,6 +1293,15 @@ async fn a_signed_in_invitee_joins_by_taking_a_token() {
         "{}",
         mine.text
     );
+    // Its members are not listed before joining; the 404 says how to join.
+    let r = s.get(&format!("/workspaces/{ws}/members"), &x).await;
+    r.assert_error(404, "not_found");
+    assert!(
+        r.text
+            .contains("status=invited is joined with POST /workspaces/{id}/tokens"),
+        "{}",
+        r.text
+    );
     // Not for someone else.
     s.post(&format!("/workspaces/{ws}/tokens"), Some(&outsider), "{}")
         .await
@@ -1305,9 +1314,12 @@ async fn a_signed_in_invitee_joins_by_taking_a_token() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    // The token answered is the one for that workspace: no hint to mint
+    // another.
     assert!(
-        r.text
-            .contains(&format!("# joined workspace/{ws} as member")),
+        r.text.contains(&format!(
+            "# joined workspace/{ws} as member (invited); this token works there"
+        )),
         "{}",
         r.text
     );

@@ -322,7 +322,12 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
                         "tags are joined by commas in text output: use - or _ instead",
                     ));
                 }
-                if !tags.iter().any(|x| x == s) {
+                // Tags match without regard to case, so they are kept so:
+                // the first spelling stays.
+                if !tags
+                    .iter()
+                    .any(|x: &String| x.to_lowercase() == s.to_lowercase())
+                {
                     tags.push(s.to_string());
                 }
             }
@@ -410,6 +415,20 @@ pub fn parse_changes(
     let mut out = Vec::new();
     for f in def.fields {
         if let Some(v) = body.get(f.name) {
+            // A field that always has a value (a deal's status) is not
+            // cleared by null: that would quietly put its default back.
+            if let (Value::Null, Some((_, default))) =
+                (v, def.defaults.iter().find(|(n, _)| *n == f.name))
+            {
+                return Err(bad(
+                    f.name,
+                    "cannot be cleared: it always has a value",
+                    format!(
+                        "send \"{}\": \"{default}\" to set it back, or leave it out",
+                        f.name
+                    ),
+                ));
+            }
             out.push((f, parse_value(f, v)?));
         }
     }
@@ -418,10 +437,12 @@ pub fn parse_changes(
 
 /// Applies changes to a copy of `before` (or to an empty record): `custom`
 /// merges key by key (null removes a key), everything else replaces.
+/// The merged `custom` is held to the same 64 KiB as one body's, so that
+/// repeated merges cannot grow a record without bound.
 pub fn apply(
     before: Option<&Record>,
     changes: &[(&'static FieldDef, Val)],
-) -> BTreeMap<&'static str, Val> {
+) -> Result<BTreeMap<&'static str, Val>, AppError> {
     let mut fields = before.map(|r| r.fields.clone()).unwrap_or_default();
     for (f, v) in changes {
         match (f.ty, v) {
@@ -437,6 +458,17 @@ pub fn apply(
                         merged.insert(k.clone(), val.clone());
                     }
                 }
+                let size = serde_json::to_string(&merged).map_or(usize::MAX, |s| s.len());
+                if size > MAX_CUSTOM_BYTES {
+                    return Err(bad(
+                        f.name,
+                        format!(
+                            "would be {} KiB once merged with the keys the record already has, over the 64 KiB limit",
+                            size.div_ceil(1024)
+                        ),
+                        "remove keys you no longer need (send \"KEY\": null), or store large data elsewhere and keep a link in custom",
+                    ));
+                }
                 if merged.is_empty() {
                     fields.remove(f.name);
                 } else {
@@ -451,7 +483,7 @@ pub fn apply(
             }
         }
     }
-    fields
+    Ok(fields)
 }
 
 /// Fills fields that may never be empty with their defaults.
@@ -683,7 +715,7 @@ mod tests {
             updated_at: Ts::now(),
         };
         let patch = parse_value(f, &json!({"b": null, "c": 3})).unwrap();
-        let after = apply(Some(&before), &[(f, patch)]);
+        let after = apply(Some(&before), &[(f, patch)]).unwrap();
         assert_eq!(
             after["custom"],
             Val::Json(json!({"a": 1, "c": 3}).as_object().unwrap().clone())

@@ -146,7 +146,11 @@ async fn log(
     let occurred = map
         .get("occurred_at")
         .map(|v| model::parse_value(&OCCURRED_FIELD, v))
-        .transpose()?;
+        .transpose()
+        .map_err(|mut e| {
+            e.hint = "send occurred_at as RFC3339, e.g. 2026-06-10T09:00:00Z; leave it out (or null) for now".to_owned();
+            e
+        })?;
     let deal = map
         .get("deal_id")
         .map(|v| model::parse_value(&DEAL_FIELD, v))
@@ -156,6 +160,9 @@ async fn log(
         _ => None,
     };
     let now = Ts::now();
+    if let Some(Val::Time(at)) = &occurred {
+        when_it_happened(*at, now)?;
+    }
     let a = Activity {
         id: secrets::new_id(Kind::Activity),
         kind: text(Some(kind)).unwrap_or_default(),
@@ -226,8 +233,9 @@ async fn list_all(
 ) -> AppResult<Response> {
     q.only(&["contact", "deal", "kind", "occurred_at", "limit", "cursor"])?;
     let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
-        match q.get(key) {
-            None | Some("") => Ok(None),
+        let hint = format!("send {key}= a {} id or handle", kind.name());
+        match q.nonempty(key, &hint)? {
+            None => Ok(None),
             Some(v) => parse_ref(kind, v).map(Some).map_err(|e| {
                 AppError::invalid(
                     format!("{key}: {e}"),
@@ -243,7 +251,11 @@ async fn list_all(
 
 /// `kind=call` or `kind=call,email`: the kinds to list (all when absent).
 fn kinds_of(q: &QueryPairs) -> AppResult<Vec<String>> {
-    let Some(v) = q.get("kind").filter(|v| !v.is_empty()) else {
+    let Some(v) = q.nonempty(
+        "kind",
+        "send kind= one kind or a comma-separated list, e.g. kind=call,meeting",
+    )?
+    else {
         return Ok(Vec::new());
     };
     let mut kinds: Vec<String> = Vec::new();
@@ -262,6 +274,26 @@ fn kinds_of(q: &QueryPairs) -> AppResult<Vec<String>> {
     }
     kinds.sort();
     Ok(kinds)
+}
+
+/// An activity is something that happened: its time is at most a day
+/// ahead (time zones, clocks) and not before 1900. The log cannot be edited,
+/// and a year-9999 typo would head every newest-first list for good.
+fn when_it_happened(at: Ts, now: Ts) -> AppResult<()> {
+    let latest = now.plus(std::time::Duration::from_secs(86_400));
+    if at > latest {
+        return Err(AppError::invalid(
+            format!("occurred_at {} is more than a day ahead", at.render()),
+            "an activity logs what happened: send the time it happened (or leave occurred_at out for now); for what is planned, set follow_up_at and follow_up_note on the contact or deal",
+        ));
+    }
+    if at.get().year() < 1900 {
+        return Err(AppError::invalid(
+            format!("occurred_at {} is before 1900", at.render()),
+            "send the time it happened, e.g. 2026-06-10T09:00:00Z",
+        ));
+    }
+    Ok(())
 }
 
 /// At most this many `occurred_at` conditions: a range needs two.
@@ -421,7 +453,11 @@ async fn reminders(
                 )
             })?,
     };
-    let limit = limit_of(&q)?;
+    // No cursor here: the limit's own hint must not point to one.
+    let limit = limit_of(&q).map_err(|mut e| {
+        e.hint = "send limit=200 or less; /reminders has no cursor: narrow days=, or handle the soonest first".to_owned();
+        e
+    })?;
     let now = Ts::now();
     let until = now.plus(std::time::Duration::from_secs(days as u64 * 86_400));
     let mut due = Vec::new();

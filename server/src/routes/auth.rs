@@ -334,8 +334,13 @@ pub fn token_reply(fmt: Fmt, t: &Minted, email: &str, joined: &[(String, String)
                 ))
             );
             for (ws, role) in joined {
+                let there = if *ws == t.workspace_id {
+                    "this token works there".to_owned()
+                } else {
+                    format!("to work there: POST /workspaces/{ws}/tokens")
+                };
                 out.push_str(&comment(&format!(
-                    "joined {} as {role} (invited); to work there: POST /workspaces/{ws}/tokens",
+                    "joined {} as {role} (invited); {there}",
                     handle(Kind::Workspace, ws)
                 )));
                 out.push('\n');

@@ -360,7 +360,7 @@ async fn create(
     let map = parse_object(&body, &def.body_fields())?;
     let changes = model::parse_changes(def, &map)?;
     let now = Ts::now();
-    let fields = model::with_defaults(def, model::apply(None, &changes));
+    let fields = model::with_defaults(def, model::apply(None, &changes)?);
     check_whole(def, &fields)?;
     let ws = caller.workspace_id.as_str();
     let mut fresh = Record {
@@ -439,7 +439,7 @@ async fn create(
     let before = store::find_by_key(&tx, def, ws, &key, true)
         .await?
         .ok_or_else(|| AppError::internal("upsert conflict without a matching row"))?;
-    let after_fields = model::with_defaults(def, model::apply(Some(&before), &changes));
+    let after_fields = model::with_defaults(def, model::apply(Some(&before), &changes)?);
     check_whole(def, &after_fields)?;
     let diff = model::diff(def, Some(&before.fields), &after_fields);
     let updated = if diff.is_empty() {
@@ -495,7 +495,7 @@ async fn patch(
         .await?
         .ok_or_else(|| not_found(def.kind, &id))?;
     check_refs(&tx, ws, &changes).await?;
-    let after_fields = model::with_defaults(def, model::apply(Some(&before), &changes));
+    let after_fields = model::with_defaults(def, model::apply(Some(&before), &changes)?);
     check_whole(def, &after_fields)?;
     if let Some(key) = store::unique_key(def, &after_fields)
         && store::unique_key(def, &before.fields).as_deref() != Some(key.as_str())
@@ -638,22 +638,43 @@ async fn remove(
     let record = store::get(&tx, def, ws, &id, true)
         .await?
         .ok_or_else(|| not_found(def.kind, &id))?;
+    // A confirm token is bound to what the user was told links to the
+    // record: if a deal or activity has linked to it since, the user agreed
+    // to something else, and is asked again.
+    let counts = link_counts(&tx, def.kind, ws, &id).await?;
+    let told = |counts: &[(i64, &str)]| {
+        let n: Vec<String> = counts.iter().map(|(n, _)| n.to_string()).collect();
+        format!("{target}|{}", n.join(","))
+    };
+    let bound = told(&counts);
+    let mut changed = false;
     let consumed = match &confirm {
         Some(token) if !token.is_empty() && token.len() <= 200 => {
             let res = tx
                 .execute_raw(stmt(
                     backend,
                     "DELETE FROM confirmations WHERE token_hash = ? AND workspace_id = ? AND user_id = ? AND target = ? AND expires_at > ?",
-                    vec![secrets::hash(token).into(), ws.into(), caller.user_id.clone().into(), target.clone().into(), Ts::now().into()],
+                    vec![secrets::hash(token).into(), ws.into(), caller.user_id.clone().into(), bound.clone().into(), Ts::now().into()],
                 ))
                 .await?;
+            if res.rows_affected() == 0 {
+                // Issued for this record when other things linked to it:
+                // used up, and said so.
+                let stale = tx
+                    .execute_raw(stmt(
+                        backend,
+                        "DELETE FROM confirmations WHERE token_hash = ? AND workspace_id = ? AND user_id = ? AND target LIKE ? AND expires_at > ?",
+                        vec![secrets::hash(token).into(), ws.into(), caller.user_id.clone().into(), format!("{target}|%").into(), Ts::now().into()],
+                    ))
+                    .await?;
+                changed = stale.rows_affected() > 0;
+            }
             res.rows_affected() == 1
         }
         _ => false,
     };
 
     if !consumed {
-        let counts = link_counts(&tx, def.kind, ws, &id).await?;
         let token = secrets::new_secret("cf_");
         tx.execute_raw(stmt(
             backend,
@@ -664,7 +685,7 @@ async fn remove(
         tx.execute_raw(stmt(
             backend,
             "INSERT INTO confirmations (token_hash, workspace_id, user_id, target, expires_at) VALUES (?, ?, ?, ?, ?)",
-            vec![secrets::hash(&token).into(), ws.into(), caller.user_id.clone().into(), target.clone().into(), Ts::now().plus(CONFIRM_TTL).into()],
+            vec![secrets::hash(&token).into(), ws.into(), caller.user_id.clone().into(), bound.into(), Ts::now().plus(CONFIRM_TTL).into()],
         ))
         .await?;
         tx.commit().await?;
@@ -673,7 +694,9 @@ async fn remove(
             .or(record.text("title"))
             .map(|n| format!(" ({n})"))
             .unwrap_or_default();
-        let prefix = if confirm.is_some() {
+        let prefix = if changed {
+            "what links to it has changed since that confirm token was issued, so it no longer applies; "
+        } else if confirm.is_some() {
             "that confirm token is not valid for this record (used, expired, or issued for another record or user); "
         } else {
             ""

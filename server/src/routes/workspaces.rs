@@ -48,7 +48,7 @@ fn ws_not_found(raw: &str) -> AppError {
     let shown: String = raw.chars().take(60).collect();
     AppError::not_found(
         format!("no workspace {shown:?} of yours"),
-        "GET /workspaces lists the workspaces you belong to",
+        "GET /workspaces lists the workspaces you belong to; one listed with status=invited is joined with POST /workspaces/{id}/tokens",
     )
 }
 

@@ -635,6 +635,18 @@ fn parse_filter(target: Target, value: &str) -> Result<Filter, QueryError> {
                     ),
                 ));
             }
+            // A custom number compares numerically only when it is finite:
+            // 1e400 would quietly fall back to comparing text.
+            if ty == FieldType::Custom
+                && matches!(op, Op::Gt | Op::Gte | Op::Lt | Op::Lte)
+                && operand.bytes().any(|b| b.is_ascii_digit())
+                && operand.parse::<f64>().is_ok_and(|n| !n.is_finite())
+            {
+                return Err(QueryError::invalid(
+                    format!("{name}={} is a number too large to compare", show(value)),
+                    format!("send a number within ±1.7e308, e.g. {name}=gte:100000"),
+                ));
+            }
             Operand::One(parse_scalar(&name, ty, operand)?)
         }
     };
@@ -822,6 +834,16 @@ mod tests {
     const C1: &str = "c_7k2m9q4x1d3f";
     const C2: &str = "c_0000000000zz";
     const CO: &str = "co_p3v8n2w6za00";
+
+    #[test]
+    fn custom_numbers_too_large_to_compare_are_refused() {
+        let e = err(&CONTACT, &[("custom.score", "gt:1e400")]);
+        assert!(e.message.contains("too large"), "{e:?}");
+        let f = one(&CONTACT, "custom.score", "gt:1e300");
+        assert_eq!(f.operand, Operand::One(text("1e300")));
+        // Text that merely parses as a float is still text.
+        one(&CONTACT, "custom.mood", "gt:infinity");
+    }
 
     #[test]
     fn time_conditions_outside_a_record_list() {

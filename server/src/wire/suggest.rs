@@ -58,7 +58,9 @@ pub fn unknown_hint(unknown: &[&str], allowed: &[&str], what: &str) -> String {
         .iter()
         .filter_map(|u| did_you_mean(u, allowed).map(|a| format!("{a:?} for {u:?}")))
         .collect();
-    if guesses.is_empty() {
+    if allowed.is_empty() {
+        format!("remove it; this endpoint takes no {what} (besides format=)")
+    } else if guesses.is_empty() {
         format!("remove it; `allowed` lists the {what} this endpoint takes")
     } else {
         format!(
