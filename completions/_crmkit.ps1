@@ -838,6 +838,11 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;audit' {
+            [CompletionResult]::new('--target', '--target', [CompletionResultType]::ParameterName, 'Only this record''s history: a handle or id (deal/d_…, c_…)')
+            [CompletionResult]::new('--action', '--action', [CompletionResultType]::ParameterName, 'Only these actions (deal.update) or kinds (deal); repeat or comma-separate')
+            [CompletionResult]::new('--user', '--user', [CompletionResultType]::ParameterName, 'Only what this user did (u_… or user/u_…)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only entries at or after TIME (RFC 3339)')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only entries before TIME (RFC 3339)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
             [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')

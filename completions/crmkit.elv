@@ -747,6 +747,11 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;audit'= {
+            cand --target 'Only this record''s history: a handle or id (deal/d_…, c_…)'
+            cand --action 'Only these actions (deal.update) or kinds (deal); repeat or comma-separate'
+            cand --user 'Only what this user did (u_… or user/u_…)'
+            cand --since 'Only entries at or after TIME (RFC 3339)'
+            cand --until 'Only entries before TIME (RFC 3339)'
             cand --limit 'At most N per page (1..200)'
             cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'

@@ -620,6 +620,11 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l target -d 'Only this record\'s history: a handle or id (deal/d_…, c_…)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l action -d 'Only these actions (deal.update) or kinds (deal); repeat or comma-separate' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l user -d 'Only what this user did (u_… or user/u_…)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l since -d 'Only entries at or after TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l until -d 'Only entries before TIME (RFC 3339)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l server -d 'Server URL' -r

@@ -128,6 +128,21 @@ pub enum Command {
     },
     /// The workspace audit log, newest first
     Audit {
+        /// Only this record's history: a handle or id (deal/d_…, c_…)
+        #[arg(long)]
+        target: Option<String>,
+        /// Only these actions (deal.update) or kinds (deal); repeat or comma-separate
+        #[arg(long)]
+        action: Vec<String>,
+        /// Only what this user did (u_… or user/u_…)
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries at or after TIME (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only entries before TIME (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         #[command(flatten)]
         page: Page,
     },
@@ -265,27 +280,35 @@ pub struct When {
 }
 
 impl When {
-    /// The query's pairs; times are checked here, so that a bad one is
-    /// refused naming its flag.
+    /// The query's pairs.
     fn pairs(self) -> Result<Vec<(String, String)>, CliError> {
         let mut out = Vec::new();
         if !self.kind.is_empty() {
             out.push(("kind".to_string(), self.kind.join(",")));
         }
-        for (flag, op, time) in [
-            ("--since", "gte", self.since),
-            ("--until", "lt", self.until),
-        ] {
-            let Some(t) = time else { continue };
-            if crmkit_server::wire::time_fmt::parse(&t).is_err() {
-                return Err(CliError::usage(format!(
-                    "{flag} {t:?} is not a time: give RFC 3339, e.g. {flag} 2026-06-01T00:00:00Z or 2026-06-01T09:00:00+02:00"
-                )));
-            }
-            out.push(("occurred_at".to_string(), format!("{op}:{t}")));
-        }
+        out.extend(time_range("occurred_at", self.since, self.until)?);
         Ok(out)
     }
+}
+
+/// `--since`/`--until` as `KEY=gte:…`/`KEY=lt:…`; the times are checked
+/// here, so that a bad one is refused naming its flag.
+fn time_range(
+    key: &str,
+    since: Option<String>,
+    until: Option<String>,
+) -> Result<Vec<(String, String)>, CliError> {
+    let mut out = Vec::new();
+    for (flag, op, time) in [("--since", "gte", since), ("--until", "lt", until)] {
+        let Some(t) = time else { continue };
+        if crmkit_server::wire::time_fmt::parse(&t).is_err() {
+            return Err(CliError::usage(format!(
+                "{flag} {t:?} is not a time: give RFC 3339, e.g. {flag} 2026-06-01T00:00:00Z or 2026-06-01T09:00:00+02:00"
+            )));
+        }
+        out.push((key.to_string(), format!("{op}:{t}")));
+    }
+    Ok(out)
 }
 
 #[derive(Args, Debug, Default)]
@@ -826,13 +849,27 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Audit { page } => {
+        Command::Audit {
+            target,
+            action,
+            user,
+            since,
+            until,
+            page,
+        } => {
             let c = ctx.client()?;
-            let pairs: Vec<(String, String)> = page
-                .limit
-                .map(|l| ("limit".to_string(), l.to_string()))
-                .into_iter()
-                .collect();
+            let mut pairs = Vec::new();
+            if let Some(t) = target {
+                pairs.push(("target".to_string(), t));
+            }
+            if !action.is_empty() {
+                pairs.push(("action".to_string(), action.join(",")));
+            }
+            if let Some(u) = user {
+                pairs.push(("user".to_string(), u));
+            }
+            pairs.extend(time_range("at", since, until)?);
+            pairs.extend(page.limit.map(|l| ("limit".to_string(), l.to_string())));
             ctx.list(&c, &with_query("/audit", &pairs), &page).await
         }
         Command::Api {

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::app::AppState;
+use crate::db::Ts;
 use crate::error::AppError;
+use crate::wire::query::{Op, parse_time_condition};
 
 /// A body type: its allowed field names, for `unknown_field` answers.
 pub trait BodyFields {
@@ -193,6 +195,37 @@ impl QueryPairs {
         Ok(())
     }
 
+    /// `KEY=[op:]TIME` conditions, repeatable up to [`MAX_TIME_CONDITIONS`]
+    /// (`gte:` and `lt:` make a range): the operators and the times, in UTC.
+    pub fn time_conditions(&self, key: &str) -> Result<Vec<(Op, Ts)>, AppError> {
+        let values: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if values.len() > MAX_TIME_CONDITIONS {
+            return Err(AppError::invalid(
+                format!(
+                    "{key} is given {} times; at most {MAX_TIME_CONDITIONS} are allowed",
+                    values.len()
+                ),
+                format!("a range needs two: {key}=gte:START&{key}=lt:END"),
+            ));
+        }
+        values
+            .into_iter()
+            .map(|v| {
+                parse_time_condition(key, v)
+                    .map(|(op, t)| (op, Ts::new(t)))
+                    .map_err(|e| {
+                        AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)
+                            .allowed(&e.allowed)
+                    })
+            })
+            .collect()
+    }
+
     /// The value of `key` when given and not empty; an empty value is
     /// refused rather than read as "not given", which would widen the
     /// answer (an empty `contact=` listing the whole workspace's log).
@@ -207,9 +240,13 @@ impl QueryPairs {
     }
 }
 
+/// At most this many conditions on one time: a range needs two.
+const MAX_TIME_CONDITIONS: usize = 4;
+
 /// Query parameters that may be given more than once (each a condition,
-/// all of them applied): an activity time range is two `occurred_at`.
-const REPEATABLE: &[&str] = &["occurred_at"];
+/// all of them applied): a time range is two `occurred_at` (activities) or
+/// two `at` (audit).
+const REPEATABLE: &[&str] = &["occurred_at", "at"];
 
 /// Marks a route that takes no query parameters besides `format` (and a
 /// step-up `code`): anything else is refused with `unknown_field`, so a

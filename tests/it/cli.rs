@@ -282,6 +282,25 @@ async fn login_records_and_pipes() {
         cli.ok(&["audit", "--all"])
             .contains("action=contact.create")
     );
+    // A record's history; a kind's actions; a time window.
+    let history = cli.ok(&["audit", "--target", &cid]);
+    assert!(
+        history.contains("action=contact.create") && history.contains("action=contact.update"),
+        "{history}"
+    );
+    assert!(!history.contains("action=deal.create"), "{history}");
+    let deals = cli.ok(&[
+        "audit",
+        "--action",
+        "deal",
+        "--since",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert!(
+        deals.contains("action=deal.create") && !deals.contains("action=contact."),
+        "{deals}"
+    );
+    assert_eq!(code_of(&cli.run(&["audit", "--until", "soon"])), 2);
     assert!(
         cli.ok(&["api", "GET", "/contacts?limit=1"])
             .starts_with("contact/")

@@ -1453,3 +1453,139 @@ async fn a_confirm_token_lapses_when_links_change() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// "Who changed deal X, and when": the audit log filters by target, action
+/// (or a kind's actions), user and time, with the cursor bound to the
+/// filters; a delete's entry counts the links it cleared.
+#[tokio::test]
+async fn the_audit_log_filters_by_target_action_user_and_time() {
+    let s = Server::start().await;
+    let t = s.login("history@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "History"})).await;
+    let d = create(
+        &s,
+        &t,
+        "deals",
+        json!({"title": "Renewal", "contact_id": c}),
+    )
+    .await;
+    for stage in ["proposal", "negotiation", "closing"] {
+        let body = json!({"stage": stage}).to_string();
+        assert_eq!(s.patch(&format!("/deals/{d}"), &t, &body).await.status, 200);
+    }
+    let entries = |query: String| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let v = s
+                .get(&format!("/audit?{query}&format=json"), &t)
+                .await
+                .json();
+            v["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{query}: {v}"))
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["action"].as_str().unwrap(),
+                        e["target"].as_str().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let deal = format!("deal/{d}");
+    assert_eq!(
+        entries(format!("target={deal}")).await,
+        [
+            format!("deal.update {deal}"),
+            format!("deal.update {deal}"),
+            format!("deal.update {deal}"),
+            format!("deal.create {deal}")
+        ]
+    );
+    // A bare id names its kind by its prefix.
+    assert_eq!(
+        entries(format!("target={d}&action=deal.create"))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        entries("action=contact".into()).await,
+        [format!("contact.create contact/{c}")]
+    );
+    assert_eq!(
+        entries("action=deal.create,contact.create".into())
+            .await
+            .len(),
+        2
+    );
+    let me = s.get("/whoami?format=json", &t).await.json()["data"]["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        entries(format!("user={me}&action=deal,contact"))
+            .await
+            .len(),
+        5
+    );
+    assert!(
+        entries("at=lt:2000-01-01T00:00:00Z".into())
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        entries("at=gte:2000-01-01T00:00:00Z&at=lt:2999-01-01T00:00:00Z&action=deal.update".into())
+            .await
+            .len(),
+        3
+    );
+    // Paged: the cursor serves only the same filters.
+    let r = s.get(&format!("/audit?target={deal}&limit=2"), &t).await;
+    let cursor = r.next_cursor().expect("a next page");
+    assert_eq!(
+        entries(format!("target={deal}&limit=2&cursor={cursor}"))
+            .await
+            .len(),
+        2
+    );
+    s.get(&format!("/audit?limit=2&cursor={cursor}"), &t)
+        .await
+        .assert_error(400, "invalid_request");
+    for (query, needle) in [
+        ("target=deal", "not a handle"),
+        ("target=nonsense/x_1", "not a handle"),
+        ("action=deals.update", "not an audit action"),
+        ("action=deal.", "not an audit action"),
+        ("user=c_000000000000", "user"),
+        ("at=yesterday", "at needs a time"),
+        ("target=", "has no value"),
+    ] {
+        let r = s.get(&format!("/audit?{query}"), &t).await;
+        r.assert_error(400, "invalid_request");
+        assert!(r.text.contains(needle), "{query}: {}", r.text);
+    }
+    // A delete's entry counts what it unlinked.
+    let r = s.delete(&format!("/contacts/{c}?format=json"), &t).await;
+    let token = r.json()["confirm"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.delete(&format!("/contacts/{c}?confirm={token}"), &t)
+            .await
+            .status,
+        200
+    );
+    let v = s
+        .get(
+            &format!("/audit?target=contact/{c}&action=contact.delete&format=json"),
+            &t,
+        )
+        .await
+        .json();
+    assert_eq!(
+        v["data"][0]["changes"]["links"],
+        json!([{"deals": 1}, null]),
+        "{v}"
+    );
+}

@@ -24,7 +24,7 @@ use crate::routes::records::{list_reply, not_found, noted_list_reply, path_id};
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
-use crate::wire::query::{Op, parse_limit, parse_time_condition};
+use crate::wire::query::parse_limit;
 
 pub const ACTIVITY_KINDS: &[&str] = &["call", "email", "meeting", "note", "task"];
 
@@ -296,39 +296,6 @@ fn when_it_happened(at: Ts, now: Ts) -> AppResult<()> {
     Ok(())
 }
 
-/// At most this many `occurred_at` conditions: a range needs two.
-const MAX_TIME_CONDITIONS: usize = 4;
-
-/// `occurred_at=[op:]TIME`, repeatable (`gte:` and `lt:` make a range): the
-/// SQL comparisons and the times they compare with, in UTC.
-fn occurred_of(q: &QueryPairs) -> AppResult<Vec<(Op, Ts)>> {
-    let values: Vec<&str> =
-        q.0.iter()
-            .filter(|(k, _)| k == "occurred_at")
-            .map(|(_, v)| v.as_str())
-            .collect();
-    if values.len() > MAX_TIME_CONDITIONS {
-        return Err(AppError::invalid(
-            format!(
-                "occurred_at is given {} times; at most {MAX_TIME_CONDITIONS} are allowed",
-                values.len()
-            ),
-            "a range needs two: occurred_at=gte:START&occurred_at=lt:END",
-        ));
-    }
-    values
-        .into_iter()
-        .map(|v| {
-            parse_time_condition("occurred_at", v)
-                .map(|(op, t)| (op, Ts::new(t)))
-                .map_err(|e| {
-                    AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint)
-                        .allowed(&e.allowed)
-                })
-        })
-        .collect()
-}
-
 fn limit_of(q: &QueryPairs) -> AppResult<u32> {
     match q.get("limit") {
         None => Ok(50),
@@ -347,7 +314,7 @@ async fn list_activities(
 ) -> AppResult<Response> {
     let limit = limit_of(q)?;
     let kinds = kinds_of(q)?;
-    let occurred = occurred_of(q)?;
+    let occurred = q.time_conditions("occurred_at")?;
     let ws = caller.workspace_id.as_str();
     // A cursor is bound to the filters it was made with.
     let mut scope = format!(
@@ -376,15 +343,7 @@ async fn list_activities(
         vals.extend(kinds.iter().map(|k| k.clone().into()));
     }
     for (op, at) in &occurred {
-        let cmp = match op {
-            Op::Eq => "=",
-            Op::Ne => "<>",
-            Op::Gt => ">",
-            Op::Gte => ">=",
-            Op::Lt => "<",
-            _ => "<=",
-        };
-        sql.push_str(&format!(" AND occurred_at {cmp} ?"));
+        sql.push_str(&format!(" AND occurred_at {} ?", audit::sql_cmp(*op)));
         vals.push((*at).into());
         scope.push_str(&format!("|{}:{}", op.name(), at.render()));
     }

@@ -11,16 +11,16 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::{Ts, stmt};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::extract::QueryPairs;
 use crate::negotiate::Fmt;
 use crate::query::{make_time_cursor, read_time_cursor};
 use crate::records::store::Sql;
 use crate::routes::records::list_reply;
 use crate::secrets;
-use crate::wire::handle::{Kind, handle};
+use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::LineBuilder;
-use crate::wire::query::parse_limit;
+use crate::wire::query::{Op, parse_limit};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(list))
@@ -120,7 +120,7 @@ async fn list(
     fmt: Fmt,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    q.only(&["limit", "cursor"])?;
+    q.only(&["target", "action", "user", "at", "limit", "cursor"])?;
     let limit = match q.get("limit") {
         None => 50,
         Some(v) => parse_limit(v).map_err(|e| {
@@ -135,8 +135,44 @@ async fn list(
     let ws = caller.workspace_id.as_str();
     let mut sql = "SELECT id, at, user_id, token_name, action, target, changes FROM audit WHERE workspace_id = ?".to_string();
     let mut vals: Vec<sea_orm::Value> = vec![ws.into()];
+    // A cursor is bound to the filters it was made with.
+    let mut scope = "audit".to_string();
+    if let Some(v) = q.nonempty(
+        "target",
+        "send target= a handle as the log prints it, e.g. target=deal/d_…",
+    )? {
+        let target = target_of(v)?;
+        sql.push_str(" AND target = ?");
+        scope.push_str(&format!("|target={target}"));
+        vals.push(target.into());
+    }
+    if let Some(v) = q.nonempty(
+        "action",
+        "send action= an action or a record kind, e.g. action=deal.update or action=deal",
+    )? {
+        let (clause, values) = actions_of(v)?;
+        sql.push_str(&clause);
+        scope.push_str(&format!("|action={}", values.join(",")));
+        vals.extend(values.into_iter().map(Into::into));
+    }
+    if let Some(v) = q.nonempty("user", "send user= a user id or handle, e.g. user=u_…")? {
+        let id = parse_ref(Kind::User, v).map_err(|e| {
+            AppError::invalid(
+                format!("user: {e}"),
+                "send user= a user id or handle as the log prints it, e.g. user=user/u_…",
+            )
+        })?;
+        sql.push_str(" AND user_id = ?");
+        scope.push_str(&format!("|user={id}"));
+        vals.push(id.into());
+    }
+    for (op, t) in q.time_conditions("at")? {
+        sql.push_str(&format!(" AND at {} ?", sql_cmp(op)));
+        scope.push_str(&format!("|at={}:{}", op.name(), t.render()));
+        vals.push(t.into());
+    }
     if let Some(c) = q.get("cursor") {
-        let (at, id) = read_time_cursor(&state.cursor_key, ws, "audit", c)?;
+        let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;
         sql.push_str(" AND (at < ? OR (at = ? AND id < ?))");
         vals.extend([at.into(), at.into(), id.into()]);
     }
@@ -154,7 +190,7 @@ async fn list(
     let next = if more {
         items
             .last()
-            .map(|e| make_time_cursor(&state.cursor_key, ws, "audit", e.at, &e.id))
+            .map(|e| make_time_cursor(&state.cursor_key, ws, &scope, e.at, &e.id))
     } else {
         None
     };
@@ -166,4 +202,84 @@ async fn list(
         Entry::line,
         Entry::to_json,
     ))
+}
+
+/// The record kinds and other things audit entries name, as the first part
+/// of their actions (`deal.update`) and targets (`deal/d_…`).
+const ACTION_SUBJECTS: &[&str] = &[
+    "contact",
+    "company",
+    "deal",
+    "activity",
+    "token",
+    "member",
+    "invite",
+    "workspace",
+];
+
+/// `target=`: a handle as the log prints it (`deal/d_…`), or a bare id whose
+/// prefix names its kind (`d_…`).
+fn target_of(v: &str) -> AppResult<String> {
+    let kind = match v.split_once('/') {
+        Some((name, _)) => Kind::from_name(name),
+        None => v.split_once('_').and_then(|(p, _)| Kind::from_prefix(p)),
+    };
+    let bad = || {
+        AppError::invalid(
+            format!(
+                "target {:?} is not a handle",
+                v.chars().take(60).collect::<String>()
+            ),
+            "send target= a handle as the log prints it, e.g. target=deal/d_… or target=contact/c_…",
+        )
+    };
+    let kind = kind.ok_or_else(bad)?;
+    let id = parse_ref(kind, v).map_err(|_| bad())?;
+    Ok(handle(kind, &id))
+}
+
+/// `action=`: comma-separated actions (`deal.update`) or kinds (`deal`, all
+/// of its actions). The SQL condition and its values.
+fn actions_of(v: &str) -> AppResult<(String, Vec<String>)> {
+    let mut exact = Vec::new();
+    let mut kinds = Vec::new();
+    for a in v.split(',').map(str::trim) {
+        let subject = a.split('.').next().unwrap_or("");
+        let verb_ok = match a.split_once('.') {
+            None => true,
+            Some((_, verb)) => !verb.is_empty() && verb.bytes().all(|b| b.is_ascii_lowercase()),
+        };
+        if !ACTION_SUBJECTS.contains(&subject) || !verb_ok {
+            return Err(AppError::invalid(
+                format!("action {:?} is not an audit action", a.chars().take(60).collect::<String>()),
+                "send action= actions as the log prints them (deal.update) or kinds (deal), comma-separated; the manual lists the actions",
+            )
+            .allowed(ACTION_SUBJECTS));
+        }
+        if a.contains('.') {
+            exact.push(a.to_owned());
+        } else {
+            kinds.push(format!("{a}.%"));
+        }
+    }
+    let mut parts = Vec::new();
+    if !exact.is_empty() {
+        parts.push(format!("action IN ({})", vec!["?"; exact.len()].join(", ")));
+    }
+    parts.extend(kinds.iter().map(|_| "action LIKE ?".to_owned()));
+    let clause = format!(" AND ({})", parts.join(" OR "));
+    exact.extend(kinds);
+    Ok((clause, exact))
+}
+
+/// The SQL comparison for a time condition's operator.
+pub fn sql_cmp(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Ne => "<>",
+        Op::Gt => ">",
+        Op::Gte => ">=",
+        Op::Lt => "<",
+        _ => "<=",
+    }
 }

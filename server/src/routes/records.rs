@@ -719,6 +719,7 @@ async fn remove(
 
     store::delete(&tx, def, ws, &id).await?;
     let mut cleared = Vec::new();
+    let mut unlinked = serde_json::Map::new();
     let now = Ts::now();
     for (table, col, noun) in links(def.kind) {
         // A contact or deal whose link is cleared has changed: its
@@ -741,10 +742,15 @@ async fn remove(
             .await?;
         if res.rows_affected() > 0 {
             cleared.push(format!("{} {noun}", res.rows_affected()));
+            unlinked.insert((*noun).to_owned(), json!(res.rows_affected()));
         }
     }
     store::free_slot(&tx, def.counter, ws).await?;
-    let diff = model::diff(def, Some(&record.fields), &BTreeMap::new());
+    let mut diff = model::diff(def, Some(&record.fields), &BTreeMap::new());
+    // What linked to it, and had its link cleared by this delete.
+    if !unlinked.is_empty() {
+        diff.insert("links".to_owned(), json!([unlinked, null]));
+    }
     audit::record(
         &tx,
         ws,
