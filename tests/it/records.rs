@@ -403,6 +403,12 @@ async fn reminders_show_due_follow_ups_soonest_first() {
     let lines: Vec<&str> = week.text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 2);
     assert!(lines[1].starts_with(&format!("deal/{soon} due=upcoming")));
+    // The record's own fields follow: a deal says whether it is still open.
+    assert!(
+        lines[1].contains("status=open") && lines[1].contains("title=Soon"),
+        "{}",
+        lines[1]
+    );
     assert!(!week.text.contains(&far));
     assert!(!week.text.contains("more are due"), "{}", week.text);
     // A limit that leaves some out says so (there is no cursor here).
@@ -433,6 +439,26 @@ async fn reminders_show_due_follow_ups_soonest_first() {
             .await
             .text
             .contains("# 0 reminders match")
+    );
+    // Clearing the reminder took its note with it; a note sent with the
+    // clear stays.
+    let v = s
+        .get(&format!("/contacts/{late}?format=json"), &t)
+        .await
+        .json();
+    assert_eq!(v["data"]["follow_up_note"], Value::Null, "{v}");
+    let r = s
+        .patch(
+            &format!("/deals/{soon}?format=json"),
+            &t,
+            r#"{"follow_up_at":null,"follow_up_note":"keep this"}"#,
+        )
+        .await;
+    assert_eq!(
+        r.json()["data"]["follow_up_note"],
+        "keep this",
+        "{}",
+        r.text
     );
     s.get("/reminders?days=-1", &t)
         .await

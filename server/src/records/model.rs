@@ -432,6 +432,14 @@ pub fn parse_changes(
             out.push((f, parse_value(f, v)?));
         }
     }
+    // Clearing a reminder clears its note too, unless the body sets one: a
+    // stale note would come back with the next follow_up_at.
+    if body.get("follow_up_at").is_some_and(Value::is_null)
+        && !body.contains_key("follow_up_note")
+        && let Some(note) = def.field("follow_up_note")
+    {
+        out.push((note, Val::Null));
+    }
     Ok(out)
 }
 

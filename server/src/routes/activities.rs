@@ -445,16 +445,15 @@ async fn reminders(
     due.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.record.id.cmp(&b.record.id)));
     let more = due.len() > limit as usize;
     due.truncate(limit as usize);
+    // The record's whole line (a deal's status, amount and contact say
+    // whether and whom to call), with due= after the handle.
     let line = |d: &Due| {
-        let r = &d.record;
-        let mut l = LineBuilder::new(&handle(d.def.kind, &r.id));
-        l.field("due", if d.at <= now { "overdue" } else { "upcoming" })
-            .field("follow_up_at", &d.at.render())
-            .opt("follow_up_note", r.text("follow_up_note"))
-            .opt("name", r.text("name"))
-            .opt("title", r.text("title"))
-            .opt("stage", r.text("stage"));
-        l.finish()
+        let due = if d.at <= now { "overdue" } else { "upcoming" };
+        let full = model::line(d.def, &d.record);
+        match full.split_once(' ') {
+            Some((h, rest)) => format!("{h} due={due} {rest}"),
+            None => format!("{full} due={due}"),
+        }
     };
     let to_json = |d: &Due| {
         let mut v = model::to_json(d.def, &d.record);
