@@ -173,6 +173,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -243,6 +244,16 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'crmkit;workspaces;leave' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'crmkit;workspaces;delete' {
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'code')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
@@ -262,6 +273,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -285,6 +297,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;workspaces;help;remove' {
+            break
+        }
+        'crmkit;workspaces;help;leave' {
             break
         }
         'crmkit;workspaces;help;delete' {
@@ -1056,6 +1071,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             break
         }
@@ -1078,6 +1094,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;workspaces;remove' {
+            break
+        }
+        'crmkit;help;workspaces;leave' {
             break
         }
         'crmkit;help;workspaces;delete' {

@@ -388,6 +388,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__workspaces,invite)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__invite"
                 ;;
+            crmkit__subcmd__help__subcmd__workspaces,leave)
+                cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__leave"
+                ;;
             crmkit__subcmd__help__subcmd__workspaces,list)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__list"
                 ;;
@@ -433,6 +436,9 @@ _crmkit() {
             crmkit__subcmd__workspaces,invite)
                 cmd="crmkit__subcmd__workspaces__subcmd__invite"
                 ;;
+            crmkit__subcmd__workspaces,leave)
+                cmd="crmkit__subcmd__workspaces__subcmd__leave"
+                ;;
             crmkit__subcmd__workspaces,list)
                 cmd="crmkit__subcmd__workspaces__subcmd__list"
                 ;;
@@ -459,6 +465,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,invite)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__invite"
+                ;;
+            crmkit__subcmd__workspaces__subcmd__help,leave)
+                cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__leave"
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,list)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__list"
@@ -3216,7 +3225,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces)
-            opts="list create use members invite role remove delete"
+            opts="list create use members invite role remove leave delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3258,6 +3267,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__workspaces__subcmd__leave)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -3856,7 +3879,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces)
-            opts="-h --server --profile --json --format --help list create use members invite role remove delete help"
+            opts="-h --server --profile --json --format --help list create use members invite role remove leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3938,7 +3961,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help)
-            opts="list create use members invite role remove delete help"
+            opts="list create use members invite role remove leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3994,6 +4017,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__help__subcmd__leave)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4092,6 +4129,32 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__leave)
+            opts="-h --yes --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -154,6 +154,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -216,6 +217,15 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'crmkit;workspaces;leave'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'crmkit;workspaces;delete'= {
             cand --code 'code'
             cand --server 'Server URL'
@@ -234,6 +244,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -250,6 +261,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;help;role'= {
         }
         &'crmkit;workspaces;help;remove'= {
+        }
+        &'crmkit;workspaces;help;leave'= {
         }
         &'crmkit;workspaces;help;delete'= {
         }
@@ -944,6 +957,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
         }
         &'crmkit;help;workspaces;list'= {
@@ -959,6 +973,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;workspaces;role'= {
         }
         &'crmkit;help;workspaces;remove'= {
+        }
+        &'crmkit;help;workspaces;leave'= {
         }
         &'crmkit;help;workspaces;delete'= {
         }

@@ -241,6 +241,13 @@ pub enum WorkspacesCmd {
         #[arg(value_name = "MEMBER")]
         user: String,
     },
+    /// Leave a workspace you are a member of (an admin re-invites you to come back)
+    Leave {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+        #[arg(long)]
+        yes: bool,
+    },
     /// Delete a workspace and all its data (needs the emailed code)
     Delete {
         #[arg(value_name = "WORKSPACE")]
@@ -1381,6 +1388,45 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .await?;
             show(plain, &a.text);
         }
+        WorkspacesCmd::Leave { id, yes } => {
+            let id = workspace_id(&c, &id).await?;
+            if !yes {
+                if !tty() {
+                    return Err(CliError::human(format!(
+                        "leaving {id} ends your access to it until an admin invites you again; add --yes to confirm"
+                    )));
+                }
+                if !prompt(&format!("Leave workspace {id}? [y/N] "))
+                    .await?
+                    .eq_ignore_ascii_case("y")
+                {
+                    eprintln!("# not left");
+                    return Ok(());
+                }
+            }
+            let me = c.get("/whoami?format=json", true).await?.json()?["data"]["handle"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            // Leaving the workspace this sign-in acts in revokes its token:
+            // one for another workspace is minted first, as for a delete.
+            let spare = spare_token(&c, &id).await?;
+            let path = format!("/workspaces/{}/members/{}", id_path(&id), id_path(&me));
+            let a = match c
+                .send(Method::DELETE, &path, None, json_fmt, &[], false)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some((token, _)) = spare {
+                        retire(&ctx.global.server, Some(token), None).await;
+                    }
+                    return Err(e);
+                }
+            };
+            show(plain, &a.text);
+            keep_spare(ctx, spare)?;
+        }
         WorkspacesCmd::Delete { id, code, yes } => {
             let id = workspace_id(&c, &id).await?;
             if !yes {
@@ -1425,14 +1471,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 }
             };
             show(plain, &a.text);
-            if let Some((token, ws)) = spare
-                && std::env::var("CRMKIT_TOKEN").is_err()
-            {
-                credentials::store()?
-                    .set(&ctx.global.signin().key(), &token)
-                    .map_err(|e| CliError::new(1, e))?;
-                eprintln!("# now working in {ws}");
-            }
+            keep_spare(ctx, spare)?;
         }
     }
     Ok(())
@@ -1455,6 +1494,20 @@ async fn mint_in(c: &Client, id: &str, name: &str) -> Result<Value, CliError> {
 /// When the sign-in acts in workspace `id`: a fresh token (and its
 /// workspace's handle) for another workspace of the user's, the personal one
 /// first; `None` when it acts elsewhere or there is no other.
+/// After the sign-in's own workspace is gone (deleted, or left), the spare
+/// token minted beforehand becomes the sign-in's (unless CRMKIT_TOKEN rules).
+fn keep_spare(ctx: &Ctx, spare: Option<(String, String)>) -> Result<(), CliError> {
+    if let Some((token, ws)) = spare
+        && std::env::var("CRMKIT_TOKEN").is_err()
+    {
+        credentials::store()?
+            .set(&ctx.global.signin().key(), &token)
+            .map_err(|e| CliError::new(1, e))?;
+        eprintln!("# now working in {ws}");
+    }
+    Ok(())
+}
+
 async fn spare_token(c: &Client, id: &str) -> Result<Option<(String, String)>, CliError> {
     let bare = |w: &str| w.strip_prefix("workspace/").unwrap_or(w).to_string();
     let who = c.get("/whoami?format=json", true).await?.json()?;

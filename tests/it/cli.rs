@@ -554,6 +554,50 @@ async fn workspaces_by_name_and_members_by_email() {
     assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
 }
 
+/// Leaving the workspace the CLI works in moves it to another, like a
+/// delete; without --yes a script is told to add it (exit 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_a_workspace_moves_the_cli_elsewhere() {
+    let s = Server::start().await;
+    let admin = s.login("lead@example.com").await;
+    let r = s
+        .post(
+            "/workspaces?format=json",
+            Some(&admin),
+            r#"{"name":"Crew"}"#,
+        )
+        .await;
+    let crew = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .post(
+            &format!("/workspaces/{crew}/invites"),
+            Some(&admin),
+            r#"{"email":"hand@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let cli = Cli::new(&s);
+    cli.login(&s, "hand@example.com").await;
+    assert!(cli.ok(&["workspaces", "use", "Crew"]).contains(&crew));
+    let out = cli.run(&["workspaces", "leave", "Crew"]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli.run(&["workspaces", "leave", "Crew", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("# you left workspace/{crew}")));
+    assert!(err.contains("# now working in workspace/"), "{err}");
+    let who = cli.ok(&["whoami"]);
+    assert!(
+        !who.contains(&crew) && who.contains("email=hand@example.com"),
+        "{who}"
+    );
+    let members = s
+        .get(&format!("/workspaces/{crew}/members"), &admin)
+        .await
+        .text;
+    assert!(!members.contains("hand@example.com"), "{members}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspaces_switch_and_logout() {
     let s = Server::start().await;

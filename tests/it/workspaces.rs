@@ -159,7 +159,9 @@ async fn members_cannot_do_admin_work_and_trigger_no_mail_r07() {
             .status,
         201
     );
-    // The last admin can neither be demoted nor removed.
+    // The last admin can neither be demoted nor removed (here the workspace
+    // is also the admin's personal one, which is never left; a team
+    // workspace's last admin: `a_member_can_leave_a_workspace`).
     s.post(
         &format!("/workspaces/{ws}/members/{a_id}/role"),
         Some(&a),
@@ -169,7 +171,7 @@ async fn members_cannot_do_admin_work_and_trigger_no_mail_r07() {
     .assert_error(409, "last_admin");
     s.delete(&format!("/workspaces/{ws}/members/{a_id}"), &a)
         .await
-        .assert_error(409, "last_admin");
+        .assert_error(409, "conflict");
 }
 
 #[tokio::test]
@@ -1356,4 +1358,56 @@ async fn a_signed_in_invitee_joins_by_taking_a_token() {
             .await
             .contains(&"member.join".to_string())
     );
+}
+
+/// A member may leave a workspace without an admin: their tokens for it die
+/// at once, the audit says member.leave, and an admin can invite them back.
+/// Leaving another member out is still admin work; the last admin cannot
+/// leave, nor can anyone leave their personal workspace.
+#[tokio::test]
+async fn a_member_can_leave_a_workspace() {
+    let s = Server::start().await;
+    let (a, m, m_personal, ws) = team(&s).await;
+    let me = user_of(&s, &m).await;
+    let admin = user_of(&s, &a).await;
+    // Removing someone else still takes an admin.
+    s.delete(&format!("/workspaces/{ws}/members/{admin}"), &m)
+        .await
+        .assert_error(403, "admin_required");
+    // Not one's personal workspace.
+    let personal = ws_of(&s, &m_personal).await;
+    let r = s
+        .delete(
+            &format!("/workspaces/{personal}/members/user/{me}"),
+            &m_personal,
+        )
+        .await;
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains("personal workspace"), "{}", r.text);
+    // Leaving, with the token for that workspace.
+    let r = s
+        .delete(&format!("/workspaces/{ws}/members/{me}"), &m)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains(&format!("# you left workspace/{ws}")),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("this one included"), "{}", r.text);
+    assert_eq!(s.get("/whoami", &m).await.status, 401);
+    let members = s.get(&format!("/workspaces/{ws}/members"), &a).await.text;
+    assert!(!members.contains("member@example.com"), "{members}");
+    let audit = s.get("/audit?action=member.leave", &a).await.text;
+    assert!(audit.contains(&format!("target=user/{me}")), "{audit}");
+    // The last admin cannot leave (a team workspace: the admin's first is
+    // their personal one).
+    let r = s
+        .post("/workspaces?format=json", Some(&a), r#"{"name":"Team"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let team_ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    s.delete(&format!("/workspaces/{team_ws}/members/{admin}"), &a)
+        .await
+        .assert_error(409, "last_admin");
 }

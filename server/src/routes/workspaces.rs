@@ -843,10 +843,34 @@ async fn remove_member(
     fmt: Fmt,
     PathIds(ids): PathIds,
 ) -> AppResult<Response> {
-    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    // Anyone may leave (remove themself); removing another takes an admin.
+    let raw_user = ids.get(1).map(String::as_str).unwrap_or("");
+    let leaving = parse_ref(Kind::User, raw_user).is_ok_and(|u| u == caller.user_id);
+    let ws = if leaving {
+        membership(&state, &caller, &ids[0]).await?.0
+    } else {
+        require_admin(&state, &caller, &ids[0]).await?
+    };
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
-    let (uid, role) = member_role(&tx, &ws, ids.get(1).map(String::as_str).unwrap_or("")).await?;
+    let (uid, role) = member_role(&tx, &ws, raw_user).await?;
+    if leaving {
+        let personal = tx
+            .query_one_raw(stmt(
+                backend,
+                "SELECT 1 AS one FROM workspaces WHERE id = ? AND personal_of = ?",
+                vec![ws.clone().into(), uid.clone().into()],
+            ))
+            .await?;
+        if personal.is_some() {
+            return Err(AppError::new(
+                "conflict",
+                StatusCode::CONFLICT,
+                "your personal workspace cannot be left: a sign-in always has it to land in",
+                "to end its data, delete it (DELETE /workspaces/{id} with the emailed code); it is made again, empty, at your next sign-in",
+            ));
+        }
+    }
     if role == "admin" && other_admins(&tx, &ws, &uid).await? == 0 {
         return Err(last_admin());
     }
@@ -870,7 +894,11 @@ async fn remove_member(
         &ws,
         &caller.user_id,
         &caller.token_name,
-        "member.remove",
+        if leaving {
+            "member.leave"
+        } else {
+            "member.remove"
+        },
         &handle(Kind::User, &uid),
         Some(json!({"role": [role, null]})),
     )
@@ -882,11 +910,23 @@ async fn remove_member(
     Ok(fmt.reply(
         StatusCode::OK,
         || {
-            format!(
-                "{}\n{}\n",
-                comment(&format!("removed {h}")),
-                comment(&format!("{n} of their tokens for this workspace revoked"))
-            )
+            if leaving {
+                format!(
+                    "{}\n{}\n",
+                    comment(&format!("you left {}", handle(Kind::Workspace, &ws))),
+                    comment(&if ws == caller.workspace_id {
+                        format!("{n} of your tokens for it revoked, this one included: continue with a token for another workspace, or sign in again")
+                    } else {
+                        format!("{n} of your tokens for it revoked")
+                    })
+                )
+            } else {
+                format!(
+                    "{}\n{}\n",
+                    comment(&format!("removed {h}")),
+                    comment(&format!("{n} of their tokens for this workspace revoked"))
+                )
+            }
         },
         || json!({"data": {"handle": h, "id": uid, "tokens_revoked": n}, "result": "deleted"}),
     ))
