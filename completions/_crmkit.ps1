@@ -35,9 +35,6 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('auth', 'auth', [CompletionResultType]::ParameterValue, 'Token helpers')
             [CompletionResult]::new('tokens', 'tokens', [CompletionResultType]::ParameterValue, 'Your sessions')
             [CompletionResult]::new('workspaces', 'workspaces', [CompletionResultType]::ParameterValue, 'Workspaces, members, invites and roles')
-            [CompletionResult]::new('contacts', 'contacts', [CompletionResultType]::ParameterValue, 'Contacts (people)')
-            [CompletionResult]::new('companies', 'companies', [CompletionResultType]::ParameterValue, 'Companies')
-            [CompletionResult]::new('deals', 'deals', [CompletionResultType]::ParameterValue, 'Deals')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Recent activities')
             [CompletionResult]::new('reminders', 'reminders', [CompletionResultType]::ParameterValue, 'Contacts and deals whose follow-up is due')
             [CompletionResult]::new('audit', 'audit', [CompletionResultType]::ParameterValue, 'The workspace audit log, newest first')
@@ -48,6 +45,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Apply pending database migrations (serve also does this at start)')
             [CompletionResult]::new('migrate-data', 'migrate-data', [CompletionResultType]::ParameterValue, 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)')
             [CompletionResult]::new('admin', 'admin', [CompletionResultType]::ParameterValue, 'Operator commands that act on the database directly')
+            [CompletionResult]::new('contacts', 'contacts', [CompletionResultType]::ParameterValue, 'Contacts (people)')
+            [CompletionResult]::new('companies', 'companies', [CompletionResultType]::ParameterValue, 'Companies')
+            [CompletionResult]::new('deals', 'deals', [CompletionResultType]::ParameterValue, 'Deals')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -308,522 +308,6 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;workspaces;help;help' {
             break
         }
-        'crmkit;contacts' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;contacts;list' {
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
-            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
-            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;get' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;create' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;update' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;delete' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;activities' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
-            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
-            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;log' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
-            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
-            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
-            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;contacts;help' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;contacts;help;list' {
-            break
-        }
-        'crmkit;contacts;help;get' {
-            break
-        }
-        'crmkit;contacts;help;create' {
-            break
-        }
-        'crmkit;contacts;help;update' {
-            break
-        }
-        'crmkit;contacts;help;delete' {
-            break
-        }
-        'crmkit;contacts;help;activities' {
-            break
-        }
-        'crmkit;contacts;help;log' {
-            break
-        }
-        'crmkit;contacts;help;help' {
-            break
-        }
-        'crmkit;companies' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;companies;list' {
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
-            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
-            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;get' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;create' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;update' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;delete' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;activities' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
-            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
-            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;log' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
-            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
-            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
-            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;companies;help' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;companies;help;list' {
-            break
-        }
-        'crmkit;companies;help;get' {
-            break
-        }
-        'crmkit;companies;help;create' {
-            break
-        }
-        'crmkit;companies;help;update' {
-            break
-        }
-        'crmkit;companies;help;delete' {
-            break
-        }
-        'crmkit;companies;help;activities' {
-            break
-        }
-        'crmkit;companies;help;log' {
-            break
-        }
-        'crmkit;companies;help;help' {
-            break
-        }
-        'crmkit;deals' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;deals;list' {
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
-            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
-            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;get' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;create' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;update' {
-            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
-            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
-            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
-            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
-            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
-            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
-            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
-            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
-            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
-            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
-            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
-            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
-            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
-            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
-            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
-            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
-            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
-            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;delete' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;activities' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
-            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
-            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
-            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;log' {
-            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
-            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
-            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
-            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
-            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
-            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            break
-        }
-        'crmkit;deals;help' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
-            break
-        }
-        'crmkit;deals;help;list' {
-            break
-        }
-        'crmkit;deals;help;get' {
-            break
-        }
-        'crmkit;deals;help;create' {
-            break
-        }
-        'crmkit;deals;help;update' {
-            break
-        }
-        'crmkit;deals;help;delete' {
-            break
-        }
-        'crmkit;deals;help;activities' {
-            break
-        }
-        'crmkit;deals;help;log' {
-            break
-        }
-        'crmkit;deals;help;help' {
-            break
-        }
         'crmkit;activities' {
             [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Only this contact''s')
             [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Only this deal''s')
@@ -1013,6 +497,522 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;admin;help;help' {
             break
         }
+        'crmkit;contacts' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;contacts;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;delete' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;log' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
+            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
+            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
+            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;create' {
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;update' {
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;list' {
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''stage=in:lead,customer'' (repeatable; the manual: crmkit api GET /help)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;help' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;contacts;help;get' {
+            break
+        }
+        'crmkit;contacts;help;delete' {
+            break
+        }
+        'crmkit;contacts;help;activities' {
+            break
+        }
+        'crmkit;contacts;help;log' {
+            break
+        }
+        'crmkit;contacts;help;create' {
+            break
+        }
+        'crmkit;contacts;help;update' {
+            break
+        }
+        'crmkit;contacts;help;list' {
+            break
+        }
+        'crmkit;contacts;help;help' {
+            break
+        }
+        'crmkit;companies' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;companies;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;delete' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;create' {
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;update' {
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;list' {
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''domain=acme.com'' (repeatable; the manual: crmkit api GET /help)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;log' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
+            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
+            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
+            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;help' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;companies;help;get' {
+            break
+        }
+        'crmkit;companies;help;delete' {
+            break
+        }
+        'crmkit;companies;help;create' {
+            break
+        }
+        'crmkit;companies;help;update' {
+            break
+        }
+        'crmkit;companies;help;list' {
+            break
+        }
+        'crmkit;companies;help;activities' {
+            break
+        }
+        'crmkit;companies;help;log' {
+            break
+        }
+        'crmkit;companies;help;help' {
+            break
+        }
+        'crmkit;deals' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;deals;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;delete' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'yes')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;activities' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)')
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Only activities before TIME (RFC 3339)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;create' {
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;update' {
+            [CompletionResult]::new('--title', '--title', [CompletionResultType]::ParameterName, 'Job title (contacts) or deal title')
+            [CompletionResult]::new('--company', '--company', [CompletionResultType]::ParameterName, 'Company id or handle')
+            [CompletionResult]::new('--contact', '--contact', [CompletionResultType]::ParameterName, 'Contact id or handle (deals)')
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--amount-cents', '--amount-cents', [CompletionResultType]::ParameterName, 'amount-cents')
+            [CompletionResult]::new('--currency', '--currency', [CompletionResultType]::ParameterName, 'currency')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Tag (repeatable; replaces the tags)')
+            [CompletionResult]::new('--custom', '--custom', [CompletionResultType]::ParameterName, 'key=value (repeatable; JSON values allowed)')
+            [CompletionResult]::new('--follow-up', '--follow-up', [CompletionResultType]::ParameterName, 'Follow-up time, RFC3339')
+            [CompletionResult]::new('--note', '--note', [CompletionResultType]::ParameterName, 'Follow-up note')
+            [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'The whole body as JSON, @file.json or - for stdin (flags override it)')
+            [CompletionResult]::new('--clear', '--clear', [CompletionResultType]::ParameterName, 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'name')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--phone', '--phone', [CompletionResultType]::ParameterName, 'phone')
+            [CompletionResult]::new('--domain', '--domain', [CompletionResultType]::ParameterName, 'domain')
+            [CompletionResult]::new('--industry', '--industry', [CompletionResultType]::ParameterName, 'industry')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;list' {
+            [CompletionResult]::new('--stage', '--stage', [CompletionResultType]::ParameterName, 'stage')
+            [CompletionResult]::new('--tag', '--tag', [CompletionResultType]::ParameterName, 'Has this tag (repeatable: all of them)')
+            [CompletionResult]::new('--status', '--status', [CompletionResultType]::ParameterName, 'status')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--sort', '--sort', [CompletionResultType]::ParameterName, 'field or -field')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
+            [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'email')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable; the manual: crmkit api GET /help)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;log' {
+            [CompletionResult]::new('--kind', '--kind', [CompletionResultType]::ParameterName, 'call, email, meeting, note or task')
+            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'body')
+            [CompletionResult]::new('--deal', '--deal', [CompletionResultType]::ParameterName, 'Deal id or handle')
+            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'When it happened, RFC3339 (default now)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;help' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;deals;help;get' {
+            break
+        }
+        'crmkit;deals;help;delete' {
+            break
+        }
+        'crmkit;deals;help;activities' {
+            break
+        }
+        'crmkit;deals;help;create' {
+            break
+        }
+        'crmkit;deals;help;update' {
+            break
+        }
+        'crmkit;deals;help;list' {
+            break
+        }
+        'crmkit;deals;help;log' {
+            break
+        }
+        'crmkit;deals;help;help' {
+            break
+        }
         'crmkit;help' {
             [CompletionResult]::new('login', 'login', [CompletionResultType]::ParameterValue, 'Sign in by emailed code and store the token')
             [CompletionResult]::new('logout', 'logout', [CompletionResultType]::ParameterValue, 'Revoke this session''s token on the server and forget it here')
@@ -1020,9 +1020,6 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('auth', 'auth', [CompletionResultType]::ParameterValue, 'Token helpers')
             [CompletionResult]::new('tokens', 'tokens', [CompletionResultType]::ParameterValue, 'Your sessions')
             [CompletionResult]::new('workspaces', 'workspaces', [CompletionResultType]::ParameterValue, 'Workspaces, members, invites and roles')
-            [CompletionResult]::new('contacts', 'contacts', [CompletionResultType]::ParameterValue, 'Contacts (people)')
-            [CompletionResult]::new('companies', 'companies', [CompletionResultType]::ParameterValue, 'Companies')
-            [CompletionResult]::new('deals', 'deals', [CompletionResultType]::ParameterValue, 'Deals')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Recent activities')
             [CompletionResult]::new('reminders', 'reminders', [CompletionResultType]::ParameterValue, 'Contacts and deals whose follow-up is due')
             [CompletionResult]::new('audit', 'audit', [CompletionResultType]::ParameterValue, 'The workspace audit log, newest first')
@@ -1033,6 +1030,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Apply pending database migrations (serve also does this at start)')
             [CompletionResult]::new('migrate-data', 'migrate-data', [CompletionResultType]::ParameterValue, 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)')
             [CompletionResult]::new('admin', 'admin', [CompletionResultType]::ParameterValue, 'Operator commands that act on the database directly')
+            [CompletionResult]::new('contacts', 'contacts', [CompletionResultType]::ParameterValue, 'Contacts (people)')
+            [CompletionResult]::new('companies', 'companies', [CompletionResultType]::ParameterValue, 'Companies')
+            [CompletionResult]::new('deals', 'deals', [CompletionResultType]::ParameterValue, 'Deals')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -1102,99 +1102,6 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;help;workspaces;delete' {
             break
         }
-        'crmkit;help;contacts' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            break
-        }
-        'crmkit;help;contacts;list' {
-            break
-        }
-        'crmkit;help;contacts;get' {
-            break
-        }
-        'crmkit;help;contacts;create' {
-            break
-        }
-        'crmkit;help;contacts;update' {
-            break
-        }
-        'crmkit;help;contacts;delete' {
-            break
-        }
-        'crmkit;help;contacts;activities' {
-            break
-        }
-        'crmkit;help;contacts;log' {
-            break
-        }
-        'crmkit;help;companies' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            break
-        }
-        'crmkit;help;companies;list' {
-            break
-        }
-        'crmkit;help;companies;get' {
-            break
-        }
-        'crmkit;help;companies;create' {
-            break
-        }
-        'crmkit;help;companies;update' {
-            break
-        }
-        'crmkit;help;companies;delete' {
-            break
-        }
-        'crmkit;help;companies;activities' {
-            break
-        }
-        'crmkit;help;companies;log' {
-            break
-        }
-        'crmkit;help;deals' {
-            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
-            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
-            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
-            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
-            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
-            break
-        }
-        'crmkit;help;deals;list' {
-            break
-        }
-        'crmkit;help;deals;get' {
-            break
-        }
-        'crmkit;help;deals;create' {
-            break
-        }
-        'crmkit;help;deals;update' {
-            break
-        }
-        'crmkit;help;deals;delete' {
-            break
-        }
-        'crmkit;help;deals;activities' {
-            break
-        }
-        'crmkit;help;deals;log' {
-            break
-        }
         'crmkit;help;activities' {
             break
         }
@@ -1227,6 +1134,99 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;admin;set-plan' {
+            break
+        }
+        'crmkit;help;contacts' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            break
+        }
+        'crmkit;help;contacts;get' {
+            break
+        }
+        'crmkit;help;contacts;delete' {
+            break
+        }
+        'crmkit;help;contacts;activities' {
+            break
+        }
+        'crmkit;help;contacts;log' {
+            break
+        }
+        'crmkit;help;contacts;create' {
+            break
+        }
+        'crmkit;help;contacts;update' {
+            break
+        }
+        'crmkit;help;contacts;list' {
+            break
+        }
+        'crmkit;help;companies' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            break
+        }
+        'crmkit;help;companies;get' {
+            break
+        }
+        'crmkit;help;companies;delete' {
+            break
+        }
+        'crmkit;help;companies;create' {
+            break
+        }
+        'crmkit;help;companies;update' {
+            break
+        }
+        'crmkit;help;companies;list' {
+            break
+        }
+        'crmkit;help;companies;activities' {
+            break
+        }
+        'crmkit;help;companies;log' {
+            break
+        }
+        'crmkit;help;deals' {
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
+            [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
+            [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
+            [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
+            [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            break
+        }
+        'crmkit;help;deals;get' {
+            break
+        }
+        'crmkit;help;deals;delete' {
+            break
+        }
+        'crmkit;help;deals;activities' {
+            break
+        }
+        'crmkit;help;deals;create' {
+            break
+        }
+        'crmkit;help;deals;update' {
+            break
+        }
+        'crmkit;help;deals;list' {
+            break
+        }
+        'crmkit;help;deals;log' {
             break
         }
         'crmkit;help;help' {

@@ -491,7 +491,7 @@ _crmkit() {
 
     case "${cmd}" in
         crmkit)
-            opts="-h -V --server --profile --json --format --help --version login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
+            opts="-h -V --server --profile --json --format --help --version login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -919,7 +919,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies)
-            opts="-h --server --profile --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help get delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -991,13 +991,37 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --name --domain --industry --tag --custom --data --clear --email --phone --title --company --contact --stage --status --amount-cents --currency --follow-up --note --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --custom)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1010,14 +1034,6 @@ _crmkit() {
                     return 0
                     ;;
                 --title)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1045,27 +1061,11 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --tag)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --custom)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --follow-up)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --note)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --data)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1141,7 +1141,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__help)
-            opts="list get create update delete activities log help"
+            opts="get delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1267,25 +1267,13 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --tag --search --sort --limit --cursor --all --stage --status --email --where --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --stage)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --tag)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --status)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --email)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1297,15 +1285,27 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --where)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --cursor)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --email)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1371,13 +1371,37 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --name --domain --industry --tag --custom --data --clear --email --phone --title --company --contact --stage --status --amount-cents --currency --follow-up --note --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --custom)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1390,14 +1414,6 @@ _crmkit() {
                     return 0
                     ;;
                 --title)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1425,27 +1441,11 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --tag)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --custom)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --follow-up)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --note)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --data)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --clear)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1495,7 +1495,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts)
-            opts="-h --server --profile --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help get delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1567,7 +1567,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --company --stage --tag --custom --follow-up --note --data --clear --domain --industry --contact --status --amount-cents --currency --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1589,35 +1589,11 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --company)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --contact)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --stage)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --status)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --amount-cents)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --currency)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1642,6 +1618,30 @@ _crmkit() {
                     return 0
                     ;;
                 --clear)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --contact)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --amount-cents)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --currency)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1717,7 +1717,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__help)
-            opts="list get create update delete activities log help"
+            opts="get delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1843,7 +1843,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --stage --tag --email --search --sort --limit --cursor --all --status --where --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1854,10 +1854,6 @@ _crmkit() {
                     return 0
                     ;;
                 --tag)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --status)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1873,15 +1869,19 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --where)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --cursor)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1947,7 +1947,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --name --email --phone --title --company --stage --tag --custom --follow-up --note --data --clear --domain --industry --contact --status --amount-cents --currency --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1969,35 +1969,11 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --company)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --contact)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --stage)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --status)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --amount-cents)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --currency)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2025,6 +2001,30 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --contact)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --amount-cents)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --currency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2045,7 +2045,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals)
-            opts="-h --server --profile --json --format --help list get create update delete activities log help"
+            opts="-h --server --profile --json --format --help get delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2117,33 +2117,13 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__create)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --title --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --name --email --phone --domain --industry --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --name)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --email)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --phone)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --title)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2192,6 +2172,26 @@ _crmkit() {
                     return 0
                     ;;
                 --clear)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --email)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --phone)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2267,7 +2267,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__help)
-            opts="list get create update delete activities log help"
+            opts="get delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2393,7 +2393,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__list)
-            opts="-h --stage --tag --status --email --search --sort --where --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --stage --tag --status --search --sort --limit --cursor --all --email --where --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2411,10 +2411,6 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --email)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --search)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2423,15 +2419,19 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --where)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --cursor)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --email)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2497,33 +2497,13 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__update)
-            opts="-h --name --email --phone --title --domain --industry --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --server --profile --json --format --help"
+            opts="-h --title --company --contact --stage --status --amount-cents --currency --tag --custom --follow-up --note --data --clear --name --email --phone --domain --industry --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --name)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --email)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --phone)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --title)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --domain)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --industry)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2575,6 +2555,26 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --email)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --phone)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --industry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2595,7 +2595,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help)
-            opts="login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help"
+            opts="login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2707,7 +2707,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__companies)
-            opts="list get create update delete activities log"
+            opts="get delete create update list activities log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2833,7 +2833,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__contacts)
-            opts="list get create update delete activities log"
+            opts="get delete activities log create update list"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2945,7 +2945,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__deals)
-            opts="list get create update delete activities log"
+            opts="get delete activities create update list log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -32,9 +32,6 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand auth 'Token helpers'
             cand tokens 'Your sessions'
             cand workspaces 'Workspaces, members, invites and roles'
-            cand contacts 'Contacts (people)'
-            cand companies 'Companies'
-            cand deals 'Deals'
             cand activities 'Recent activities'
             cand reminders 'Contacts and deals whose follow-up is due'
             cand audit 'The workspace audit log, newest first'
@@ -45,6 +42,9 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand migrate 'Apply pending database migrations (serve also does this at start)'
             cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
             cand admin 'Operator commands that act on the database directly'
+            cand contacts 'Contacts (people)'
+            cand companies 'Companies'
+            cand deals 'Deals'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;login'= {
@@ -268,471 +268,6 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;workspaces;help;help'= {
         }
-        &'crmkit;contacts'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;contacts;list'= {
-            cand --stage 'stage'
-            cand --tag 'Has this tag (repeatable: all of them)'
-            cand --status 'status'
-            cand --email 'email'
-            cand --search 'Substring search over the key fields'
-            cand --sort 'field or -field'
-            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;get'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;create'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;update'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;delete'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --yes 'yes'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;activities'= {
-            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
-            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
-            cand --until 'Only activities before TIME (RFC 3339)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;log'= {
-            cand --kind 'call, email, meeting, note or task'
-            cand --body 'body'
-            cand --deal 'Deal id or handle'
-            cand --at 'When it happened, RFC3339 (default now)'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;contacts;help'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;contacts;help;list'= {
-        }
-        &'crmkit;contacts;help;get'= {
-        }
-        &'crmkit;contacts;help;create'= {
-        }
-        &'crmkit;contacts;help;update'= {
-        }
-        &'crmkit;contacts;help;delete'= {
-        }
-        &'crmkit;contacts;help;activities'= {
-        }
-        &'crmkit;contacts;help;log'= {
-        }
-        &'crmkit;contacts;help;help'= {
-        }
-        &'crmkit;companies'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;companies;list'= {
-            cand --stage 'stage'
-            cand --tag 'Has this tag (repeatable: all of them)'
-            cand --status 'status'
-            cand --email 'email'
-            cand --search 'Substring search over the key fields'
-            cand --sort 'field or -field'
-            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;get'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;create'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;update'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;delete'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --yes 'yes'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;activities'= {
-            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
-            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
-            cand --until 'Only activities before TIME (RFC 3339)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;log'= {
-            cand --kind 'call, email, meeting, note or task'
-            cand --body 'body'
-            cand --deal 'Deal id or handle'
-            cand --at 'When it happened, RFC3339 (default now)'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;companies;help'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;companies;help;list'= {
-        }
-        &'crmkit;companies;help;get'= {
-        }
-        &'crmkit;companies;help;create'= {
-        }
-        &'crmkit;companies;help;update'= {
-        }
-        &'crmkit;companies;help;delete'= {
-        }
-        &'crmkit;companies;help;activities'= {
-        }
-        &'crmkit;companies;help;log'= {
-        }
-        &'crmkit;companies;help;help'= {
-        }
-        &'crmkit;deals'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;deals;list'= {
-            cand --stage 'stage'
-            cand --tag 'Has this tag (repeatable: all of them)'
-            cand --status 'status'
-            cand --email 'email'
-            cand --search 'Substring search over the key fields'
-            cand --sort 'field or -field'
-            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;get'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;create'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;update'= {
-            cand --name 'name'
-            cand --email 'email'
-            cand --phone 'phone'
-            cand --title 'Job title (contacts) or deal title'
-            cand --domain 'domain'
-            cand --industry 'industry'
-            cand --company 'Company id or handle'
-            cand --contact 'Contact id or handle (deals)'
-            cand --stage 'stage'
-            cand --status 'status'
-            cand --amount-cents 'amount-cents'
-            cand --currency 'currency'
-            cand --tag 'Tag (repeatable; replaces the tags)'
-            cand --custom 'key=value (repeatable; JSON values allowed)'
-            cand --follow-up 'Follow-up time, RFC3339'
-            cand --note 'Follow-up note'
-            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
-            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;delete'= {
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --yes 'yes'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;activities'= {
-            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
-            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
-            cand --until 'Only activities before TIME (RFC 3339)'
-            cand --limit 'At most N per page (1..200)'
-            cand --cursor 'Continue from a `# next:` cursor'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --all 'Follow cursors to the end'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;log'= {
-            cand --kind 'call, email, meeting, note or task'
-            cand --body 'body'
-            cand --deal 'Deal id or handle'
-            cand --at 'When it happened, RFC3339 (default now)'
-            cand --server 'Server URL'
-            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
-            cand --format 'Force the output format'
-            cand --json 'Print JSON'
-            cand -h 'Print help'
-            cand --help 'Print help'
-        }
-        &'crmkit;deals;help'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-            cand help 'Print this message or the help of the given subcommand(s)'
-        }
-        &'crmkit;deals;help;list'= {
-        }
-        &'crmkit;deals;help;get'= {
-        }
-        &'crmkit;deals;help;create'= {
-        }
-        &'crmkit;deals;help;update'= {
-        }
-        &'crmkit;deals;help;delete'= {
-        }
-        &'crmkit;deals;help;activities'= {
-        }
-        &'crmkit;deals;help;log'= {
-        }
-        &'crmkit;deals;help;help'= {
-        }
         &'crmkit;activities'= {
             cand --contact 'Only this contact''s'
             cand --deal 'Only this deal''s'
@@ -908,6 +443,471 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;admin;help;help'= {
         }
+        &'crmkit;contacts'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;delete'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;create'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --stage 'stage'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --contact 'Contact id or handle (deals)'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;update'= {
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --stage 'stage'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --contact 'Contact id or handle (deals)'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;list'= {
+            cand --stage 'stage'
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --email 'email'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --status 'status'
+            cand --where 'Any filter of the query language, e.g. ''stage=in:lead,customer'' (repeatable; the manual: crmkit api GET /help)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;help'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;help;get'= {
+        }
+        &'crmkit;contacts;help;delete'= {
+        }
+        &'crmkit;contacts;help;activities'= {
+        }
+        &'crmkit;contacts;help;log'= {
+        }
+        &'crmkit;contacts;help;create'= {
+        }
+        &'crmkit;contacts;help;update'= {
+        }
+        &'crmkit;contacts;help;list'= {
+        }
+        &'crmkit;contacts;help;help'= {
+        }
+        &'crmkit;companies'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;delete'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;create'= {
+            cand --name 'name'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;update'= {
+            cand --name 'name'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;list'= {
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --email 'email'
+            cand --where 'Any filter of the query language, e.g. ''domain=acme.com'' (repeatable; the manual: crmkit api GET /help)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;help'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;help;get'= {
+        }
+        &'crmkit;companies;help;delete'= {
+        }
+        &'crmkit;companies;help;create'= {
+        }
+        &'crmkit;companies;help;update'= {
+        }
+        &'crmkit;companies;help;list'= {
+        }
+        &'crmkit;companies;help;activities'= {
+        }
+        &'crmkit;companies;help;log'= {
+        }
+        &'crmkit;companies;help;help'= {
+        }
+        &'crmkit;deals'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;delete'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --yes 'yes'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;activities'= {
+            cand --kind 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)'
+            cand --since 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)'
+            cand --until 'Only activities before TIME (RFC 3339)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;create'= {
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;update'= {
+            cand --title 'Job title (contacts) or deal title'
+            cand --company 'Company id or handle'
+            cand --contact 'Contact id or handle (deals)'
+            cand --stage 'stage'
+            cand --status 'status'
+            cand --amount-cents 'amount-cents'
+            cand --currency 'currency'
+            cand --tag 'Tag (repeatable; replaces the tags)'
+            cand --custom 'key=value (repeatable; JSON values allowed)'
+            cand --follow-up 'Follow-up time, RFC3339'
+            cand --note 'Follow-up note'
+            cand --data 'The whole body as JSON, @file.json or - for stdin (flags override it)'
+            cand --clear 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags'
+            cand --name 'name'
+            cand --email 'email'
+            cand --phone 'phone'
+            cand --domain 'domain'
+            cand --industry 'industry'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;list'= {
+            cand --stage 'stage'
+            cand --tag 'Has this tag (repeatable: all of them)'
+            cand --status 'status'
+            cand --search 'Substring search over the key fields'
+            cand --sort 'field or -field'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
+            cand --email 'email'
+            cand --where 'Any filter of the query language, e.g. ''amount_cents=gte:100000'' (repeatable; the manual: crmkit api GET /help)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;log'= {
+            cand --kind 'call, email, meeting, note or task'
+            cand --body 'body'
+            cand --deal 'Deal id or handle'
+            cand --at 'When it happened, RFC3339 (default now)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;help'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;help;get'= {
+        }
+        &'crmkit;deals;help;delete'= {
+        }
+        &'crmkit;deals;help;activities'= {
+        }
+        &'crmkit;deals;help;create'= {
+        }
+        &'crmkit;deals;help;update'= {
+        }
+        &'crmkit;deals;help;list'= {
+        }
+        &'crmkit;deals;help;log'= {
+        }
+        &'crmkit;deals;help;help'= {
+        }
         &'crmkit;help'= {
             cand login 'Sign in by emailed code and store the token'
             cand logout 'Revoke this session''s token on the server and forget it here'
@@ -915,9 +915,6 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand auth 'Token helpers'
             cand tokens 'Your sessions'
             cand workspaces 'Workspaces, members, invites and roles'
-            cand contacts 'Contacts (people)'
-            cand companies 'Companies'
-            cand deals 'Deals'
             cand activities 'Recent activities'
             cand reminders 'Contacts and deals whose follow-up is due'
             cand audit 'The workspace audit log, newest first'
@@ -928,6 +925,9 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand migrate 'Apply pending database migrations (serve also does this at start)'
             cand migrate-data 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
             cand admin 'Operator commands that act on the database directly'
+            cand contacts 'Contacts (people)'
+            cand companies 'Companies'
+            cand deals 'Deals'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'crmkit;help;login'= {
@@ -978,75 +978,6 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;help;workspaces;delete'= {
         }
-        &'crmkit;help;contacts'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-        }
-        &'crmkit;help;contacts;list'= {
-        }
-        &'crmkit;help;contacts;get'= {
-        }
-        &'crmkit;help;contacts;create'= {
-        }
-        &'crmkit;help;contacts;update'= {
-        }
-        &'crmkit;help;contacts;delete'= {
-        }
-        &'crmkit;help;contacts;activities'= {
-        }
-        &'crmkit;help;contacts;log'= {
-        }
-        &'crmkit;help;companies'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-        }
-        &'crmkit;help;companies;list'= {
-        }
-        &'crmkit;help;companies;get'= {
-        }
-        &'crmkit;help;companies;create'= {
-        }
-        &'crmkit;help;companies;update'= {
-        }
-        &'crmkit;help;companies;delete'= {
-        }
-        &'crmkit;help;companies;activities'= {
-        }
-        &'crmkit;help;companies;log'= {
-        }
-        &'crmkit;help;deals'= {
-            cand list 'List and filter'
-            cand get 'One record'
-            cand create 'Create (contacts and companies merge into an existing email/domain)'
-            cand update 'Change some fields'
-            cand delete 'Delete (asks first; --yes in scripts)'
-            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
-            cand log 'Log an activity (on contacts only; --deal adds a deal)'
-        }
-        &'crmkit;help;deals;list'= {
-        }
-        &'crmkit;help;deals;get'= {
-        }
-        &'crmkit;help;deals;create'= {
-        }
-        &'crmkit;help;deals;update'= {
-        }
-        &'crmkit;help;deals;delete'= {
-        }
-        &'crmkit;help;deals;activities'= {
-        }
-        &'crmkit;help;deals;log'= {
-        }
         &'crmkit;help;activities'= {
         }
         &'crmkit;help;reminders'= {
@@ -1069,6 +1000,75 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand set-plan 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
         }
         &'crmkit;help;admin;set-plan'= {
+        }
+        &'crmkit;help;contacts'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+        }
+        &'crmkit;help;contacts;get'= {
+        }
+        &'crmkit;help;contacts;delete'= {
+        }
+        &'crmkit;help;contacts;activities'= {
+        }
+        &'crmkit;help;contacts;log'= {
+        }
+        &'crmkit;help;contacts;create'= {
+        }
+        &'crmkit;help;contacts;update'= {
+        }
+        &'crmkit;help;contacts;list'= {
+        }
+        &'crmkit;help;companies'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+        }
+        &'crmkit;help;companies;get'= {
+        }
+        &'crmkit;help;companies;delete'= {
+        }
+        &'crmkit;help;companies;create'= {
+        }
+        &'crmkit;help;companies;update'= {
+        }
+        &'crmkit;help;companies;list'= {
+        }
+        &'crmkit;help;companies;activities'= {
+        }
+        &'crmkit;help;companies;log'= {
+        }
+        &'crmkit;help;deals'= {
+            cand get 'One record'
+            cand delete 'Delete (asks first; --yes in scripts)'
+            cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
+            cand create 'Create (contacts and companies merge into an existing email/domain)'
+            cand update 'Change some fields'
+            cand list 'List and filter'
+            cand log 'Log an activity (on contacts only; --deal adds a deal)'
+        }
+        &'crmkit;help;deals;get'= {
+        }
+        &'crmkit;help;deals;delete'= {
+        }
+        &'crmkit;help;deals;activities'= {
+        }
+        &'crmkit;help;deals;create'= {
+        }
+        &'crmkit;help;deals;update'= {
+        }
+        &'crmkit;help;deals;list'= {
+        }
+        &'crmkit;help;deals;log'= {
         }
         &'crmkit;help;help'= {
         }

@@ -38,9 +38,6 @@ complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "whoami" -d 'Show who 
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "auth" -d 'Token helpers'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "tokens" -d 'Your sessions'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "workspaces" -d 'Workspaces, members, invites and roles'
-complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "contacts" -d 'Contacts (people)'
-complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "companies" -d 'Companies'
-complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "deals" -d 'Deals'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "activities" -d 'Recent activities'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "reminders" -d 'Contacts and deals whose follow-up is due'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "audit" -d 'The workspace audit log, newest first'
@@ -51,6 +48,9 @@ complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "serve" -d 'Run the HT
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "migrate" -d 'Apply pending database migrations (serve also does this at start)'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "migrate-data" -d 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "admin" -d 'Operator commands that act on the database directly'
+complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "contacts" -d 'Contacts (people)'
+complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "companies" -d 'Companies'
+complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "deals" -d 'Deals'
 complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l email -d 'Your email' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l code -d 'The emailed code (asked for on a terminal otherwise)' -r
@@ -219,393 +219,6 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'amount_cents=gte:100000\' (repeatable)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l yes
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l body -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'amount_cents=gte:100000\' (repeatable)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l yes
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l body -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from list get create update delete activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'amount_cents=gte:100000\' (repeatable)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l name -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l email -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l phone -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l domain -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l industry -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l stage -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l status -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l amount-cents -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l currency -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l yes
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l body -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
-table\t''
-json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l contact -d 'Only this contact\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'Only this deal\'s' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
@@ -764,26 +377,413 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "login" -d 'Sign in by emailed code and store the token'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "logout" -d 'Revoke this session\'s token on the server and forget it here'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "whoami" -d 'Show who you are, your workspace, role, plan and usage'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "auth" -d 'Token helpers'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "tokens" -d 'Your sessions'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "workspaces" -d 'Workspaces, members, invites and roles'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "contacts" -d 'Contacts (people)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "companies" -d 'Companies'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "deals" -d 'Deals'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "activities" -d 'Recent activities'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "reminders" -d 'Contacts and deals whose follow-up is due'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "audit" -d 'The workspace audit log, newest first'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "api" -d 'Raw API call with the stored token, output as received'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "completions" -d 'Print shell completions (bash, zsh, fish, powershell, elvish)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "man" -d 'Print the man page (roff; `crmkit man | man -l -`)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "serve" -d 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "migrate" -d 'Apply pending database migrations (serve also does this at start)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "migrate-data" -d 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "admin" -d 'Operator commands that act on the database directly'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces contacts companies deals activities reminders audit api completions man serve migrate migrate-data admin help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from get delete activities log create update list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l yes
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l body -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'stage=in:lead,customer\' (repeatable; the manual: crmkit api GET /help)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from get delete create update list activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l yes
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'domain=acme.com\' (repeatable; the manual: crmkit api GET /help)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l body -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from get delete activities create update list log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l yes
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l title -d 'Job title (contacts) or deal title' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l contact -d 'Contact id or handle (deals)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l amount-cents -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l currency -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l name -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l phone -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l domain -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l industry -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l stage -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l tag -d 'Has this tag (repeatable: all of them)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l status -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l search -d 'Substring search over the key fields' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l sort -d 'field or -field' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l cursor -d 'Continue from a `# next:` cursor' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l email -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l where -d 'Any filter of the query language, e.g. \'amount_cents=gte:100000\' (repeatable; the manual: crmkit api GET /help)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l all -d 'Follow cursors to the end'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l kind -d 'call, email, meeting, note or task' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l body -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l deal -d 'Deal id or handle' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l at -d 'When it happened, RFC3339 (default now)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "login" -d 'Sign in by emailed code and store the token'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "logout" -d 'Revoke this session\'s token on the server and forget it here'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "whoami" -d 'Show who you are, your workspace, role, plan and usage'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "auth" -d 'Token helpers'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "tokens" -d 'Your sessions'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "workspaces" -d 'Workspaces, members, invites and roles'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "activities" -d 'Recent activities'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "reminders" -d 'Contacts and deals whose follow-up is due'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "audit" -d 'The workspace audit log, newest first'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "api" -d 'Raw API call with the stored token, output as received'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "completions" -d 'Print shell completions (bash, zsh, fish, powershell, elvish)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "man" -d 'Print the man page (roff; `crmkit man | man -l -`)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "serve" -d 'Run the HTTP API server (SQLite in the data dir by default, 127.0.0.1:8080)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "migrate" -d 'Apply pending database migrations (serve also does this at start)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "migrate-data" -d 'Copy every table of one database into a new, empty one (e.g. SQLite to PostgreSQL)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "admin" -d 'Operator commands that act on the database directly'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "contacts" -d 'Contacts (people)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "companies" -d 'Companies'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "deals" -d 'Deals'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and not __fish_seen_subcommand_from login logout whoami auth tokens workspaces activities reminders audit api completions man serve migrate migrate-data admin contacts companies deals help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from auth" -f -a "token" -d 'Print the stored token (the only command that shows it)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from tokens" -f -a "list" -d 'Your active tokens'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from tokens" -f -a "revoke" -d 'Revoke one'
@@ -796,25 +796,25 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "create" -d 'Create (contacts and companies merge into an existing email/domain)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: list pages allocate per row and per
 /// field, and glibc's arenas spent a fifth of a list request's CPU in
@@ -83,6 +83,11 @@ enum Admin {
     },
 }
 
+/// The command tree, with the record commands shaped per kind.
+fn command() -> clap::Command {
+    crmkit_cli::per_kind(Cli::command())
+}
+
 fn main() -> ExitCode {
     // `crmkit --version` alone is answered before clap builds the whole
     // command tree (every subcommand and argument), with the same line.
@@ -93,16 +98,19 @@ fn main() -> ExitCode {
         println!("crmkit {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Completions { shell } => {
             let mut out = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "crmkit", &mut out);
+            clap_complete::generate(shell, &mut command(), "crmkit", &mut out);
             print_all(&out)
         }
         Command::Man => {
             let mut out = Vec::new();
-            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+            match clap_mangen::Man::new(command()).render(&mut out) {
                 Ok(()) => print_all(&out),
                 Err(e) => fail(1, &e),
             }

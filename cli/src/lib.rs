@@ -479,29 +479,14 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
         None => Map::new(),
     };
     // The flags are shared by the three kinds: one that names a field this
-    // kind lacks is refused here, naming the flags that do apply.
-    // Each flag with the body field it sets, and whether it was given.
-    let flags: [(&str, &str, bool); 16] = [
-        ("--name", "name", w.name.is_some()),
-        ("--email", "email", w.email.is_some()),
-        ("--phone", "phone", w.phone.is_some()),
-        ("--title", "title", w.title.is_some()),
-        ("--domain", "domain", w.domain.is_some()),
-        ("--industry", "industry", w.industry.is_some()),
-        ("--company", "company_id", w.company.is_some()),
-        ("--contact", "contact_id", w.contact.is_some()),
-        ("--stage", "stage", w.stage.is_some()),
-        ("--status", "status", w.status.is_some()),
-        ("--amount-cents", "amount_cents", w.amount_cents.is_some()),
-        ("--currency", "currency", w.currency.is_some()),
-        ("--tag", "tags", !w.tag.is_empty()),
-        ("--custom", "custom", !w.custom.is_empty()),
-        ("--follow-up", "follow_up_at", w.follow_up.is_some()),
-        ("--note", "follow_up_note", w.note.is_some()),
-    ];
-    // Every kind has custom fields (the query schema spells them custom.KEY).
-    let mut fields: Vec<&str> = schema_of(kind).fields.iter().map(|f| f.name).collect();
-    fields.push("custom");
+    // kind lacks is refused here, naming the flags that do apply (its help
+    // hides them: [`per_kind`]). Each flag with the body field it sets, and
+    // whether it was given.
+    let flags: Vec<(&str, &str, bool)> = WRITE_FLAGS
+        .iter()
+        .map(|(flag, field)| (*flag, *field, w.given(flag)))
+        .collect();
+    let fields = fields_of(kind);
     if let Some((flag, _, _)) = flags
         .iter()
         .find(|(_, f, given)| *given && !fields.contains(f))
@@ -572,6 +557,114 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
         )));
     }
     Ok(Value::Object(m))
+}
+
+/// Every create/update flag that sets a field, with that field.
+const WRITE_FLAGS: [(&str, &str); 16] = [
+    ("--name", "name"),
+    ("--email", "email"),
+    ("--phone", "phone"),
+    ("--title", "title"),
+    ("--domain", "domain"),
+    ("--industry", "industry"),
+    ("--company", "company_id"),
+    ("--contact", "contact_id"),
+    ("--stage", "stage"),
+    ("--status", "status"),
+    ("--amount-cents", "amount_cents"),
+    ("--currency", "currency"),
+    ("--tag", "tags"),
+    ("--custom", "custom"),
+    ("--follow-up", "follow_up_at"),
+    ("--note", "follow_up_note"),
+];
+
+impl WriteArgs {
+    /// Whether the flag of [`WRITE_FLAGS`] was given.
+    fn given(&self, flag: &str) -> bool {
+        match flag {
+            "--name" => self.name.is_some(),
+            "--email" => self.email.is_some(),
+            "--phone" => self.phone.is_some(),
+            "--title" => self.title.is_some(),
+            "--domain" => self.domain.is_some(),
+            "--industry" => self.industry.is_some(),
+            "--company" => self.company.is_some(),
+            "--contact" => self.contact.is_some(),
+            "--stage" => self.stage.is_some(),
+            "--status" => self.status.is_some(),
+            "--amount-cents" => self.amount_cents.is_some(),
+            "--currency" => self.currency.is_some(),
+            "--tag" => !self.tag.is_empty(),
+            "--custom" => !self.custom.is_empty(),
+            "--follow-up" => self.follow_up.is_some(),
+            "--note" => self.note.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A kind's fields, `custom` included (the query schema spells custom
+/// fields custom.KEY).
+fn fields_of(kind: &str) -> Vec<&'static str> {
+    let mut fields: Vec<&str> = schema_of(kind).fields.iter().map(|f| f.name).collect();
+    fields.push("custom");
+    fields
+}
+
+/// The record commands shaped for each kind, for parsing, help, completions
+/// and the man page: the three kinds share one set of flags, and each
+/// kind's help hides the flags naming fields it lacks (they are still
+/// refused with the list of its own, see `body_of`), the activity commands
+/// it has none of, and gives a `--where` example that applies to it.
+pub fn per_kind(cmd: clap::Command) -> clap::Command {
+    let mut cmd = cmd;
+    for (kind, example) in [
+        ("contacts", "stage=in:lead,customer"),
+        ("companies", "domain=acme.com"),
+        ("deals", "amount_cents=gte:100000"),
+    ] {
+        let fields = fields_of(kind);
+        let lacks = move |flag: &str| {
+            WRITE_FLAGS
+                .iter()
+                .any(|(f, field)| *f == flag && !fields.contains(field))
+        };
+        let hide_writes = |sub: clap::Command| {
+            WRITE_FLAGS
+                .iter()
+                .filter(|(flag, _)| lacks(flag))
+                .fold(sub, |sub, (flag, _)| {
+                    let id = flag.trim_start_matches("--").replace('-', "_");
+                    sub.mut_arg(id, |a| a.hide(true))
+                })
+        };
+        let list = |sub: clap::Command| {
+            let sub = ["stage", "status", "email"]
+                .into_iter()
+                .filter(|f| lacks(&format!("--{f}")))
+                .fold(sub, |sub, f| sub.mut_arg(f, |a| a.hide(true)));
+            sub.mut_arg("filters", |a| {
+                a.help(format!(
+                    "Any filter of the query language, e.g. '{example}' (repeatable; the manual: crmkit api GET /help)"
+                ))
+            })
+        };
+        cmd = cmd.mut_subcommand(kind, |k| {
+            let k = k
+                .mut_subcommand("create", hide_writes)
+                .mut_subcommand("update", hide_writes)
+                .mut_subcommand("list", list);
+            match kind {
+                "companies" => k
+                    .mut_subcommand("activities", |a| a.hide(true))
+                    .mut_subcommand("log", |a| a.hide(true)),
+                "deals" => k.mut_subcommand("log", |a| a.hide(true)),
+                _ => k,
+            }
+        });
+    }
+    cmd
 }
 
 fn schema_of(kind: &str) -> &'static Schema {
@@ -698,6 +791,11 @@ impl Ctx {
             show(self.format, &a.text);
             return Ok(());
         }
+        // Piped text is written page by page: a reader sees the first
+        // lines at once, and one that stops early (`| head`) stops the walk.
+        // A table needs every row for its widths, and JSON is one document.
+        let stream = self.format == Format::Text && !self.json();
+        let mut streamed = 0;
         let mut url = first;
         let mut text = String::new();
         let mut data = Vec::new();
@@ -717,6 +815,11 @@ impl Ctx {
                     text.push_str(l);
                     text.push('\n');
                 }
+                if stream {
+                    streamed += text.lines().count();
+                    emit(&text);
+                    text.clear();
+                }
                 next
             };
             match next {
@@ -730,7 +833,7 @@ impl Ctx {
                 &json!({"data": data, "next_cursor": null}).to_string(),
             );
         } else {
-            let n = text.lines().count();
+            let n = streamed + text.lines().count();
             text.push_str(&format!("# {n} in all\n"));
             show(self.format, &text);
         }

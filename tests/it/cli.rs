@@ -503,6 +503,69 @@ async fn scripts_get_errors_they_can_act_on() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not signed in"));
 }
 
+/// Each record kind's help shows only its own flags and commands, with a
+/// --where example that applies to it; a hidden flag is still refused
+/// with the kind's list.
+#[test]
+fn help_is_shaped_per_kind() {
+    let help = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let companies = help(&["companies", "create", "--help"]);
+    assert!(
+        companies.contains("--domain") && companies.contains("--industry"),
+        "{companies}"
+    );
+    for flag in [
+        "--email",
+        "--phone",
+        "--stage",
+        "--amount-cents",
+        "--follow-up",
+        "--contact",
+    ] {
+        assert!(!companies.contains(flag), "{flag} in {companies}");
+    }
+    let contacts = help(&["contacts", "update", "--help"]);
+    assert!(
+        contacts.contains("--email") && contacts.contains("--follow-up"),
+        "{contacts}"
+    );
+    assert!(
+        !contacts.contains("--domain") && !contacts.contains("--amount-cents"),
+        "{contacts}"
+    );
+    let deals = help(&["deals", "list", "--help"]);
+    assert!(
+        deals.contains("amount_cents=gte:100000") && deals.contains("--status"),
+        "{deals}"
+    );
+    assert!(!deals.contains("--email"), "{deals}");
+    let list = help(&["contacts", "list", "--help"]);
+    assert!(
+        !list.contains("amount_cents") && list.contains("stage=in:lead,customer"),
+        "{list}"
+    );
+    let kinds = help(&["companies", "--help"]);
+    assert!(
+        !kinds.contains("\n  log ") && !kinds.contains("\n  activities "),
+        "{kinds}"
+    );
+    assert!(help(&["deals", "--help"]).contains("\n  activities "));
+    assert!(help(&["contacts", "--help"]).contains("\n  log "));
+    // Hidden, still refused with this kind's flags.
+    let out = Command::new(bin())
+        .args(["companies", "create", "--email", "x@example.com"])
+        .env("CRMKIT_TOKEN", "ck_x")
+        .env("CRMKIT_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--email is not a field of companies"));
+}
+
 /// Workspace commands take a workspace's name as well as its id, and a
 /// member's email as well as their handle; a name that is no one's, or
 /// that two workspaces share, is refused with what to give instead.
