@@ -173,6 +173,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -244,6 +245,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'crmkit;workspaces;rename' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'crmkit;workspaces;leave' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
@@ -273,6 +283,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -297,6 +308,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;workspaces;help;remove' {
+            break
+        }
+        'crmkit;workspaces;help;rename' {
             break
         }
         'crmkit;workspaces;help;leave' {
@@ -1071,6 +1085,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
             break
@@ -1094,6 +1109,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;workspaces;remove' {
+            break
+        }
+        'crmkit;help;workspaces;rename' {
             break
         }
         'crmkit;help;workspaces;leave' {

@@ -400,6 +400,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__workspaces,remove)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__remove"
                 ;;
+            crmkit__subcmd__help__subcmd__workspaces,rename)
+                cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__rename"
+                ;;
             crmkit__subcmd__help__subcmd__workspaces,role)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__role"
                 ;;
@@ -448,6 +451,9 @@ _crmkit() {
             crmkit__subcmd__workspaces,remove)
                 cmd="crmkit__subcmd__workspaces__subcmd__remove"
                 ;;
+            crmkit__subcmd__workspaces,rename)
+                cmd="crmkit__subcmd__workspaces__subcmd__rename"
+                ;;
             crmkit__subcmd__workspaces,role)
                 cmd="crmkit__subcmd__workspaces__subcmd__role"
                 ;;
@@ -477,6 +483,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,remove)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__remove"
+                ;;
+            crmkit__subcmd__workspaces__subcmd__help,rename)
+                cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__rename"
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,role)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__role"
@@ -3225,7 +3234,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces)
-            opts="list create use members invite role remove leave delete"
+            opts="list create use members invite role remove rename leave delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3323,6 +3332,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__workspaces__subcmd__rename)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -3879,7 +3902,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces)
-            opts="-h --server --profile --json --format --help list create use members invite role remove leave delete help"
+            opts="-h --server --profile --json --format --help list create use members invite role remove rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3961,7 +3984,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help)
-            opts="list create use members invite role remove leave delete help"
+            opts="list create use members invite role remove rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4073,6 +4096,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__help__subcmd__rename)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4227,6 +4264,32 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__remove)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__rename)
             opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -154,6 +154,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -217,6 +218,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'crmkit;workspaces;rename'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'crmkit;workspaces;leave'= {
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
@@ -244,6 +253,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -261,6 +271,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;help;role'= {
         }
         &'crmkit;workspaces;help;remove'= {
+        }
+        &'crmkit;workspaces;help;rename'= {
         }
         &'crmkit;workspaces;help;leave'= {
         }
@@ -957,6 +969,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
         }
@@ -973,6 +986,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;workspaces;role'= {
         }
         &'crmkit;help;workspaces;remove'= {
+        }
+        &'crmkit;help;workspaces;rename'= {
         }
         &'crmkit;help;workspaces;leave'= {
         }

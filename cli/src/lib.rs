@@ -241,6 +241,12 @@ pub enum WorkspacesCmd {
         #[arg(value_name = "MEMBER")]
         user: String,
     },
+    /// Rename a workspace (admins)
+    Rename {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+        name: String,
+    },
     /// Leave a workspace you are a member of (an admin re-invites you to come back)
     Leave {
         #[arg(value_name = "WORKSPACE")]
@@ -1484,6 +1490,20 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     Method::DELETE,
                     &format!("/workspaces/{}/{under}/{}", id_path(&id), id_path(&user)),
                     None,
+                    json_fmt,
+                    &[],
+                    false,
+                )
+                .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Rename { id, name } => {
+            let id = workspace_id(&c, &id).await?;
+            let a = c
+                .send(
+                    Method::PATCH,
+                    &format!("/workspaces/{}", id_path(&id)),
+                    Some(&json!({"name": name})),
                     json_fmt,
                     &[],
                     false,

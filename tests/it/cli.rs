@@ -615,6 +615,14 @@ async fn workspaces_by_name_and_members_by_email() {
     // An exact match wins over a match that ignores case.
     assert!(cli.ok(&["workspaces", "use", "team blue"]).contains(&other));
     assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
+    // Renamed, the name is unique again.
+    let renamed = cli.ok(&["workspaces", "rename", &other, "Team Green"]);
+    assert!(renamed.contains("name=\"Team Green\""), "{renamed}");
+    assert!(
+        cli.ok(&["workspaces", "use", "team green"])
+            .contains(&other)
+    );
+    assert!(cli.ok(&["workspaces", "use", "Team Blue"]).contains(&ws));
 }
 
 /// Leaving the workspace the CLI works in moves it to another, like a

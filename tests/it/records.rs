@@ -1615,3 +1615,34 @@ async fn the_audit_log_filters_by_target_action_user_and_time() {
         "{v}"
     );
 }
+
+/// Text keeps a custom value's JSON type: a string that would read as a
+/// number, boolean or null is quoted; a deal without an amount still has
+/// the `amount` key in JSON.
+#[tokio::test]
+async fn text_keeps_custom_types_and_json_keeps_every_key() {
+    let s = Server::start().await;
+    let t = s.login("types@example.com").await;
+    let c = create(
+        &s,
+        &t,
+        "contacts",
+        json!({"name": "Types", "custom": {"n": "12", "m": 12, "s": "true", "b": true, "z": "null", "x": "text"}}),
+    )
+    .await;
+    let line = s.get(&format!("/contacts/{c}"), &t).await.text;
+    for field in [
+        "custom.n=\"12\"",
+        "custom.m=12",
+        "custom.s=\"true\"",
+        "custom.b=true",
+        "custom.z=\"null\"",
+        "custom.x=text",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    let d = create(&s, &t, "deals", json!({"title": "No amount"})).await;
+    let v = s.get(&format!("/deals/{d}?format=json"), &t).await.json();
+    assert!(v["data"].as_object().unwrap().contains_key("amount"), "{v}");
+    assert_eq!(v["data"]["amount"], Value::Null);
+}

@@ -1400,6 +1400,8 @@ async fn a_member_can_leave_a_workspace() {
     assert!(!members.contains("member@example.com"), "{members}");
     let audit = s.get("/audit?action=member.leave", &a).await.text;
     assert!(audit.contains(&format!("target=user/{me}")), "{audit}");
+    // The entry still says who it was, now that they are gone.
+    assert!(audit.contains("email=member@example.com"), "{audit}");
     // The last admin cannot leave (a team workspace: the admin's first is
     // their personal one).
     let r = s
@@ -1410,4 +1412,81 @@ async fn a_member_can_leave_a_workspace() {
     s.delete(&format!("/workspaces/{team_ws}/members/{admin}"), &a)
         .await
         .assert_error(409, "last_admin");
+}
+
+/// An admin renames a workspace (audited with the old and new name); a
+/// member cannot, and a bad name is a 400 that changes nothing.
+#[tokio::test]
+async fn an_admin_renames_a_workspace() {
+    let s = Server::start().await;
+    let (a, m, _, _) = team(&s).await;
+    let r = s
+        .post(
+            "/workspaces?format=json",
+            Some(&a),
+            r#"{"name":"Old name"}"#,
+        )
+        .await;
+    let ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .send(
+            Method::PATCH,
+            &format!("/workspaces/{ws}"),
+            Some(&a),
+            Some(r#"{"name":"New name"}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("name=\"New name\""), "{}", r.text);
+    let list = s.get("/workspaces", &a).await.text;
+    assert!(
+        list.contains("New name") && !list.contains("Old name"),
+        "{list}"
+    );
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&a),
+            r#"{"token_name":"there"}"#,
+        )
+        .await;
+    let there = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let audit = s
+        .get("/audit?action=workspace.update&format=json", &there)
+        .await
+        .json();
+    assert_eq!(
+        audit["data"][0]["changes"]["name"],
+        json!(["Old name", "New name"]),
+        "{audit}"
+    );
+    for (body, code, status) in [
+        (r#"{"name":""}"#, "invalid_request", 400),
+        (r#"{}"#, "invalid_request", 400),
+        (r#"{"title":"x"}"#, "unknown_field", 400),
+    ] {
+        let r = s
+            .send(
+                Method::PATCH,
+                &format!("/workspaces/{ws}"),
+                Some(&a),
+                Some(body),
+                &[],
+            )
+            .await;
+        r.assert_error(status, code);
+    }
+    // A member (of the admin's personal workspace) cannot rename it.
+    let personal = ws_of(&s, &a).await;
+    s.send(
+        Method::PATCH,
+        &format!("/workspaces/{personal}"),
+        Some(&m),
+        Some(r#"{"name":"Mine"}"#),
+        &[],
+    )
+    .await
+    .assert_error(403, "admin_required");
+    assert!(s.get("/workspaces", &a).await.text.contains("New name"));
 }

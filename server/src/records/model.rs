@@ -560,11 +560,25 @@ pub fn line(def: &KindDef, r: &Record) -> String {
             }
             (_, Val::Json(m)) => {
                 for (k, v) in m {
-                    let rendered = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    l.field(&format!("custom.{k}"), &rendered);
+                    let key = format!("custom.{k}");
+                    match v {
+                        // A string that would read as a number, boolean or
+                        // null bare is quoted, so the text keeps its type
+                        // (numeric filters match only JSON numbers).
+                        Value::String(s)
+                            if serde_json::from_str::<Value>(s).is_ok_and(|p| {
+                                !p.is_string() && !p.is_object() && !p.is_array()
+                            }) =>
+                        {
+                            l.field_quoted(&key, s);
+                        }
+                        Value::String(s) => {
+                            l.field(&key, s);
+                        }
+                        other => {
+                            l.field(&key, &other.to_string());
+                        }
+                    }
                 }
             }
             (_, Val::Int(i)) => {
@@ -635,8 +649,13 @@ impl serde::Serialize for JsonRecord<'_> {
             };
             entries.push((f.name, v));
         }
-        if let (Val::Int(c), Some(cur)) = (r.get("amount_cents"), r.text("currency")) {
-            entries.push(("amount", JsonVal::Owned(money(*c, cur))));
+        // Every deal has the key, null without an amount and a currency.
+        if def.field("amount_cents").is_some() {
+            let amount = match (r.get("amount_cents"), r.text("currency")) {
+                (Val::Int(c), Some(cur)) => JsonVal::Owned(money(*c, cur)),
+                _ => JsonVal::Null,
+            };
+            entries.push(("amount", amount));
         }
         entries.push(("created_at", JsonVal::Owned(r.created_at.render())));
         entries.push(("updated_at", JsonVal::Owned(r.updated_at.render())));
@@ -687,6 +706,14 @@ mod tests {
         let first = text.find("\"amount\"").unwrap();
         assert!(first < text.find("\"amount_cents\"").unwrap());
         assert_eq!(keys.len(), def.fields.len() + 5);
+        // Without an amount the key is still there, null.
+        let r = Record {
+            fields: BTreeMap::new(),
+            ..r
+        };
+        let v = to_json(def, &r);
+        assert!(v.as_object().unwrap().contains_key("amount"), "{v}");
+        assert_eq!(v["amount"], Value::Null);
     }
 
     #[test]

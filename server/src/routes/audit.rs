@@ -73,6 +73,8 @@ struct Entry {
     id: String,
     at: Ts,
     user_id: String,
+    /// The user's address (none once the account itself is gone).
+    email: Option<String>,
     token_name: String,
     action: String,
     target: String,
@@ -85,6 +87,7 @@ impl Entry {
             id: r.try_get("", "id")?,
             at: r.try_get("", "at")?,
             user_id: r.try_get("", "user_id")?,
+            email: r.try_get("", "email")?,
             token_name: r.try_get("", "token_name")?,
             action: r.try_get("", "action")?,
             target: r.try_get("", "target")?,
@@ -96,6 +99,7 @@ impl Entry {
         let mut l = LineBuilder::new(&handle(Kind::Audit, &self.id));
         l.field("at", &self.at.render())
             .field("user", &handle(Kind::User, &self.user_id))
+            .opt("email", self.email.as_deref())
             .field("agent", &self.token_name)
             .field("action", &self.action)
             .field("target", &self.target);
@@ -108,7 +112,7 @@ impl Entry {
     fn to_json(&self) -> Value {
         json!({
             "handle": handle(Kind::Audit, &self.id), "id": self.id, "at": self.at.render(),
-            "user": handle(Kind::User, &self.user_id), "agent": self.token_name, "action": self.action,
+            "user": handle(Kind::User, &self.user_id), "email": self.email, "agent": self.token_name, "action": self.action,
             "target": self.target, "changes": self.changes.clone().unwrap_or(json!({})),
         })
     }
@@ -133,7 +137,12 @@ async fn list(
         })?,
     };
     let ws = caller.workspace_id.as_str();
-    let mut sql = "SELECT id, at, user_id, token_name, action, target, changes FROM audit WHERE workspace_id = ?".to_string();
+    // The user's email is joined in, so an entry still says who it was
+    // after that user has left the workspace.
+    let mut sql =
+        "SELECT a.id, a.at, a.user_id, u.email, a.token_name, a.action, a.target, a.changes \
+                   FROM audit a LEFT JOIN users u ON u.id = a.user_id WHERE a.workspace_id = ?"
+            .to_string();
     let mut vals: Vec<sea_orm::Value> = vec![ws.into()];
     // A cursor is bound to the filters it was made with.
     let mut scope = "audit".to_string();
@@ -142,7 +151,7 @@ async fn list(
         "send target= a handle as the log prints it, e.g. target=deal/d_…",
     )? {
         let target = target_of(v)?;
-        sql.push_str(" AND target = ?");
+        sql.push_str(" AND a.target = ?");
         scope.push_str(&format!("|target={target}"));
         vals.push(target.into());
     }
@@ -162,21 +171,24 @@ async fn list(
                 "send user= a user id or handle as the log prints it, e.g. user=user/u_…",
             )
         })?;
-        sql.push_str(" AND user_id = ?");
+        sql.push_str(" AND a.user_id = ?");
         scope.push_str(&format!("|user={id}"));
         vals.push(id.into());
     }
     for (op, t) in q.time_conditions("at")? {
-        sql.push_str(&format!(" AND at {} ?", sql_cmp(op)));
+        sql.push_str(&format!(" AND a.at {} ?", sql_cmp(op)));
         scope.push_str(&format!("|at={}:{}", op.name(), t.render()));
         vals.push(t.into());
     }
     if let Some(c) = q.get("cursor") {
         let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;
-        sql.push_str(" AND (at < ? OR (at = ? AND id < ?))");
+        sql.push_str(" AND (a.at < ? OR (a.at = ? AND a.id < ?))");
         vals.extend([at.into(), at.into(), id.into()]);
     }
-    sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT {}", limit + 1));
+    sql.push_str(&format!(
+        " ORDER BY a.at DESC, a.id DESC LIMIT {}",
+        limit + 1
+    ));
     let rows = state
         .db
         .query_all_raw(stmt(state.db.get_database_backend(), &sql, vals))
@@ -264,9 +276,12 @@ fn actions_of(v: &str) -> AppResult<(String, Vec<String>)> {
     }
     let mut parts = Vec::new();
     if !exact.is_empty() {
-        parts.push(format!("action IN ({})", vec!["?"; exact.len()].join(", ")));
+        parts.push(format!(
+            "a.action IN ({})",
+            vec!["?"; exact.len()].join(", ")
+        ));
     }
-    parts.extend(kinds.iter().map(|_| "action LIKE ?".to_owned()));
+    parts.extend(kinds.iter().map(|_| "a.action LIKE ?".to_owned()));
     let clause = format!(" AND ({})", parts.join(" OR "));
     exact.extend(kinds);
     Ok((clause, exact))

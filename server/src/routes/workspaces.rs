@@ -34,7 +34,7 @@ pub const ROLES: &[&str] = &["admin", "member"];
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/workspaces", get(list).post(create))
-        .route("/workspaces/{id}", delete(delete_workspace))
+        .route("/workspaces/{id}", delete(delete_workspace).patch(rename))
         .route("/workspaces/{id}/tokens", post(switch))
         .route("/workspaces/{id}/members", get(members))
         .route("/workspaces/{id}/invites", post(invite))
@@ -215,6 +215,63 @@ async fn create(
             format!("{}\n{}\n{}\n", l.finish(), comment("created"), comment(&format!("to work in it: POST /workspaces/{id}/tokens {{\"token_name\":\"…\"}}")))
         },
         || json!({"data": {"handle": h, "id": id, "name": name, "role": "admin", "plan": "default"}, "result": "created"}),
+    ))
+}
+
+/// `PATCH /workspaces/{id} {"name"}`: an admin renames the workspace
+/// (audited workspace.update).
+async fn rename(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    JsonBody(body): JsonBody<NameBody>,
+) -> AppResult<Response> {
+    let ws = require_admin(&state, &caller, &ids[0]).await?;
+    let name = validate::label(
+        "name",
+        &body.name.ok_or_else(|| {
+            AppError::invalid("name is required", "send {\"name\": \"Sales team\"}")
+        })?,
+        100,
+    )?;
+    let tx = write_tx(&state.db).await?;
+    let backend = tx.get_database_backend();
+    let old: String = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT name FROM workspaces WHERE id = ?",
+            vec![ws.clone().into()],
+        ))
+        .await?
+        .ok_or_else(|| ws_not_found(&ids[0]))?
+        .try_get("", "name")?;
+    tx.execute_raw(stmt(
+        backend,
+        "UPDATE workspaces SET name = ? WHERE id = ?",
+        vec![name.clone().into(), ws.clone().into()],
+    ))
+    .await?;
+    audit::record(
+        &tx,
+        &ws,
+        &caller.user_id,
+        &caller.token_name,
+        "workspace.update",
+        &handle(Kind::Workspace, &ws),
+        Some(json!({"name": [old, name]})),
+    )
+    .await?;
+    tx.commit().await?;
+    let h = handle(Kind::Workspace, &ws);
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            let mut l = LineBuilder::new(&h);
+            l.field("name", &name);
+            format!("{}\n{}\n", l.finish(), comment("updated"))
+        },
+        || json!({"data": {"handle": h, "id": ws, "name": name}, "result": "updated"}),
     ))
 }
 

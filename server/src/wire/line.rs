@@ -40,6 +40,16 @@ impl LineBuilder {
         self
     }
 
+    /// `field` with the value always in quotes: for text that would read as
+    /// another type bare (a custom string "12" against the number 12).
+    pub fn field_quoted(&mut self, key: &str, value: &str) -> &mut Self {
+        self.line.push(' ');
+        push_key(&mut self.line, key);
+        self.line.push('=');
+        self.line.push_str(&quote_always(value));
+        self
+    }
+
     /// `field` for optional values; `None` is left out.
     pub fn opt(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         match value {
