@@ -518,6 +518,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -526,6 +527,18 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;contacts;summary' {
+            [CompletionResult]::new('--by', '--by', [CompletionResultType]::ParameterName, 'Group by these fields, comma-separated (deals: status,stage by default)')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language (repeatable)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'crmkit;contacts;get' {
@@ -649,6 +662,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;contacts;help' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -657,6 +671,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;contacts;help;summary' {
             break
         }
         'crmkit;contacts;help;get' {
@@ -690,6 +707,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
@@ -698,6 +716,18 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;companies;summary' {
+            [CompletionResult]::new('--by', '--by', [CompletionResultType]::ParameterName, 'Group by these fields, comma-separated (deals: status,stage by default)')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language (repeatable)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'crmkit;companies;get' {
@@ -821,6 +851,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;companies;help' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
@@ -829,6 +860,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;companies;help;summary' {
             break
         }
         'crmkit;companies;help;get' {
@@ -862,6 +896,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -870,6 +905,18 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;deals;summary' {
+            [CompletionResult]::new('--by', '--by', [CompletionResultType]::ParameterName, 'Group by these fields, comma-separated (deals: status,stage by default)')
+            [CompletionResult]::new('--search', '--search', [CompletionResultType]::ParameterName, 'Substring search over the key fields')
+            [CompletionResult]::new('--where', '--where', [CompletionResultType]::ParameterName, 'Any filter of the query language (repeatable)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'crmkit;deals;get' {
@@ -993,6 +1040,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;deals;help' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -1001,6 +1049,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'crmkit;deals;help;summary' {
             break
         }
         'crmkit;deals;help;get' {
@@ -1155,6 +1206,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;contacts' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -1162,6 +1214,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
+            break
+        }
+        'crmkit;help;contacts;summary' {
             break
         }
         'crmkit;help;contacts;get' {
@@ -1186,6 +1241,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;companies' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (contacts and companies merge into an existing email/domain)')
@@ -1193,6 +1249,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            break
+        }
+        'crmkit;help;companies;summary' {
             break
         }
         'crmkit;help;companies;get' {
@@ -1217,6 +1276,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;deals' {
+            [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
@@ -1224,6 +1284,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List and filter')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
+            break
+        }
+        'crmkit;help;deals;summary' {
             break
         }
         'crmkit;help;deals;get' {

@@ -121,6 +121,9 @@ _crmkit() {
             crmkit__subcmd__companies,log)
                 cmd="crmkit__subcmd__companies__subcmd__log"
                 ;;
+            crmkit__subcmd__companies,summary)
+                cmd="crmkit__subcmd__companies__subcmd__summary"
+                ;;
             crmkit__subcmd__companies,update)
                 cmd="crmkit__subcmd__companies__subcmd__update"
                 ;;
@@ -144,6 +147,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__companies__subcmd__help,log)
                 cmd="crmkit__subcmd__companies__subcmd__help__subcmd__log"
+                ;;
+            crmkit__subcmd__companies__subcmd__help,summary)
+                cmd="crmkit__subcmd__companies__subcmd__help__subcmd__summary"
                 ;;
             crmkit__subcmd__companies__subcmd__help,update)
                 cmd="crmkit__subcmd__companies__subcmd__help__subcmd__update"
@@ -169,6 +175,9 @@ _crmkit() {
             crmkit__subcmd__contacts,log)
                 cmd="crmkit__subcmd__contacts__subcmd__log"
                 ;;
+            crmkit__subcmd__contacts,summary)
+                cmd="crmkit__subcmd__contacts__subcmd__summary"
+                ;;
             crmkit__subcmd__contacts,update)
                 cmd="crmkit__subcmd__contacts__subcmd__update"
                 ;;
@@ -192,6 +201,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__contacts__subcmd__help,log)
                 cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__log"
+                ;;
+            crmkit__subcmd__contacts__subcmd__help,summary)
+                cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__summary"
                 ;;
             crmkit__subcmd__contacts__subcmd__help,update)
                 cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__update"
@@ -217,6 +229,9 @@ _crmkit() {
             crmkit__subcmd__deals,log)
                 cmd="crmkit__subcmd__deals__subcmd__log"
                 ;;
+            crmkit__subcmd__deals,summary)
+                cmd="crmkit__subcmd__deals__subcmd__summary"
+                ;;
             crmkit__subcmd__deals,update)
                 cmd="crmkit__subcmd__deals__subcmd__update"
                 ;;
@@ -240,6 +255,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__deals__subcmd__help,log)
                 cmd="crmkit__subcmd__deals__subcmd__help__subcmd__log"
+                ;;
+            crmkit__subcmd__deals__subcmd__help,summary)
+                cmd="crmkit__subcmd__deals__subcmd__help__subcmd__summary"
                 ;;
             crmkit__subcmd__deals__subcmd__help,update)
                 cmd="crmkit__subcmd__deals__subcmd__help__subcmd__update"
@@ -328,6 +346,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__companies,log)
                 cmd="crmkit__subcmd__help__subcmd__companies__subcmd__log"
                 ;;
+            crmkit__subcmd__help__subcmd__companies,summary)
+                cmd="crmkit__subcmd__help__subcmd__companies__subcmd__summary"
+                ;;
             crmkit__subcmd__help__subcmd__companies,update)
                 cmd="crmkit__subcmd__help__subcmd__companies__subcmd__update"
                 ;;
@@ -349,6 +370,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__contacts,log)
                 cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__log"
                 ;;
+            crmkit__subcmd__help__subcmd__contacts,summary)
+                cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__summary"
+                ;;
             crmkit__subcmd__help__subcmd__contacts,update)
                 cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__update"
                 ;;
@@ -369,6 +393,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__help__subcmd__deals,log)
                 cmd="crmkit__subcmd__help__subcmd__deals__subcmd__log"
+                ;;
+            crmkit__subcmd__help__subcmd__deals,summary)
+                cmd="crmkit__subcmd__help__subcmd__deals__subcmd__summary"
                 ;;
             crmkit__subcmd__help__subcmd__deals,update)
                 cmd="crmkit__subcmd__help__subcmd__deals__subcmd__update"
@@ -928,7 +955,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies)
-            opts="-h --server --profile --json --format --help get delete create update list activities log help"
+            opts="-h --server --profile --json --format --help summary get delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1150,7 +1177,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__help)
-            opts="get delete create update list activities log help"
+            opts="summary get delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1261,6 +1288,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__companies__subcmd__help__subcmd__summary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__companies__subcmd__help__subcmd__update)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1357,6 +1398,44 @@ _crmkit() {
                     return 0
                     ;;
                 --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__companies__subcmd__summary)
+            opts="-h --by --search --where --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --by)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --search)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1504,7 +1583,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts)
-            opts="-h --server --profile --json --format --help get delete activities log create update list help"
+            opts="-h --server --profile --json --format --help summary get delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1726,7 +1805,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__help)
-            opts="get delete activities log create update list help"
+            opts="summary get delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1824,6 +1903,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__help__subcmd__log)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__contacts__subcmd__help__subcmd__summary)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1955,6 +2048,44 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__contacts__subcmd__summary)
+            opts="-h --by --search --where --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --by)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --search)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__contacts__subcmd__update)
             opts="-h --name --email --phone --title --company --stage --tag --custom --follow-up --note --data --clear --domain --industry --contact --status --amount-cents --currency --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -2054,7 +2185,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals)
-            opts="-h --server --profile --json --format --help get delete activities create update list log help"
+            opts="-h --server --profile --json --format --help summary get delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2276,7 +2407,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__help)
-            opts="get delete activities create update list log help"
+            opts="summary get delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2387,6 +2518,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__deals__subcmd__help__subcmd__summary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__deals__subcmd__help__subcmd__update)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -2483,6 +2628,44 @@ _crmkit() {
                     return 0
                     ;;
                 --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__deals__subcmd__summary)
+            opts="-h --by --search --where --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --by)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --search)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --where)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2716,7 +2899,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__companies)
-            opts="get delete create update list activities log"
+            opts="summary get delete create update list activities log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2813,6 +2996,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__help__subcmd__companies__subcmd__summary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__help__subcmd__companies__subcmd__update)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -2842,7 +3039,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__contacts)
-            opts="get delete activities log create update list"
+            opts="summary get delete activities log create update list"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2939,6 +3136,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__help__subcmd__contacts__subcmd__summary)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__help__subcmd__contacts__subcmd__update)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -2954,7 +3165,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__deals)
-            opts="get delete activities create update list log"
+            opts="summary get delete activities create update list log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3038,6 +3249,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__deals__subcmd__log)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__deals__subcmd__summary)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -462,6 +462,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --json 'Print JSON'
             cand -h 'Print help'
             cand --help 'Print help'
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -470,6 +471,17 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand update 'Change some fields'
             cand list 'List and filter'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;summary'= {
+            cand --by 'Group by these fields, comma-separated (deals: status,stage by default)'
+            cand --search 'Substring search over the key fields'
+            cand --where 'Any filter of the query language (repeatable)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
         }
         &'crmkit;contacts;get'= {
             cand --server 'Server URL'
@@ -585,6 +597,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;contacts;help'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -593,6 +606,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand update 'Change some fields'
             cand list 'List and filter'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;contacts;help;summary'= {
         }
         &'crmkit;contacts;help;get'= {
         }
@@ -617,6 +632,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --json 'Print JSON'
             cand -h 'Print help'
             cand --help 'Print help'
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (contacts and companies merge into an existing email/domain)'
@@ -625,6 +641,17 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;summary'= {
+            cand --by 'Group by these fields, comma-separated (deals: status,stage by default)'
+            cand --search 'Substring search over the key fields'
+            cand --where 'Any filter of the query language (repeatable)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
         }
         &'crmkit;companies;get'= {
             cand --server 'Server URL'
@@ -740,6 +767,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;companies;help'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (contacts and companies merge into an existing email/domain)'
@@ -748,6 +776,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;companies;help;summary'= {
         }
         &'crmkit;companies;help;get'= {
         }
@@ -772,6 +802,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --json 'Print JSON'
             cand -h 'Print help'
             cand --help 'Print help'
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -780,6 +811,17 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'List and filter'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;summary'= {
+            cand --by 'Group by these fields, comma-separated (deals: status,stage by default)'
+            cand --search 'Substring search over the key fields'
+            cand --where 'Any filter of the query language (repeatable)'
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
         }
         &'crmkit;deals;get'= {
             cand --server 'Server URL'
@@ -895,6 +937,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;deals;help'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -903,6 +946,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'List and filter'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'crmkit;deals;help;summary'= {
         }
         &'crmkit;deals;help;get'= {
         }
@@ -1017,6 +1062,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;admin;set-plan'= {
         }
         &'crmkit;help;contacts'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -1024,6 +1070,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand create 'Create (contacts and companies merge into an existing email/domain)'
             cand update 'Change some fields'
             cand list 'List and filter'
+        }
+        &'crmkit;help;contacts;summary'= {
         }
         &'crmkit;help;contacts;get'= {
         }
@@ -1040,6 +1088,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;contacts;list'= {
         }
         &'crmkit;help;companies'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (contacts and companies merge into an existing email/domain)'
@@ -1047,6 +1096,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'List and filter'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
+        }
+        &'crmkit;help;companies;summary'= {
         }
         &'crmkit;help;companies;get'= {
         }
@@ -1063,6 +1114,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;companies;log'= {
         }
         &'crmkit;help;deals'= {
+            cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
@@ -1070,6 +1122,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand update 'Change some fields'
             cand list 'List and filter'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
+        }
+        &'crmkit;help;deals;summary'= {
         }
         &'crmkit;help;deals;get'= {
         }

@@ -401,6 +401,18 @@ pub struct WriteArgs {
 pub enum RecordCmd {
     /// List and filter
     List(ListArgs),
+    /// Counts per group (deals: and amounts per currency), over the filtered records
+    Summary {
+        /// Group by these fields, comma-separated (deals: status,stage by default)
+        #[arg(long)]
+        by: Option<String>,
+        /// Substring search over the key fields
+        #[arg(long)]
+        search: Option<String>,
+        /// Any filter of the query language (repeatable)
+        #[arg(long = "where", value_name = "FIELD=[OP:]VALUE")]
+        filters: Vec<String>,
+    },
     /// One record
     Get { id: String },
     /// Create (contacts and companies merge into an existing email/domain)
@@ -1668,6 +1680,22 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
             let c = ctx.client()?;
             ctx.list(&c, &with_query(&format!("/{kind}"), &pairs), &a.page)
                 .await?;
+        }
+        RecordCmd::Summary {
+            by,
+            search,
+            filters,
+        } => {
+            let a = ListArgs {
+                search,
+                filters,
+                ..ListArgs::default()
+            };
+            let mut pairs = list_query(kind, &a)?;
+            pairs.extend(by.map(|b| ("by".to_string(), b)));
+            let c = ctx.client()?;
+            let path = with_query(&format!("/{kind}/summary"), &pairs);
+            show(ctx.format, &c.get(&path, json_fmt).await?.text);
         }
         RecordCmd::Get { id } => {
             let c = ctx.client()?;

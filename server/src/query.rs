@@ -525,6 +525,49 @@ pub fn list_sql(
     Ok(s)
 }
 
+/// `SELECT <groups>, COUNT(*)[, SUM(amount_cents)] FROM <table> WHERE
+/// workspace_id = ? AND <filters> [AND <search>] GROUP BY <groups>`, groups
+/// ordered with empty values last; at most `limit` groups. `groups` are
+/// field names the caller has checked against the kind.
+pub fn summary_sql(
+    def: &KindDef,
+    ws: &str,
+    q: &ListQuery,
+    groups: &[&str],
+    sum_amounts: bool,
+    limit: u64,
+    backend: DatabaseBackend,
+) -> Sql {
+    let cols = groups.join(", ");
+    let sum = if sum_amounts {
+        ", CAST(SUM(amount_cents) AS BIGINT) AS total"
+    } else {
+        ""
+    };
+    let mut s = Sql::new(&format!(
+        "SELECT {cols}, COUNT(*) AS n{sum} FROM {} WHERE workspace_id = ",
+        def.plural
+    ));
+    s.bind(ws.to_string());
+    for f in &q.filters {
+        s.push(" AND ");
+        compile_filter(&mut s, def, f, backend);
+    }
+    if let Some(text) = &q.search {
+        s.push(" AND ");
+        search_clause(&mut s, def, text, backend);
+    }
+    let order: Vec<String> = groups
+        .iter()
+        .map(|g| format!("({g} IS NULL) ASC, {g} ASC"))
+        .collect();
+    s.push(&format!(
+        " GROUP BY {cols} ORDER BY {} LIMIT {limit}",
+        order.join(", ")
+    ));
+    s
+}
+
 /// Where a row of an ordered search (`SearchPlan::Ordered`) carries its
 /// search key: right after the record's [`columns`](crate::records::store::columns).
 pub fn search_key_at(def: &KindDef) -> usize {

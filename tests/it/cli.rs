@@ -282,6 +282,20 @@ async fn login_records_and_pipes() {
         cli.ok(&["audit", "--all"])
             .contains("action=contact.create")
     );
+    // A summary: counts (and for deals amounts) per group.
+    let summary = cli.ok(&[
+        "deals",
+        "summary",
+        "--by",
+        "stage",
+        "--where",
+        "status=open",
+    ]);
+    assert!(
+        summary.contains("count=1") && summary.contains("amount=\"1299.00 USD\""),
+        "{summary}"
+    );
+    assert_eq!(code_of(&cli.run(&["deals", "summary", "--by", "title"])), 2);
     // A record's history; a kind's actions; a time window.
     let history = cli.ok(&["audit", "--target", &cid]);
     assert!(

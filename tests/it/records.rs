@@ -1646,3 +1646,99 @@ async fn text_keeps_custom_types_and_json_keeps_every_key() {
     assert!(v["data"].as_object().unwrap().contains_key("amount"), "{v}");
     assert_eq!(v["data"]["amount"], Value::Null);
 }
+
+/// "The open pipeline by stage": a summary counts the filtered records per
+/// group, and for deals sums the amounts per currency, never across them.
+#[tokio::test]
+async fn summaries_count_and_sum_per_group() {
+    let s = Server::start().await;
+    let t = s.login("pipeline@example.com").await;
+    for (title, stage, status, cents, cur) in [
+        ("A", "proposal", "open", 100_000, "USD"),
+        ("B", "proposal", "open", 50_000, "USD"),
+        ("C", "proposal", "open", 70_000, "EUR"),
+        ("D", "closing", "open", 10_000, "USD"),
+        ("E", "closing", "won", 999_999, "USD"),
+    ] {
+        create(&s, &t, "deals", json!({"title": title, "stage": stage, "status": status, "amount_cents": cents, "currency": cur})).await;
+    }
+    create(&s, &t, "deals", json!({"title": "No stage"})).await;
+    let r = s.get("/deals/summary?status=open&by=stage", &t).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let lines: Vec<&str> = r.text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "summary stage=closing currency=USD count=1 amount_cents=10000 amount=\"100.00 USD\"",
+            "summary stage=proposal currency=EUR count=1 amount_cents=70000 amount=\"700.00 EUR\"",
+            "summary stage=proposal currency=USD count=2 amount_cents=150000 amount=\"1500.00 USD\"",
+            "summary count=1",
+            "# 4 groups, 5 deals in all",
+        ],
+        "{}",
+        r.text
+    );
+    // JSON, the default grouping (status, stage), a search.
+    let v = s.get("/deals/summary?format=json", &t).await.json();
+    assert_eq!(v["by"], json!(["status", "stage", "currency"]));
+    assert_eq!(v["count"], 6);
+    let won = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["status"] == "won")
+        .unwrap();
+    assert_eq!(won["amount"], "9999.99 USD");
+    let v = s
+        .get("/deals/summary?search=No%20stage&format=json", &t)
+        .await
+        .json();
+    assert_eq!(v["count"], 1, "{v}");
+    assert_eq!(v["data"][0]["amount"], Value::Null, "{v}");
+    // Contacts count by stage.
+    create(&s, &t, "contacts", json!({"name": "L", "stage": "lead"})).await;
+    create(&s, &t, "contacts", json!({"name": "M", "stage": "lead"})).await;
+    let r = s.get("/contacts/summary", &t).await;
+    assert!(
+        r.text.starts_with("summary stage=lead count=2\n"),
+        "{}",
+        r.text
+    );
+    // Bad input: 400s that say what to send; nothing changes.
+    for (query, code, needle) in [
+        (
+            "/deals/summary?by=title",
+            "invalid_request",
+            "cannot group deals by \"title\"",
+        ),
+        (
+            "/deals/summary?by=stage&by=status",
+            "invalid_request",
+            "more than once",
+        ),
+        (
+            "/deals/summary?limit=5",
+            "unknown_field",
+            "a summary takes no limit",
+        ),
+        (
+            "/deals/summary?stage=equals:x",
+            "unknown_operator",
+            "unknown operator",
+        ),
+        (
+            "/deals/summary?titel=A",
+            "unknown_field",
+            "did you mean \"title\"",
+        ),
+        (
+            "/companies/summary?by=stage",
+            "invalid_request",
+            "allowed: industry",
+        ),
+    ] {
+        let r = s.get(query, &t).await;
+        r.assert_error(400, code);
+        assert!(r.text.contains(needle), "{query}: {}", r.text);
+    }
+}

@@ -52,7 +52,9 @@ pub struct Connector {
 const TOOL_DESCRIPTION: &str = "Call the crmkit CRM HTTP API as the signed-in user and get its plain-text answer. \
 Records are one line each: `contact/c_… name=\"Jane Doe\" email=… stage=lead`; lists end with `# N contacts` and `# next: CURSOR`. \
 Endpoints: GET/POST /contacts, /companies, /deals (POST upserts contacts by email, companies by domain); GET/PATCH/DELETE /{kind}/{id}; \
-GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body}; GET /activities, /reminders?days=N, /audit, /whoami, /tokens, /workspaces. \
+GET /{kind}/summary?by=stage (counts, and deal amounts per currency, over the filtered records); \
+GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body}; GET /activities?occurred_at=gte:TIME, /reminders?days=N, \
+/audit?target=deal/d_…&action=deal.update, /whoami, /tokens, /workspaces. \
 Filters: field=[op:]value with ops eq ne gt gte lt lte like in is:null not:null, plus custom.KEY, tags=vip, search=TEXT, sort=-field, limit<=200, cursor=. \
 Delete is two-step: the first DELETE answers confirmation_required with a confirm token; repeat with ?confirm=TOKEN only if the user agrees. \
 Promoting to admin, inviting as admin and deleting a workspace answer escalation_required and email the user a code: ask them for it and repeat with ?code=CODE. \

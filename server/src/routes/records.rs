@@ -19,7 +19,7 @@ use crate::extract::{PathIds, QueryPairs, RawBody, no_params, parse_object};
 use crate::negotiate::Fmt;
 use crate::query::{
     SearchPlan, list_sql, make_cursor, read_cursor, search_count_sql, search_key_at,
-    search_ordered, search_plan,
+    search_ordered, search_plan, summary_sql,
 };
 use crate::records::kinds::FType;
 use crate::records::model::{self, Record, Val};
@@ -27,7 +27,7 @@ use crate::records::{COMPANY, CONTACT, DEAL, KindDef, store};
 use crate::routes::audit;
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
-use crate::wire::line::comment;
+use crate::wire::line::{LineBuilder, comment};
 use crate::wire::query::parse_list_query;
 use axum::middleware::from_fn;
 
@@ -41,6 +41,10 @@ pub fn router() -> Router<AppState> {
                 post(move |s, c, f, b| create(d, s, c, f, b))
                     .layer(from_fn(no_params))
                     .get(move |s, c, f, q| list(d, s, c, f, q)),
+            )
+            .route(
+                &format!("/{}/summary", d.plural),
+                get(move |s, c, f, q| summary(d, s, c, f, q)),
             )
             .route(
                 &format!("/{}/{{id}}", d.plural),
@@ -215,6 +219,164 @@ async fn list(
         next,
         |r| model::line(def, r),
         |r| model::JsonRecord(def, r),
+    ))
+}
+
+/// The fields a kind's summary may group by, and its default grouping.
+fn groupable(def: &KindDef) -> (&'static [&'static str], &'static str) {
+    match def.kind {
+        Kind::Deal => (
+            &["status", "stage", "currency", "company_id", "contact_id"],
+            "status,stage",
+        ),
+        Kind::Contact => (&["stage", "company_id"], "stage"),
+        _ => (&["industry"], "industry"),
+    }
+}
+
+/// At most this many groups in a summary.
+const MAX_GROUPS: u64 = 500;
+
+/// `GET /{kind}/summary?by=…&<filters>&search=…`: how many records (and,
+/// for deals, how much money per currency) per value of the `by` fields,
+/// over the records the filters select: "the open pipeline by stage"
+/// without paging through every deal.
+async fn summary(
+    def: &'static KindDef,
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    QueryPairs(pairs): QueryPairs,
+) -> AppResult<Response> {
+    let (allowed, default_by) = groupable(def);
+    let mut by: Option<String> = None;
+    let mut filters = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "format" | "code" => {}
+            "by" if by.is_some() => {
+                return Err(AppError::invalid(
+                    "by is given more than once",
+                    "send by=FIELD,FIELD once",
+                ));
+            }
+            "by" => by = Some(v),
+            "sort" | "limit" | "cursor" => {
+                return Err(AppError::new(
+                    "unknown_field",
+                    StatusCode::BAD_REQUEST,
+                    format!("a summary takes no {k}"),
+                    format!("a summary is every group at once, in the order of its by= fields: remove {k}; filters, search= and by= apply"),
+                )
+                .allowed(allowed));
+            }
+            _ => filters.push((k, v)),
+        }
+    }
+    let q = parse_list_query(def.schema, &filters).map_err(|e| {
+        AppError::new(e.code, StatusCode::BAD_REQUEST, e.message, e.hint).allowed(&e.allowed)
+    })?;
+    let by = by.unwrap_or_else(|| default_by.to_owned());
+    let mut groups: Vec<&'static str> = Vec::new();
+    for name in by.split(',').map(str::trim) {
+        let Some(field) = allowed.iter().find(|f| **f == name) else {
+            let shown: String = name.chars().take(60).collect();
+            return Err(AppError::invalid(
+                format!("cannot group {} by {shown:?}", def.plural),
+                format!("send by= one or more of the allowed fields, comma-separated, e.g. by={default_by}"),
+            )
+            .allowed(allowed));
+        };
+        if !groups.contains(field) {
+            groups.push(field);
+        }
+    }
+    // Amounts add up only within a currency.
+    let sums = def.kind == Kind::Deal;
+    if sums && !groups.contains(&"currency") {
+        groups.push("currency");
+    }
+    let sql = summary_sql(
+        def,
+        &caller.workspace_id,
+        &q,
+        &groups,
+        sums,
+        MAX_GROUPS + 1,
+        state.db.get_database_backend(),
+    );
+    let n = groups.len();
+    let mut rows = state
+        .db
+        .read(&sql.text, sql.vals, |r| -> AppResult<_> {
+            let values = (0..n).map(|i| r.text(i)).collect::<Result<Vec<_>, _>>()?;
+            let count = r.int(n)?.unwrap_or(0);
+            let total = if sums { r.int(n + 1)? } else { None };
+            Ok((values, count, total))
+        })
+        .await?;
+    let cut = rows.len() as u64 > MAX_GROUPS;
+    rows.truncate(MAX_GROUPS as usize);
+    let records: i64 = rows.iter().map(|(_, c, _)| c).sum();
+    let amount = |values: &[Option<String>], total: Option<i64>| {
+        let cur = groups
+            .iter()
+            .position(|g| *g == "currency")
+            .and_then(|i| values[i].as_deref());
+        total.zip(cur).map(|(t, c)| model::money(t, c))
+    };
+    let note = cut.then(|| format!("more than {MAX_GROUPS} groups: only the first are shown; narrow with filters or group by fewer fields"));
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            let mut out = String::new();
+            for (values, count, total) in &rows {
+                let mut l = LineBuilder::new("summary");
+                for (g, v) in groups.iter().zip(values) {
+                    l.opt(g, v.as_deref());
+                }
+                l.field("count", &count.to_string());
+                if let Some(t) = total {
+                    l.field("amount_cents", &t.to_string());
+                }
+                l.opt("amount", amount(values, *total).as_deref());
+                out.push_str(&l.finish());
+                out.push('\n');
+            }
+            out.push_str(&comment(&format!(
+                "{} groups, {records} {} in all",
+                rows.len(),
+                def.plural
+            )));
+            out.push('\n');
+            if let Some(n) = &note {
+                out.push_str(&comment(n));
+                out.push('\n');
+            }
+            out
+        },
+        || {
+            let data: Vec<Value> = rows
+                .iter()
+                .map(|(values, count, total)| {
+                    let mut m = serde_json::Map::new();
+                    for (g, v) in groups.iter().zip(values) {
+                        m.insert((*g).to_owned(), json!(v));
+                    }
+                    m.insert("count".into(), json!(count));
+                    if sums {
+                        m.insert("amount_cents".into(), json!(total));
+                        m.insert("amount".into(), json!(amount(values, *total)));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            let mut v = json!({"data": data, "by": groups, "count": records});
+            if let Some(n) = &note {
+                v["note"] = json!(n);
+            }
+            v
+        },
     ))
 }
 
