@@ -737,6 +737,20 @@ fn list_query(kind: &str, a: &ListArgs) -> Result<Vec<(String, String)>, CliErro
     Ok(pairs)
 }
 
+/// Whether a person agreed to something that cannot be undone: asked on a
+/// terminal (`declined` is said when they do not); a script gets exit 6
+/// with `for_scripts`, which names the flag that agrees.
+async fn agreed(for_scripts: &str, question: &str, declined: &str) -> Result<bool, CliError> {
+    if !tty() {
+        return Err(CliError::human(for_scripts));
+    }
+    let yes = prompt(question).await?.eq_ignore_ascii_case("y");
+    if !yes {
+        eprintln!("{declined}");
+    }
+    Ok(yes)
+}
+
 /// Whether a typed sign-in code has the shape of one (6 digits).
 fn is_code(code: &str) -> bool {
     let c = code.trim();
@@ -1525,19 +1539,15 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
         }
         WorkspacesCmd::Leave { id, yes } => {
             let id = workspace_id(&c, &id).await?;
-            if !yes {
-                if !tty() {
-                    return Err(CliError::human(format!(
-                        "leaving {id} ends your access to it until an admin invites you again; add --yes to confirm"
-                    )));
-                }
-                if !prompt(&format!("Leave workspace {id}? [y/N] "))
-                    .await?
-                    .eq_ignore_ascii_case("y")
-                {
-                    eprintln!("# not left");
-                    return Ok(());
-                }
+            if !yes
+                && !agreed(
+                    &format!("leaving {id} ends your access to it until an admin invites you again; add --yes to confirm"),
+                    &format!("Leave workspace {id}? [y/N] "),
+                    "# not left",
+                )
+                .await?
+            {
+                return Ok(());
             }
             let me = c.get("/whoami?format=json", true).await?.json()?["data"]["handle"]
                 .as_str()
@@ -1564,19 +1574,15 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
         }
         WorkspacesCmd::Delete { id, code, yes } => {
             let id = workspace_id(&c, &id).await?;
-            if !yes {
-                if !tty() {
-                    return Err(CliError::human(format!(
-                        "deleting workspace {id} removes all its data; add --yes to confirm (the emailed step-up code then goes in --code)"
-                    )));
-                }
-                if !prompt(&format!("Delete workspace {id} and ALL its data? [y/N] "))
-                    .await?
-                    .eq_ignore_ascii_case("y")
-                {
-                    eprintln!("# not deleted");
-                    return Ok(());
-                }
+            if !yes
+                && !agreed(
+                    &format!("deleting workspace {id} removes all its data; add --yes to confirm (the emailed step-up code then goes in --code)"),
+                    &format!("Delete workspace {id} and ALL its data? [y/N] "),
+                    "# not deleted",
+                )
+                .await?
+            {
+                return Ok(());
             }
             // Deleting the workspace this sign-in acts in revokes its token:
             // a token for another workspace is minted first and kept if the
@@ -1765,17 +1771,15 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 .as_str()
                 .ok_or_else(|| CliError::new(1, "the server sent no confirmation token"))?
                 .to_string();
-            if !yes {
-                if !tty() {
-                    return Err(CliError::human(format!(
-                        "{message}\nadd --yes to delete without asking"
-                    )));
-                }
-                eprintln!("{message}");
-                if !prompt("Delete? [y/N] ").await?.eq_ignore_ascii_case("y") {
-                    eprintln!("# not deleted");
-                    return Ok(());
-                }
+            if !yes
+                && !agreed(
+                    &format!("{message}\nadd --yes to delete without asking"),
+                    &format!("{message}\nDelete? [y/N] "),
+                    "# not deleted",
+                )
+                .await?
+            {
+                return Ok(());
             }
             let a = c
                 .send(

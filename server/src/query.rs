@@ -467,14 +467,7 @@ pub fn list_sql(
         def.plural
     ));
     s.bind(ws.to_string());
-    for f in &q.filters {
-        s.push(" AND ");
-        compile_filter(&mut s, def, f, backend);
-    }
-    if let Some(text) = &q.search {
-        s.push(" AND ");
-        search_clause(&mut s, def, text, backend);
-    }
+    push_conditions(&mut s, def, q, backend);
     let col = q.sort.field.name;
     let desc = q.sort.desc;
     let (cmp, dir) = if desc {
@@ -525,6 +518,18 @@ pub fn list_sql(
     Ok(s)
 }
 
+/// ` AND <filter>` for each filter and ` AND <search>` for a search.
+fn push_conditions(s: &mut Sql, def: &KindDef, q: &ListQuery, backend: DatabaseBackend) {
+    for f in &q.filters {
+        s.push(" AND ");
+        compile_filter(s, def, f, backend);
+    }
+    if let Some(text) = &q.search {
+        s.push(" AND ");
+        search_clause(s, def, text, backend);
+    }
+}
+
 /// `SELECT <groups>, COUNT(*)[, SUM(amount_cents)] FROM <table> WHERE
 /// workspace_id = ? AND <filters> [AND <search>] GROUP BY <groups>`, groups
 /// ordered with empty values last; at most `limit` groups. `groups` are
@@ -549,14 +554,7 @@ pub fn summary_sql(
         def.plural
     ));
     s.bind(ws.to_string());
-    for f in &q.filters {
-        s.push(" AND ");
-        compile_filter(&mut s, def, f, backend);
-    }
-    if let Some(text) = &q.search {
-        s.push(" AND ");
-        search_clause(&mut s, def, text, backend);
-    }
+    push_conditions(&mut s, def, q, backend);
     let order: Vec<String> = groups
         .iter()
         .map(|g| format!("({g} IS NULL) ASC, {g} ASC"))

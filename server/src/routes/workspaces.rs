@@ -159,19 +159,23 @@ impl BodyFields for NameBody {
     const FIELDS: &'static [&'static str] = &["name"];
 }
 
+impl NameBody {
+    /// A workspace's name: required, one line, at most 100 characters.
+    fn checked_name(self) -> AppResult<String> {
+        let name = self.name.ok_or_else(|| {
+            AppError::invalid("name is required", "send {\"name\": \"Sales team\"}")
+        })?;
+        validate::label("name", &name, 100)
+    }
+}
+
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     fmt: Fmt,
     JsonBody(body): JsonBody<NameBody>,
 ) -> AppResult<Response> {
-    let name = validate::label(
-        "name",
-        &body.name.ok_or_else(|| {
-            AppError::invalid("name is required", "send {\"name\": \"Sales team\"}")
-        })?,
-        100,
-    )?;
+    let name = body.checked_name()?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let plan_row = tx
@@ -228,13 +232,7 @@ async fn rename(
     JsonBody(body): JsonBody<NameBody>,
 ) -> AppResult<Response> {
     let ws = require_admin(&state, &caller, &ids[0]).await?;
-    let name = validate::label(
-        "name",
-        &body.name.ok_or_else(|| {
-            AppError::invalid("name is required", "send {\"name\": \"Sales team\"}")
-        })?,
-        100,
-    )?;
+    let name = body.checked_name()?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let old: String = tx
