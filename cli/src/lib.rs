@@ -414,23 +414,29 @@ pub enum RecordCmd {
         filters: Vec<String>,
     },
     /// One record
-    Get { id: String },
+    Get {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// Create (contacts and companies merge into an existing email/domain)
     Create(WriteArgs),
     /// Change some fields
     Update {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         #[command(flatten)]
         fields: WriteArgs,
     },
     /// Delete (asks first; --yes in scripts)
     Delete {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         #[arg(long)]
         yes: bool,
     },
     /// Activities: a contact's log, or those naming a deal (companies have none)
     Activities {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         #[command(flatten)]
         when: When,
@@ -439,6 +445,7 @@ pub enum RecordCmd {
     },
     /// Log an activity (on contacts only; --deal adds a deal)
     Log {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         /// call, email, meeting, note or task
         #[arg(long)]
@@ -1028,6 +1035,11 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
     let signin = ctx.global.signin();
     let anon = Client::new(server, None)?;
     if a.with_token {
+        if std::io::stdin().is_terminal() {
+            // Nothing piped in: say what is being waited for.
+            eprint!("Paste the token and press Enter: ");
+            let _ = std::io::stderr().flush();
+        }
         let mut token = String::new();
         std::io::stdin()
             .lock()

@@ -435,6 +435,8 @@ async fn scripts_get_errors_they_can_act_on() {
         text.contains("crmkit deals list shows what exists"),
         "{text}"
     );
+    // An empty id is a usage error, not "no route".
+    assert_eq!(code_of(&cli.run(&["contacts", "get", ""])), 2);
     // A value and --clear for the same field: refused, nothing changed.
     let made = cli.ok(&["contacts", "create", "--name", "Clear", "--title", "CEO"]);
     let id = made.split_whitespace().next().unwrap().to_string();
