@@ -173,6 +173,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
@@ -245,6 +246,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'crmkit;workspaces;decline' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'crmkit;workspaces;rename' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
@@ -283,6 +293,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
@@ -308,6 +319,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;workspaces;help;remove' {
+            break
+        }
+        'crmkit;workspaces;help;decline' {
             break
         }
         'crmkit;workspaces;help;rename' {
@@ -1136,6 +1150,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
             [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a workspace and all its data (needs the emailed code)')
@@ -1160,6 +1175,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;workspaces;remove' {
+            break
+        }
+        'crmkit;help;workspaces;decline' {
             break
         }
         'crmkit;help;workspaces;rename' {

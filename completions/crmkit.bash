@@ -409,6 +409,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__workspaces,create)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__create"
                 ;;
+            crmkit__subcmd__help__subcmd__workspaces,decline)
+                cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__decline"
+                ;;
             crmkit__subcmd__help__subcmd__workspaces,delete)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__delete"
                 ;;
@@ -457,6 +460,9 @@ _crmkit() {
             crmkit__subcmd__workspaces,create)
                 cmd="crmkit__subcmd__workspaces__subcmd__create"
                 ;;
+            crmkit__subcmd__workspaces,decline)
+                cmd="crmkit__subcmd__workspaces__subcmd__decline"
+                ;;
             crmkit__subcmd__workspaces,delete)
                 cmd="crmkit__subcmd__workspaces__subcmd__delete"
                 ;;
@@ -489,6 +495,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,create)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__create"
+                ;;
+            crmkit__subcmd__workspaces__subcmd__help,decline)
+                cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__decline"
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,delete)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__delete"
@@ -3459,7 +3468,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces)
-            opts="list create use members invite role remove rename leave delete"
+            opts="list create use members invite role remove decline rename leave delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3473,6 +3482,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__workspaces__subcmd__decline)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4127,7 +4150,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces)
-            opts="-h --server --profile --json --format --help list create use members invite role remove rename leave delete help"
+            opts="-h --server --profile --json --format --help list create use members invite role remove decline rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4153,6 +4176,32 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__create)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__decline)
             opts="-h --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4209,7 +4258,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help)
-            opts="list create use members invite role remove rename leave delete help"
+            opts="list create use members invite role remove decline rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4223,6 +4272,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__help__subcmd__decline)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -154,6 +154,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
@@ -218,6 +219,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'crmkit;workspaces;decline'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'crmkit;workspaces;rename'= {
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
@@ -253,6 +262,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
@@ -271,6 +281,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;help;role'= {
         }
         &'crmkit;workspaces;help;remove'= {
+        }
+        &'crmkit;workspaces;help;decline'= {
         }
         &'crmkit;workspaces;help;rename'= {
         }
@@ -1014,6 +1026,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
             cand remove 'Remove a member, or withdraw a pending invite'
+            cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
             cand delete 'Delete a workspace and all its data (needs the emailed code)'
@@ -1031,6 +1044,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;workspaces;role'= {
         }
         &'crmkit;help;workspaces;remove'= {
+        }
+        &'crmkit;help;workspaces;decline'= {
         }
         &'crmkit;help;workspaces;rename'= {
         }

@@ -241,6 +241,11 @@ pub enum WorkspacesCmd {
         #[arg(value_name = "MEMBER")]
         user: String,
     },
+    /// Decline an invite to a workspace (`workspaces list` shows it as status=invited)
+    Decline {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+    },
     /// Rename a workspace (admins)
     Rename {
         #[arg(value_name = "WORKSPACE")]
@@ -1532,6 +1537,33 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     &[],
                     false,
                 )
+                .await?;
+            show(plain, &a.text);
+        }
+        WorkspacesCmd::Decline { id } => {
+            let id = workspace_id(&c, &id).await?;
+            let bare = id.strip_prefix("workspace/").unwrap_or(&id).to_string();
+            let list = c.get("/workspaces?format=json", true).await?.json()?;
+            let invite = list["data"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter().find(|w| w["id"].as_str() == Some(bare.as_str()) && w["status"] == "invited")
+                })
+                .and_then(|w| w["invite"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    CliError::new(
+                        3,
+                        format!("no pending invite of yours to {id}; `crmkit workspaces list` shows them as status=invited"),
+                    )
+                })?;
+            let path = format!(
+                "/workspaces/{}/invites/{}",
+                id_path(&bare),
+                id_path(&invite)
+            );
+            let a = c
+                .send(Method::DELETE, &path, None, json_fmt, &[], false)
                 .await?;
             show(plain, &a.text);
         }

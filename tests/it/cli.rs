@@ -631,6 +631,41 @@ async fn workspaces_by_name_and_members_by_email() {
     // An exact match wins over a match that ignores case.
     assert!(cli.ok(&["workspaces", "use", "team blue"]).contains(&other));
     assert!(cli.ok(&["workspaces", "use", &ws]).contains(&ws));
+    // An invite to someone signed in can be declined by name.
+    let admin = crate::cli_token(&cli.dir);
+    let r = s
+        .post(
+            "/workspaces?format=json",
+            Some(&admin),
+            r#"{"name":"Elsewhere Co"}"#,
+        )
+        .await;
+    let elsewhere = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let outsider = Cli::new(&s);
+    outsider.login(&s, "outsider@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{elsewhere}/invites"),
+            Some(&admin),
+            r#"{"email":"outsider@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        outsider
+            .ok(&["workspaces", "list"])
+            .contains("status=invited")
+    );
+    assert!(
+        outsider
+            .ok(&["workspaces", "decline", "Elsewhere Co"])
+            .contains("# declined invite/")
+    );
+    assert!(!outsider.ok(&["workspaces", "list"]).contains(&elsewhere));
+    assert_eq!(
+        code_of(&outsider.run(&["workspaces", "decline", &elsewhere])),
+        3
+    );
     // Renamed, the name is unique again.
     let renamed = cli.ok(&["workspaces", "rename", &other, "Team Green"]);
     assert!(renamed.contains("name=\"Team Green\""), "{renamed}");

@@ -1490,3 +1490,59 @@ async fn an_admin_renames_a_workspace() {
     .assert_error(403, "admin_required");
     assert!(s.get("/workspaces", &a).await.text.contains("New name"));
 }
+
+/// The invitee may decline an invite (listed with its handle in their
+/// GET /workspaces); nobody else but an admin can remove it.
+#[tokio::test]
+async fn an_invitee_can_decline() {
+    let s = Server::start().await;
+    let a = s.login("inviter@example.com").await;
+    let r = s
+        .post("/workspaces?format=json", Some(&a), r#"{"name":"Club"}"#)
+        .await;
+    let ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    // Signed in before the invite (a sign-in accepts pending invites).
+    let x = s.login("maybe@example.com").await;
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/invites?format=json"),
+            Some(&a),
+            r#"{"email":"maybe@example.com","role":"member"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let invite = r.json()["data"]["handle"].as_str().unwrap().to_string();
+    let mine = s.get("/workspaces", &x).await.text;
+    assert!(
+        mine.contains(&format!("status=invited invite={invite}")),
+        "{mine}"
+    );
+    // Someone else, signed in, cannot decline it for them.
+    let other = s.login("nosy@example.com").await;
+    s.delete(&format!("/workspaces/{ws}/invites/{invite}"), &other)
+        .await
+        .assert_error(404, "not_found");
+    let r = s
+        .delete(&format!("/workspaces/{ws}/invites/{invite}"), &x)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains(&format!("# declined {invite}")),
+        "{}",
+        r.text
+    );
+    assert!(!s.get("/workspaces", &x).await.text.contains(&ws));
+    let members = s.get(&format!("/workspaces/{ws}/members"), &a).await.text;
+    assert!(!members.contains("maybe@example.com"), "{members}");
+    // Audited in the workspace.
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(&a),
+            r#"{"token_name":"there"}"#,
+        )
+        .await;
+    let there = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let audit = s.get("/audit?action=invite.decline", &there).await.text;
+    assert!(audit.contains(&format!("target={invite}")), "{audit}");
+}

@@ -120,7 +120,7 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
         .db
         .query_all_raw(stmt(
             state.db.get_database_backend(),
-            "SELECT w.id, w.name, w.plan, i.role FROM invites i JOIN workspaces w ON w.id = i.workspace_id \
+            "SELECT w.id, w.name, w.plan, i.role, i.id AS invite_id FROM invites i JOIN workspaces w ON w.id = i.workspace_id \
              WHERE i.email = ? ORDER BY i.created_at, w.id",
             vec![caller.email.clone().into()],
         ))
@@ -131,11 +131,12 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
             "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
             "role": r.try_get::<String>("", "role")?, "plan": r.try_get::<String>("", "plan")?,
             "status": "invited", "personal": false, "current": false,
+            "invite": handle(Kind::Invite, &r.try_get::<String>("", "invite_id")?),
         }));
     }
     let line = |v: &serde_json::Value| {
         let mut l = LineBuilder::new(v["handle"].as_str().unwrap_or(""));
-        for k in ["name", "role", "plan", "status"] {
+        for k in ["name", "role", "plan", "status", "invite"] {
             l.field(k, v[k].as_str().unwrap_or(""));
         }
         if v["personal"] == true {
@@ -714,7 +715,6 @@ async fn withdraw(
     fmt: Fmt,
     PathIds(ids): PathIds,
 ) -> AppResult<Response> {
-    let ws = require_admin(&state, &caller, &ids[0]).await?;
     let raw = ids.get(1).map(String::as_str).unwrap_or("");
     let nf = || {
         AppError::not_found(
@@ -723,6 +723,27 @@ async fn withdraw(
         )
     };
     let id = path_ref(Kind::Invite, raw, nf)?;
+    // An admin withdraws any invite; the invitee may decline their own
+    // (GET /workspaces shows it). Anyone else gets the admin check's answer.
+    let (ws, declining) =
+        match require_admin(&state, &caller, &ids[0]).await {
+            Ok(ws) => (ws, false),
+            Err(refused) => {
+                let ws = path_ref(Kind::Workspace, &ids[0], || ws_not_found(&ids[0]))?;
+                let theirs = state
+                .db
+                .query_one_raw(stmt(
+                    state.db.get_database_backend(),
+                    "SELECT 1 AS one FROM invites WHERE workspace_id = ? AND id = ? AND email = ?",
+                    vec![ws.clone().into(), id.clone().into(), caller.email.clone().into()],
+                ))
+                .await?;
+                match theirs {
+                    Some(_) => (ws, true),
+                    None => return Err(refused),
+                }
+            }
+        };
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let row = tx
@@ -740,16 +761,21 @@ async fn withdraw(
         &ws,
         &caller.user_id,
         &caller.token_name,
-        "invite.withdraw",
+        if declining {
+            "invite.decline"
+        } else {
+            "invite.withdraw"
+        },
         &handle(Kind::Invite, &id),
         Some(json!({"email": [email, null]})),
     )
     .await?;
     tx.commit().await?;
     let h = handle(Kind::Invite, &id);
+    let done = if declining { "declined" } else { "withdrew" };
     Ok(fmt.reply(
         StatusCode::OK,
-        || format!("{}\n", comment(&format!("withdrew {h}"))),
+        || format!("{}\n", comment(&format!("{done} {h}"))),
         || json!({"data": {"handle": h, "id": id}, "result": "deleted"}),
     ))
 }
