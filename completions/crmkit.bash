@@ -562,7 +562,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__activities)
-            opts="-h --contact --deal --kind --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --contact --deal --kind --since --until --author --oldest-first --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -585,6 +585,10 @@ _crmkit() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --author)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -990,7 +994,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__activities)
-            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --author --oldest-first --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1005,6 +1009,10 @@ _crmkit() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --author)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1618,7 +1626,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__activities)
-            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --author --oldest-first --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1633,6 +1641,10 @@ _crmkit() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --author)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2220,7 +2232,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__activities)
-            opts="-h --kind --since --until --limit --cursor --all --server --profile --json --format --help"
+            opts="-h --kind --since --until --author --oldest-first --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2235,6 +2247,10 @@ _crmkit() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --author)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -242,6 +242,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l deal -d 'On
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l author -d 'Only what this user logged (u_… or user/u_…)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l server -d 'Server URL' -r
@@ -249,6 +250,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l profile -d 
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l oldest-first -d 'Oldest first (newest first by default)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l all -d 'Follow cursors to the end'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -s h -l help -d 'Print help'
@@ -439,6 +441,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l author -d 'Only what this user logged (u_… or user/u_…)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -446,6 +449,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l oldest-first -d 'Oldest first (newest first by default)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
@@ -647,6 +651,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l author -d 'Only what this user logged (u_… or user/u_…)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -654,6 +659,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l oldest-first -d 'Oldest first (newest first by default)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'
@@ -721,6 +727,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l kind -d 'Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l since -d 'Only activities at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l until -d 'Only activities before TIME (RFC 3339)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l author -d 'Only what this user logged (u_… or user/u_…)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l limit -d 'At most N per page (1..200)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l server -d 'Server URL' -r
@@ -728,6 +735,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l oldest-first -d 'Oldest first (newest first by default)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l all -d 'Follow cursors to the end'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from activities" -s h -l help -d 'Print help'

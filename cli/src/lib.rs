@@ -295,6 +295,12 @@ pub struct When {
     /// Only activities before TIME (RFC 3339)
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+    /// Only what this user logged (u_… or user/u_…)
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Oldest first (newest first by default)
+    #[arg(long)]
+    pub oldest_first: bool,
 }
 
 impl When {
@@ -305,6 +311,12 @@ impl When {
             out.push(("kind".to_string(), self.kind.join(",")));
         }
         out.extend(time_range("occurred_at", self.since, self.until)?);
+        if let Some(a) = self.author {
+            out.push(("author".to_string(), a));
+        }
+        if self.oldest_first {
+            out.push(("sort".to_string(), "occurred_at".to_string()));
+        }
         Ok(out)
     }
 }

@@ -266,6 +266,14 @@ async fn login_records_and_pipes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Oldest first, and by author.
+    let oldest = cli.ok(&["activities", "--oldest-first"]);
+    let (hello, deal) = (oldest.find("body=hello"), oldest.find("on the deal"));
+    assert!(hello.is_some() && hello < deal, "{oldest}");
+    assert!(
+        !cli.ok(&["activities", "--author", "u_000000000000"])
+            .contains("body=hello")
+    );
     // A contact's log filters by kind too; --kind repeats.
     let calls = cli.ok(&["contacts", "activities", &cid, "--kind", "call"]);
     assert!(

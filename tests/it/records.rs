@@ -1266,6 +1266,45 @@ async fn activities_filter_by_when_they_happened() {
         r.assert_error(400, code);
         assert!(r.text.contains(needle), "{query}: {}", r.text);
     }
+    // Oldest first, paged, the cursor bound to the order.
+    assert_eq!(
+        bodies("/activities?sort=occurred_at&format=json".into()).await,
+        ["day 1", "day 2", "day 3", "day 4", "day 5", "day 6"]
+    );
+    let r = s.get("/activities?sort=occurred_at&limit=4", &t).await;
+    let cursor = r.next_cursor().expect("a next page");
+    assert_eq!(
+        bodies(format!(
+            "/activities?sort=occurred_at&limit=4&cursor={cursor}&format=json"
+        ))
+        .await,
+        ["day 5", "day 6"]
+    );
+    s.get(&format!("/activities?limit=4&cursor={cursor}"), &t)
+        .await
+        .assert_error(400, "invalid_request");
+    s.get("/activities?sort=kind", &t)
+        .await
+        .assert_error(400, "invalid_request");
+    // By author: all six are this user's; another user's id finds none.
+    let me = s.get("/whoami?format=json", &t).await.json()["data"]["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        bodies(format!("/activities?author={me}&format=json"))
+            .await
+            .len(),
+        6
+    );
+    assert!(
+        bodies("/activities?author=u_000000000000&format=json".into())
+            .await
+            .is_empty()
+    );
+    s.get("/activities?author=c_000000000000", &t)
+        .await
+        .assert_error(400, "invalid_request");
     // Nothing was lost to the refusals.
     assert_eq!(bodies("/activities?format=json".into()).await.len(), 6);
 }

@@ -221,7 +221,7 @@ async fn list_for_contact(
     if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
         return Err(not_found(Kind::Contact, &contact_id));
     }
-    q.only(&["kind", "occurred_at", "limit", "cursor"])?;
+    q.only(&["kind", "occurred_at", "author", "sort", "limit", "cursor"])?;
     list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
 }
 
@@ -231,7 +231,16 @@ async fn list_all(
     fmt: Fmt,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    q.only(&["contact", "deal", "kind", "occurred_at", "limit", "cursor"])?;
+    q.only(&[
+        "contact",
+        "deal",
+        "kind",
+        "occurred_at",
+        "author",
+        "sort",
+        "limit",
+        "cursor",
+    ])?;
     let parse = |key: &str, kind: Kind| -> AppResult<Option<String>> {
         let hint = format!("send {key}= a {} id or handle", kind.name());
         match q.nonempty(key, &hint)? {
@@ -347,13 +356,50 @@ async fn list_activities(
         vals.push((*at).into());
         scope.push_str(&format!("|{}:{}", op.name(), at.render()));
     }
+    if let Some(v) = q.nonempty(
+        "author",
+        "send author= a user id or handle, e.g. author=u_…",
+    )? {
+        let id = parse_ref(Kind::User, v).map_err(|e| {
+            AppError::invalid(
+                format!("author: {e}"),
+                "send author= a user id or handle as activity lines print it, e.g. author=user/u_…",
+            )
+        })?;
+        sql.push_str(" AND author_id = ?");
+        scope.push_str(&format!("|author={id}"));
+        vals.push(id.into());
+    }
+    // Newest first by default; sort=occurred_at reads a log in order.
+    let oldest_first = match q.get("sort") {
+        None | Some("-occurred_at") => false,
+        Some("occurred_at") => true,
+        Some(other) => {
+            let shown: String = other.chars().take(60).collect();
+            return Err(AppError::invalid(
+                format!("activities cannot be sorted by {shown:?}"),
+                "send sort=occurred_at (oldest first) or sort=-occurred_at (newest first, the default)",
+            )
+            .allowed(&["occurred_at", "-occurred_at"]));
+        }
+    };
+    let (cmp, dir) = if oldest_first {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if oldest_first {
+        scope.push_str("|oldest");
+    }
     if let Some(c) = q.get("cursor") {
         let (at, id) = read_time_cursor(&state.cursor_key, ws, &scope, c)?;
-        sql.push_str(" AND (occurred_at < ? OR (occurred_at = ? AND id < ?))");
+        sql.push_str(&format!(
+            " AND (occurred_at {cmp} ? OR (occurred_at = ? AND id {cmp} ?))"
+        ));
         vals.extend([at.into(), at.into(), id.into()]);
     }
     sql.push_str(&format!(
-        " ORDER BY occurred_at DESC, id DESC LIMIT {}",
+        " ORDER BY occurred_at {dir}, id {dir} LIMIT {}",
         limit + 1
     ));
     let rows = state
