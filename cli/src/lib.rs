@@ -113,7 +113,7 @@ pub enum Command {
         #[arg(long)]
         deal: Option<String>,
         #[command(flatten)]
-        when: When,
+        filter: ActivityFilter,
         #[command(flatten)]
         page: Page,
     },
@@ -283,9 +283,9 @@ pub struct Page {
     pub all: bool,
 }
 
-/// Which activities: by kind and by when they happened (`occurred_at`).
+/// Which activities, and in what order: by kind, time (`occurred_at`) and author.
 #[derive(Args, Debug, Default)]
-pub struct When {
+pub struct ActivityFilter {
     /// Only these kinds: call, email, meeting, note, task (repeat, or comma-separated)
     #[arg(long)]
     pub kind: Vec<String>,
@@ -303,7 +303,7 @@ pub struct When {
     pub oldest_first: bool,
 }
 
-impl When {
+impl ActivityFilter {
     /// The query's pairs.
     fn pairs(self) -> Result<Vec<(String, String)>, CliError> {
         let mut out = Vec::new();
@@ -456,7 +456,7 @@ pub enum RecordCmd {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
         #[command(flatten)]
-        when: When,
+        filter: ActivityFilter,
         #[command(flatten)]
         page: Page,
     },
@@ -980,7 +980,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
         Command::Activities {
             contact,
             deal,
-            when,
+            filter,
             page,
         } => {
             let c = ctx.client()?;
@@ -991,7 +991,7 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             if let Some(v) = deal {
                 pairs.push(("deal".to_string(), v));
             }
-            pairs.extend(when.pairs()?);
+            pairs.extend(filter.pairs()?);
             if let Some(l) = page.limit {
                 pairs.push(("limit".to_string(), l.to_string()));
             }
@@ -1849,8 +1849,8 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 .await?;
             show(plain, &a.text);
         }
-        RecordCmd::Activities { id, when, page } => {
-            let mut pairs = when.pairs()?;
+        RecordCmd::Activities { id, filter, page } => {
+            let mut pairs = filter.pairs()?;
             pairs.extend(page.limit.map(|l| ("limit".to_string(), l.to_string())));
             // A contact's log has a path of its own; a deal's is the
             // activities that name it; a company has none.

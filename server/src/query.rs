@@ -67,7 +67,10 @@ fn lower_if(s: &Scalar, lower: bool) -> Scalar {
     }
 }
 
-fn sql_op(op: Op) -> &'static str {
+/// The SQL comparison of an ordered or equality operator, with spaces
+/// around it (record filters, and the time conditions of activities and
+/// the audit log).
+pub fn sql_op(op: Op) -> &'static str {
     match op {
         Op::Eq => " = ",
         Op::Ne => " <> ",

@@ -26,6 +26,27 @@ async fn team(s: &Server) -> (String, String, String, String) {
     (a, m, m_personal, ws)
 }
 
+/// A new workspace named `name`, made by the user behind `admin`: its id.
+async fn new_workspace(s: &Server, admin: &str, name: &str) -> String {
+    let body = json!({ "name": name }).to_string();
+    let r = s.post("/workspaces?format=json", Some(admin), &body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json()["data"]["id"].as_str().unwrap().to_string()
+}
+
+/// A token of `member`'s user for workspace `ws` (to read its audit log).
+async fn token_in(s: &Server, member: &str, ws: &str) -> String {
+    let r = s
+        .post(
+            &format!("/workspaces/{ws}/tokens?format=json"),
+            Some(member),
+            r#"{"token_name":"there"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json()["data"]["token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn invite_login_member_journey() {
     let s = Server::start().await;
@@ -1404,11 +1425,7 @@ async fn a_member_can_leave_a_workspace() {
     assert!(audit.contains("email=member@example.com"), "{audit}");
     // The last admin cannot leave (a team workspace: the admin's first is
     // their personal one).
-    let r = s
-        .post("/workspaces?format=json", Some(&a), r#"{"name":"Team"}"#)
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let team_ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let team_ws = new_workspace(&s, &a, "Team").await;
     s.delete(&format!("/workspaces/{team_ws}/members/{admin}"), &a)
         .await
         .assert_error(409, "last_admin");
@@ -1420,14 +1437,7 @@ async fn a_member_can_leave_a_workspace() {
 async fn an_admin_renames_a_workspace() {
     let s = Server::start().await;
     let (a, m, _, _) = team(&s).await;
-    let r = s
-        .post(
-            "/workspaces?format=json",
-            Some(&a),
-            r#"{"name":"Old name"}"#,
-        )
-        .await;
-    let ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let ws = new_workspace(&s, &a, "Old name").await;
     let r = s
         .send(
             Method::PATCH,
@@ -1444,14 +1454,7 @@ async fn an_admin_renames_a_workspace() {
         list.contains("New name") && !list.contains("Old name"),
         "{list}"
     );
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/tokens?format=json"),
-            Some(&a),
-            r#"{"token_name":"there"}"#,
-        )
-        .await;
-    let there = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let there = token_in(&s, &a, &ws).await;
     let audit = s
         .get("/audit?action=workspace.update&format=json", &there)
         .await
@@ -1497,10 +1500,7 @@ async fn an_admin_renames_a_workspace() {
 async fn an_invitee_can_decline() {
     let s = Server::start().await;
     let a = s.login("inviter@example.com").await;
-    let r = s
-        .post("/workspaces?format=json", Some(&a), r#"{"name":"Club"}"#)
-        .await;
-    let ws = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let ws = new_workspace(&s, &a, "Club").await;
     // Signed in before the invite (a sign-in accepts pending invites).
     let x = s.login("maybe@example.com").await;
     let r = s
@@ -1535,14 +1535,7 @@ async fn an_invitee_can_decline() {
     let members = s.get(&format!("/workspaces/{ws}/members"), &a).await.text;
     assert!(!members.contains("maybe@example.com"), "{members}");
     // Audited in the workspace.
-    let r = s
-        .post(
-            &format!("/workspaces/{ws}/tokens?format=json"),
-            Some(&a),
-            r#"{"token_name":"there"}"#,
-        )
-        .await;
-    let there = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let there = token_in(&s, &a, &ws).await;
     let audit = s.get("/audit?action=invite.decline", &there).await.text;
     assert!(audit.contains(&format!("target={invite}")), "{audit}");
 }

@@ -15,7 +15,7 @@ use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
 use crate::extract::{PathIds, QueryPairs, RawBody, parse_object};
 use crate::negotiate::Fmt;
-use crate::query::{make_time_cursor, read_time_cursor};
+use crate::query::{make_time_cursor, read_time_cursor, sql_op};
 use crate::records::kinds::{FType, FieldDef};
 use crate::records::model::{self, Val};
 use crate::records::{CONTACT, DEAL, KindDef, store};
@@ -352,7 +352,7 @@ async fn list_activities(
         vals.extend(kinds.iter().map(|k| k.clone().into()));
     }
     for (op, at) in &occurred {
-        sql.push_str(&format!(" AND occurred_at {} ?", audit::sql_cmp(*op)));
+        sql.push_str(&format!(" AND occurred_at{}?", sql_op(*op)));
         vals.push((*at).into());
         scope.push_str(&format!("|{}:{}", op.name(), at.render()));
     }

@@ -14,13 +14,13 @@ use crate::db::{Ts, stmt};
 use crate::error::{AppError, AppResult};
 use crate::extract::QueryPairs;
 use crate::negotiate::Fmt;
-use crate::query::{make_time_cursor, read_time_cursor};
+use crate::query::{make_time_cursor, read_time_cursor, sql_op};
 use crate::records::store::Sql;
 use crate::routes::records::list_reply;
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::LineBuilder;
-use crate::wire::query::{Op, parse_limit};
+use crate::wire::query::parse_limit;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(list))
@@ -176,7 +176,7 @@ async fn list(
         vals.push(id.into());
     }
     for (op, t) in q.time_conditions("at")? {
-        sql.push_str(&format!(" AND a.at {} ?", sql_cmp(op)));
+        sql.push_str(&format!(" AND a.at{}?", sql_op(op)));
         scope.push_str(&format!("|at={}:{}", op.name(), t.render()));
         vals.push(t.into());
     }
@@ -285,16 +285,4 @@ fn actions_of(v: &str) -> AppResult<(String, Vec<String>)> {
     let clause = format!(" AND ({})", parts.join(" OR "));
     exact.extend(kinds);
     Ok((clause, exact))
-}
-
-/// The SQL comparison for a time condition's operator.
-pub fn sql_cmp(op: Op) -> &'static str {
-    match op {
-        Op::Eq => "=",
-        Op::Ne => "<>",
-        Op::Gt => ">",
-        Op::Gte => ">=",
-        Op::Lt => "<",
-        _ => "<=",
-    }
 }
