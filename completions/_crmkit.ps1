@@ -169,10 +169,11 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Workspaces you belong to')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'One workspace: your role, its plan, and its usage against the plan''s caps')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite')
             [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
@@ -205,6 +206,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'crmkit;workspaces;show' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'crmkit;workspaces;members' {
@@ -241,6 +251,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'Remove a member without asking (needed when not on a terminal)')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
@@ -289,10 +300,11 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Workspaces you belong to')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'One workspace: your role, its plan, and its usage against the plan''s caps')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite')
             [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
@@ -307,6 +319,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;workspaces;help;use' {
+            break
+        }
+        'crmkit;workspaces;help;show' {
             break
         }
         'crmkit;workspaces;help;members' {
@@ -1154,10 +1169,11 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'Workspaces you belong to')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create one (you become admin)')
             [CompletionResult]::new('use', 'use', [CompletionResultType]::ParameterValue, 'Switch: mint a token for that workspace and make it current')
+            [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'One workspace: your role, its plan, and its usage against the plan''s caps')
             [CompletionResult]::new('members', 'members', [CompletionResultType]::ParameterValue, 'Members and pending invites')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Invite someone by email (inviting as admin needs the emailed code)')
             [CompletionResult]::new('role', 'role', [CompletionResultType]::ParameterValue, 'Change a member''s role (promoting to admin needs the emailed code)')
-            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member, or withdraw a pending invite')
+            [CompletionResult]::new('remove', 'remove', [CompletionResultType]::ParameterValue, 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite')
             [CompletionResult]::new('decline', 'decline', [CompletionResultType]::ParameterValue, 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)')
             [CompletionResult]::new('rename', 'rename', [CompletionResultType]::ParameterValue, 'Rename a workspace (admins)')
             [CompletionResult]::new('leave', 'leave', [CompletionResultType]::ParameterValue, 'Leave a workspace you are a member of (an admin re-invites you to come back)')
@@ -1171,6 +1187,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;workspaces;use' {
+            break
+        }
+        'crmkit;help;workspaces;show' {
             break
         }
         'crmkit;help;workspaces;members' {

@@ -436,6 +436,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__workspaces,role)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__role"
                 ;;
+            crmkit__subcmd__help__subcmd__workspaces,show)
+                cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__show"
+                ;;
             crmkit__subcmd__help__subcmd__workspaces,use)
                 cmd="crmkit__subcmd__help__subcmd__workspaces__subcmd__use"
                 ;;
@@ -490,6 +493,9 @@ _crmkit() {
             crmkit__subcmd__workspaces,role)
                 cmd="crmkit__subcmd__workspaces__subcmd__role"
                 ;;
+            crmkit__subcmd__workspaces,show)
+                cmd="crmkit__subcmd__workspaces__subcmd__show"
+                ;;
             crmkit__subcmd__workspaces,use)
                 cmd="crmkit__subcmd__workspaces__subcmd__use"
                 ;;
@@ -525,6 +531,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,role)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__role"
+                ;;
+            crmkit__subcmd__workspaces__subcmd__help,show)
+                cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__show"
                 ;;
             crmkit__subcmd__workspaces__subcmd__help,use)
                 cmd="crmkit__subcmd__workspaces__subcmd__help__subcmd__use"
@@ -3484,7 +3493,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces)
-            opts="list create use members invite role remove decline rename leave delete"
+            opts="list create use show members invite role remove decline rename leave delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3624,6 +3633,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__workspaces__subcmd__role)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__workspaces__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4166,7 +4189,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces)
-            opts="-h --server --profile --json --format --help list create use members invite role remove decline rename leave delete help"
+            opts="-h --server --profile --json --format --help list create use show members invite role remove decline rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4274,7 +4297,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__help)
-            opts="list create use members invite role remove decline rename leave delete help"
+            opts="list create use show members invite role remove decline rename leave delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4441,6 +4464,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__workspaces__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__workspaces__subcmd__help__subcmd__use)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -4568,7 +4605,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__workspaces__subcmd__remove)
-            opts="-h --server --profile --json --format --help"
+            opts="-h --yes --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4630,6 +4667,32 @@ _crmkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__workspaces__subcmd__show)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

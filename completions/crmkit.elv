@@ -150,10 +150,11 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'Workspaces you belong to'
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
+            cand show 'One workspace: your role, its plan, and its usage against the plan''s caps'
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member, or withdraw a pending invite'
+            cand remove 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
             cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
@@ -183,6 +184,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --json 'Print JSON'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
+        }
+        &'crmkit;workspaces;show'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
         }
         &'crmkit;workspaces;members'= {
             cand --server 'Server URL'
@@ -215,6 +224,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
+            cand --yes 'Remove a member without asking (needed when not on a terminal)'
             cand --json 'Print JSON'
             cand -h 'Print help'
             cand --help 'Print help'
@@ -258,10 +268,11 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'Workspaces you belong to'
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
+            cand show 'One workspace: your role, its plan, and its usage against the plan''s caps'
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member, or withdraw a pending invite'
+            cand remove 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
             cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
@@ -273,6 +284,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;workspaces;help;create'= {
         }
         &'crmkit;workspaces;help;use'= {
+        }
+        &'crmkit;workspaces;help;show'= {
         }
         &'crmkit;workspaces;help;members'= {
         }
@@ -1030,10 +1043,11 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand list 'Workspaces you belong to'
             cand create 'Create one (you become admin)'
             cand use 'Switch: mint a token for that workspace and make it current'
+            cand show 'One workspace: your role, its plan, and its usage against the plan''s caps'
             cand members 'Members and pending invites'
             cand invite 'Invite someone by email (inviting as admin needs the emailed code)'
             cand role 'Change a member''s role (promoting to admin needs the emailed code)'
-            cand remove 'Remove a member, or withdraw a pending invite'
+            cand remove 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
             cand decline 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
             cand rename 'Rename a workspace (admins)'
             cand leave 'Leave a workspace you are a member of (an admin re-invites you to come back)'
@@ -1044,6 +1058,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;workspaces;create'= {
         }
         &'crmkit;help;workspaces;use'= {
+        }
+        &'crmkit;help;workspaces;show'= {
         }
         &'crmkit;help;workspaces;members'= {
         }

@@ -123,25 +123,26 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_su
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from help" -f -a "list" -d 'Your active tokens'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke one'
 complete -c crmkit -n "__fish_crmkit_using_subcommand tokens; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -l format -d 'Force the output format' -r -f -a "text\t''
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "list" -d 'Workspaces you belong to'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "create" -d 'Create one (you become admin)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "members" -d 'Members and pending invites'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "decline" -d 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "rename" -d 'Rename a workspace (admins)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use members invite role remove decline rename leave delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "list" -d 'Workspaces you belong to'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "create" -d 'Create one (you become admin)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "show" -d 'One workspace: your role, its plan, and its usage against the plan\'s caps'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "members" -d 'Members and pending invites'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "remove" -d 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "decline" -d 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "rename" -d 'Rename a workspace (admins)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "delete" -d 'Delete a workspace and all its data (needs the emailed code)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and not __fish_seen_subcommand_from list create use show members invite role remove decline rename leave delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from list" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -163,6 +164,13 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from use" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from show" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from show" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from show" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -192,6 +200,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l yes -d 'Remove a member without asking (needed when not on a terminal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from decline" -l server -d 'Server URL' -r
@@ -228,10 +237,11 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_see
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "list" -d 'Workspaces you belong to'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create one (you become admin)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "show" -d 'One workspace: your role, its plan, and its usage against the plan\'s caps'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "members" -d 'Members and pending invites'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "decline" -d 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "rename" -d 'Rename a workspace (admins)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'
@@ -852,10 +862,11 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "list" -d 'Workspaces you belong to'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "create" -d 'Create one (you become admin)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "use" -d 'Switch: mint a token for that workspace and make it current'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "show" -d 'One workspace: your role, its plan, and its usage against the plan\'s caps'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "members" -d 'Members and pending invites'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "invite" -d 'Invite someone by email (inviting as admin needs the emailed code)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "role" -d 'Change a member\'s role (promoting to admin needs the emailed code)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member, or withdraw a pending invite'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "remove" -d 'Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "decline" -d 'Decline an invite to a workspace (`workspaces list` shows it as status=invited)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "rename" -d 'Rename a workspace (admins)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from workspaces" -f -a "leave" -d 'Leave a workspace you are a member of (an admin re-invites you to come back)'

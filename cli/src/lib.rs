@@ -207,6 +207,11 @@ pub enum WorkspacesCmd {
         #[arg(value_name = "WORKSPACE")]
         id: String,
     },
+    /// One workspace: your role, its plan, and its usage against the plan's caps
+    Show {
+        #[arg(value_name = "WORKSPACE")]
+        id: String,
+    },
     /// Members and pending invites
     Members {
         #[arg(value_name = "WORKSPACE")]
@@ -233,13 +238,16 @@ pub enum WorkspacesCmd {
         #[arg(long)]
         code: Option<String>,
     },
-    /// Remove a member, or withdraw a pending invite
+    /// Remove a member (asks first; their tokens for it stop working), or withdraw a pending invite
     Remove {
         #[arg(value_name = "WORKSPACE")]
         id: String,
         /// user/u_…, invite/i_… or an email (a member's first, else an invite's)
         #[arg(value_name = "MEMBER")]
         user: String,
+        /// Remove a member without asking (needed when not on a terminal)
+        #[arg(long)]
+        yes: bool,
     },
     /// Decline an invite to a workspace (`workspaces list` shows it as status=invited)
     Decline {
@@ -1484,6 +1492,21 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 emit(&format!("# now working in {ws}\n"));
             }
         }
+        WorkspacesCmd::Show { id } => {
+            let id = workspace_id(&c, &id).await?;
+            let a = c
+                .get(&format!("/workspaces/{}", id_path(&id)), json_fmt)
+                .await?;
+            // One record and its usage lines, as `whoami` shows them.
+            show(
+                if ctx.format == Format::Table {
+                    Format::Text
+                } else {
+                    ctx.format
+                },
+                &a.text,
+            );
+        }
         WorkspacesCmd::Members { id } => {
             let id = workspace_id(&c, &id).await?;
             let path = format!("/workspaces/{}/members", id_path(&id));
@@ -1531,15 +1554,29 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             .await?;
             show(plain, &a.text);
         }
-        WorkspacesCmd::Remove { id, user } => {
+        WorkspacesCmd::Remove { id, user, yes } => {
             let id = workspace_id(&c, &id).await?;
-            let user = member_ref(&c, &id, &user, true).await?;
+            let given = user;
+            let user = member_ref(&c, &id, &given, true).await?;
             // `members` lists pending invites beside members; either goes.
             let under = if user.starts_with("invite/") || user.starts_with("i_") {
                 "invites"
             } else {
                 "members"
             };
+            // Withdrawing an invite takes nothing from anyone; removing a
+            // member ends their access, as a delete does.
+            if under == "members"
+                && !yes
+                && !agreed(
+                    &format!("removing {given} from {id} ends their access and their tokens for it; add --yes to confirm"),
+                    &format!("Remove {given} from workspace {id}? [y/N] "),
+                    "# not removed",
+                )
+                .await?
+            {
+                return Ok(());
+            }
             let a = c
                 .send(
                     Method::DELETE,

@@ -611,8 +611,32 @@ async fn workspaces_by_name_and_members_by_email() {
     let members = cli.ok(&["workspaces", "members", "Team Blue"]);
     assert!(members.contains("mate@example.com"), "{members}");
     assert!(members.contains("later@example.com"), "{members}");
-    // By email: the member is removed, the invite withdrawn.
-    cli.ok(&["workspaces", "remove", "Team Blue", "MATE@example.com"]);
+    // One workspace by name: role, plan and usage (the pending invite holds a seat).
+    let shown = cli.ok(&["workspaces", "show", "team blue"]);
+    assert!(shown.starts_with(&format!("workspace/{ws} ")), "{shown}");
+    assert!(shown.contains("role=admin"), "{shown}");
+    assert!(shown.contains("# members: 3 / "), "{shown}");
+    // Removing a member is confirmed like a delete: a script without
+    // --yes gets 6 and the member stays.
+    let out = cli.run(&["workspaces", "remove", "Team Blue", "mate@example.com"]);
+    assert_eq!(code_of(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cli.ok(&["workspaces", "members", &ws])
+            .contains("mate@example.com")
+    );
+    // By email: the member is removed, the invite withdrawn (no --yes needed).
+    cli.ok(&[
+        "workspaces",
+        "remove",
+        "Team Blue",
+        "MATE@example.com",
+        "--yes",
+    ]);
     cli.ok(&["workspaces", "remove", "Team Blue", "later@example.com"]);
     let members = cli.ok(&["workspaces", "members", &ws]);
     assert!(!members.contains("mate@example.com"), "{members}");

@@ -1539,3 +1539,66 @@ async fn an_invitee_can_decline() {
     let audit = s.get("/audit?action=invite.decline", &there).await.text;
     assert!(audit.contains(&format!("target={invite}")), "{audit}");
 }
+
+/// `GET /workspaces/{id}`: a member reads a workspace's role, plan and usage
+/// without switching to it; to anyone else it does not exist (R06).
+#[tokio::test]
+async fn one_workspace_with_its_usage() {
+    let s = Server::start().await;
+    let (a, m, m_personal, ws) = team(&s).await;
+    create(&s, &a, "contacts", json!({"name": "One"})).await;
+    create(&s, &m, "contacts", json!({"name": "Two"})).await;
+    create(&s, &a, "companies", json!({"name": "Co"})).await;
+    let r = s.get(&format!("/workspaces/{ws}?format=json"), &m).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let d = &r.json()["data"];
+    assert_eq!(d["handle"], format!("workspace/{ws}"));
+    assert_eq!(
+        (
+            d["role"].as_str(),
+            d["current"].as_bool(),
+            d["personal"].as_bool()
+        ),
+        (Some("member"), Some(true), Some(false)),
+        "{d}"
+    );
+    assert_eq!(d["usage"]["contacts"]["used"], 2, "{d}");
+    assert_eq!(d["usage"]["companies"]["used"], 1, "{d}");
+    assert_eq!(d["usage"]["deals"]["used"], 0, "{d}");
+    assert_eq!(d["usage"]["members"]["used"], 2, "{d}");
+    assert!(d["usage"]["contacts"]["cap"].as_i64().unwrap() > 2, "{d}");
+    // The workspaces cap is the user's (GET /whoami), not the workspace's.
+    assert!(d["usage"].get("workspaces").is_none(), "{d}");
+    // The same workspace as the admin sees it, as text.
+    let t = s.get(&format!("/workspaces/{ws}"), &a).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    let first = t.text.lines().next().unwrap_or("");
+    assert!(first.starts_with(&format!("workspace/{ws} ")), "{}", t.text);
+    assert_eq!(field(first, "role").as_deref(), Some("admin"), "{}", t.text);
+    assert!(t.text.contains("\n# contacts: 2 / "), "{}", t.text);
+    // M's own personal workspace, read with the token for A's.
+    let personal = s.ws_of(&m_personal).await;
+    let p = s
+        .get(&format!("/workspaces/{personal}?format=json"), &m)
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let d = &p.json()["data"];
+    assert_eq!(
+        (
+            d["role"].as_str(),
+            d["current"].as_bool(),
+            d["personal"].as_bool()
+        ),
+        (Some("admin"), Some(false), Some(true)),
+        "{d}"
+    );
+    assert_eq!(d["usage"]["contacts"]["used"], 0, "{d}");
+    // Someone else's workspace is a workspace that does not exist.
+    let b = s.login("outsider@example.com").await;
+    s.get(&format!("/workspaces/{ws}"), &b)
+        .await
+        .assert_error(404, "not_found");
+    s.get("/workspaces/w_nosuchplace", &b)
+        .await
+        .assert_error(404, "not_found");
+}

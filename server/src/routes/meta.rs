@@ -64,9 +64,12 @@ async fn readyz(State(state): State<AppState>, fmt: Fmt) -> AppResult<Response> 
 }
 
 /// Plan usage of the caller's workspace (and the caller's workspace count).
+/// A workspace's name, plan and usage against its plan's caps (contacts,
+/// companies, deals, members), then the user's workspaces against theirs.
 pub async fn usage(
     state: &AppState,
-    caller: &Caller,
+    workspace_id: &str,
+    user_id: &str,
 ) -> AppResult<(String, String, Vec<(&'static str, i64, i64)>)> {
     let db = &state.db;
     let backend = db.get_database_backend();
@@ -76,7 +79,7 @@ pub async fn usage(
             "SELECT w.name, w.plan, w.contacts_count, w.companies_count, w.deals_count, w.members_count, \
                     u.workspaces_count, u.plan AS user_plan \
              FROM workspaces w, users u WHERE w.id = ? AND u.id = ?",
-            vec![caller.workspace_id.clone().into(), caller.user_id.clone().into()],
+            vec![workspace_id.into(), user_id.into()],
         ))
         .await?
         .ok_or_else(AppError::invalid_token)?;
@@ -105,8 +108,27 @@ pub async fn usage(
     Ok((name, plan_name, rows))
 }
 
+/// Usage rows as `# kind: used / cap` comment lines.
+pub fn usage_lines(rows: &[(&str, i64, i64)]) -> String {
+    let mut out = String::new();
+    for (kind, used, cap) in rows {
+        out.push_str(&comment(&format!("{kind}: {used} / {cap}")));
+        out.push('\n');
+    }
+    out
+}
+
+/// Usage rows as `{"kind": {"used": n, "cap": n}}`.
+pub fn usage_json(rows: &[(&str, i64, i64)]) -> Value {
+    Value::Object(
+        rows.iter()
+            .map(|(k, used, cap)| (k.to_string(), json!({"used": used, "cap": cap})))
+            .collect(),
+    )
+}
+
 async fn whoami(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppResult<Response> {
-    let (ws_name, plan, rows) = usage(&state, &caller).await?;
+    let (ws_name, plan, rows) = usage(&state, &caller.workspace_id, &caller.user_id).await?;
     Ok(fmt.reply(
         StatusCode::OK,
         || {
@@ -120,17 +142,11 @@ async fn whoami(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppR
                 .field("plan", &plan);
             let mut out = line.finish();
             out.push('\n');
-            for (kind, used, cap) in &rows {
-                out.push_str(&comment(&format!("{kind}: {used} / {cap}")));
-                out.push('\n');
-            }
+            out.push_str(&usage_lines(&rows));
             out
         },
         || {
-            let usage: serde_json::Map<String, Value> = rows
-                .iter()
-                .map(|(k, used, cap)| (k.to_string(), json!({"used": used, "cap": cap})))
-                .collect();
+            let usage = usage_json(&rows);
             json!({"data": {
                 "handle": handle(Kind::User, &caller.user_id), "id": caller.user_id,
                 "email": caller.email, "workspace": handle(Kind::Workspace, &caller.workspace_id),

@@ -34,7 +34,10 @@ pub const ROLES: &[&str] = &["admin", "member"];
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/workspaces", get(list).post(create))
-        .route("/workspaces/{id}", delete(delete_workspace).patch(rename))
+        .route(
+            "/workspaces/{id}",
+            get(show).delete(delete_workspace).patch(rename),
+        )
         .route("/workspaces/{id}/tokens", post(switch))
         .route("/workspaces/{id}/members", get(members))
         .route("/workspaces/{id}/invites", post(invite))
@@ -150,6 +153,61 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
     Ok(list_reply(fmt, "workspaces", &items, None, line, |v| {
         v.clone()
     }))
+}
+
+/// One workspace you belong to: your role in it, its plan, and its usage
+/// against the plan's caps (what `/whoami` says of the token's workspace).
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
+    let (id, role) = membership(&state, &caller, &ids[0]).await?;
+    let row = state
+        .db
+        .query_one_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT personal_of, created_at FROM workspaces WHERE id = ?",
+            vec![id.clone().into()],
+        ))
+        .await?
+        .ok_or_else(|| ws_not_found(&ids[0]))?;
+    let personal = row.try_get::<Option<String>>("", "personal_of")?.as_deref()
+        == Some(caller.user_id.as_str());
+    let created_at = row.try_get::<Ts>("", "created_at")?.render();
+    let (name, plan, mut rows) = crate::routes::meta::usage(&state, &id, &caller.user_id).await?;
+    // The workspaces cap is the user's, not this workspace's (see /whoami).
+    rows.retain(|(kind, _, _)| *kind != "workspaces");
+    let current = id == caller.workspace_id;
+    let h = handle(Kind::Workspace, &id);
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            let mut l = LineBuilder::new(&h);
+            l.field("name", &name)
+                .field("role", &role)
+                .field("plan", &plan)
+                .field("created_at", &created_at);
+            if personal {
+                l.field("personal", "true");
+            }
+            if current {
+                l.field("current", "true");
+            }
+            let mut out = l.finish();
+            out.push('\n');
+            out.push_str(&crate::routes::meta::usage_lines(&rows));
+            out
+        },
+        || {
+            json!({"data": {
+                "handle": h, "id": id, "name": name, "role": role, "plan": plan,
+                "personal": personal, "current": current, "created_at": created_at,
+                "usage": crate::routes::meta::usage_json(&rows),
+            }})
+        },
+    ))
 }
 
 #[derive(Deserialize)]
