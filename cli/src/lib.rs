@@ -1316,16 +1316,35 @@ async fn with_step_up(
                 // The hint already says: the same command with --code CODE.
                 return Err(CliError::human(e.message));
             }
-            let code = prompt("A confirmation code was emailed to you. Code: ").await?;
-            c.send(
-                method,
-                path,
-                body,
-                json,
-                &[("x-escalation-code".into(), code)],
-                false,
-            )
-            .await
+            // As at sign-in: what is not 6 digits is asked for again before
+            // it costs one of the code's tries, and a wrong code is asked
+            // for again (the code takes 5 tries).
+            let mut code = prompt("A confirmation code was emailed to you. Code: ").await?;
+            let mut tries = 1;
+            loop {
+                while !is_code(&code) {
+                    eprintln!("# the code is the 6 digits in the email");
+                    code = prompt(&format!("Confirmation code (try {tries} of 3): ")).await?;
+                }
+                let sent = c
+                    .send(
+                        method.clone(),
+                        path,
+                        body,
+                        json,
+                        &[("x-escalation-code".into(), code.trim().to_string())],
+                        false,
+                    )
+                    .await;
+                match sent {
+                    Err(e) if tries < 3 && e.message.contains("invalid_code") => {
+                        tries += 1;
+                        eprintln!("# that code did not work");
+                        code = prompt(&format!("Confirmation code (try {tries} of 3): ")).await?;
+                    }
+                    other => return other,
+                }
+            }
         }
         other => other,
     }

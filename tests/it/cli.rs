@@ -1414,3 +1414,78 @@ async fn login_speaks_json_when_asked() {
         "{v}"
     );
 }
+
+/// On a terminal, the step-up code of a promotion is asked for like a
+/// sign-in code: not 6 digits is asked again without a try spent, a wrong
+/// code is asked again, the right one goes through (a pseudo-terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_step_up_code_is_asked_again_on_a_terminal() {
+    const DRIVE: &str = r#"
+import os, pty, select, sys, time
+code_file = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+seen = b""
+def wait_for(text, secs=20):
+    global seen
+    deadline = time.time() + secs
+    while text not in seen and time.time() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 1024)
+            except OSError:
+                break
+    return text in seen
+if not wait_for(b"emailed to you. Code: "):
+    print("NO PROMPT", seen); sys.exit(3)
+os.write(fd, b"12\r")
+if not wait_for(b"(try 1 of 3): "):
+    print("NOT ASKED AGAIN", seen); sys.exit(4)
+os.write(fd, b"000000\r")
+if not wait_for(b"(try 2 of 3): "):
+    print("WRONG CODE NOT ASKED AGAIN", seen); sys.exit(5)
+deadline = time.time() + 20
+while not os.path.exists(code_file) and time.time() < deadline:
+    time.sleep(0.1)
+os.write(fd, open(code_file).read().strip().encode() + b"\r")
+wait_for(b"role=admin")
+_, status = os.waitpid(pid, 0)
+print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
+"#;
+    if !python_here() {
+        return;
+    }
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "boss@example.com").await;
+    let admin = crate::cli_token(&cli.dir);
+    let (ws, _, _) = s.join_as_member(&admin, "mate@example.com", "mate").await;
+    let mailed = s.smtp().mails_to("boss@example.com").len();
+    let code_file = cli.dir.path().join("code.txt");
+    let code_arg = code_file.to_string_lossy().to_string();
+    let child = cli
+        .on_a_terminal(
+            DRIVE,
+            &[&code_arg],
+            &["workspaces", "role", &ws, "mate@example.com", "admin"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = s.nth_code("boss@example.com", mailed + 1).await;
+    std::fs::write(&code_file, &code).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("EXIT 0"), "{said}");
+    assert!(said.contains("the code is the 6 digits"), "{said}");
+    assert!(said.contains("that code did not work"), "{said}");
+    let members = cli.ok(&["workspaces", "members", &ws]);
+    let mate = members
+        .lines()
+        .find(|l| l.contains("mate@example.com"))
+        .unwrap_or_default();
+    assert!(mate.contains("role=admin"), "{members}");
+}
