@@ -663,7 +663,7 @@ async fn the_token_endpoint_binds_codes_r36() {
         401,
         "a replayed code must revoke the token it issued"
     );
-    // Refresh rotation: a used refresh token is refused.
+    // Refresh rotation: the new pair works, the old access token is gone.
     let (_, tok) = connect(&s, "r36b@example.com").await;
     let rt = tok["refresh_token"].as_str().unwrap().to_string();
     let (status, fresh, _) = token_request(
@@ -675,14 +675,11 @@ async fn the_token_endpoint_binds_codes_r36() {
     )
     .await;
     assert_eq!(status, 200, "{fresh}");
-    let (status, again, _) = token_request(
-        &s,
-        &format!("grant_type=refresh_token&refresh_token={rt}&client_id=x"),
-    )
-    .await;
     assert_eq!(
-        (status, again["error"].as_str()),
-        (400, Some("invalid_grant"))
+        s.get("/whoami", tok["access_token"].as_str().unwrap())
+            .await
+            .status,
+        401
     );
     assert_eq!(
         s.get("/whoami", fresh["access_token"].as_str().unwrap())
@@ -1103,4 +1100,147 @@ async fn the_transport_is_lenient_and_its_refusals_have_hints() {
         assert!(text.starts_with("error: invalid_request\n"), "{text}");
         assert!(text.contains("\nhint: "), "{text}");
     }
+}
+
+/// The refresh grant (RFC 9700 §4.14.2): another client's attempt does not
+/// use a refresh token up; a used one presented again ends the grant's
+/// current tokens, as does its authorization code replayed after a
+/// rotation; a grant whose access token was revoked or idled out cannot be
+/// refreshed back to life.
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_replay_ends_the_grant() {
+    let s = Server::builder()
+        .env("CRMKIT_TOKEN_IDLE_TTL", "3s")
+        .start()
+        .await;
+    let redirect = "https://claude.ai/api/mcp/auth_callback";
+    let client = register(&s, redirect, "Claude").await;
+    let refresh = |rt: String, client: String| {
+        let s = &s;
+        async move {
+            let (status, body, _) = token_request(
+                s,
+                &format!(
+                    "grant_type=refresh_token&refresh_token={}&client_id={}",
+                    enc(&rt),
+                    enc(&client)
+                ),
+            )
+            .await;
+            (status, body)
+        }
+    };
+    let loc = sign_in(&s, &client, redirect, "grant@example.com").await;
+    let code = query_param(&loc, "code").unwrap();
+    let redeem = format!(
+        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(&code),
+        enc(&client),
+        enc(redirect)
+    );
+    let (status, first, _) = token_request(&s, &redeem).await;
+    assert_eq!(status, 200, "{first}");
+    let rt1 = first["refresh_token"].as_str().unwrap().to_string();
+    // Another client_id: refused, and the token stays usable by its client.
+    let (status, body) = refresh(rt1.clone(), "someone-else".into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another client"),
+        "{body}"
+    );
+    let (status, second) = refresh(rt1.clone(), client.clone()).await;
+    assert_eq!(status, 200, "{second}");
+    let access2 = second["access_token"].as_str().unwrap().to_string();
+    let rt2 = second["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(s.get("/whoami", &access2).await.status, 200);
+    // Rotated once more; then the first refresh token comes back: the
+    // grant's current tokens end.
+    let (status, third) = refresh(rt2.clone(), client.clone()).await;
+    assert_eq!(status, 200, "{third}");
+    let access3 = third["access_token"].as_str().unwrap().to_string();
+    let rt3 = third["refresh_token"].as_str().unwrap().to_string();
+    let (status, body) = refresh(rt1, client.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("connect again"),
+        "{body}"
+    );
+    s.get("/whoami", &access3)
+        .await
+        .assert_error(401, "invalid_token");
+    let (status, _) = refresh(rt3, client.clone()).await;
+    assert_eq!(status, 400);
+    // The authorization code replayed after rotations ends the grant too.
+    let loc = sign_in(&s, &client, redirect, "grant@example.com").await;
+    let code = query_param(&loc, "code").unwrap();
+    let redeem = format!(
+        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(&code),
+        enc(&client),
+        enc(redirect)
+    );
+    let (status, got, _) = token_request(&s, &redeem).await;
+    assert_eq!(status, 200, "{got}");
+    let (status, rotated) = refresh(
+        got["refresh_token"].as_str().unwrap().into(),
+        client.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let current = rotated["access_token"].as_str().unwrap().to_string();
+    assert_eq!(s.get("/whoami", &current).await.status, 200);
+    let (status, _, _) = token_request(&s, &redeem).await;
+    assert_eq!(status, 400);
+    s.get("/whoami", &current)
+        .await
+        .assert_error(401, "invalid_token");
+    // A connection left idle past the idle TTL: its access token expired and
+    // left GET /tokens, and its refresh token cannot bring it back.
+    let (_, idle) = connect(&s, "idle-grant@example.com").await;
+    let idle_client = latest_client(&s).await;
+    let cli = s.login_named("idle-grant@example.com", "cli").await;
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert_eq!(s.get("/whoami", &cli).await.status, 200);
+    }
+    let listed = s.get("/tokens", &cli).await;
+    assert!(!listed.text.contains("name=Claude"), "{}", listed.text);
+    let (status, body) = refresh(idle["refresh_token"].as_str().unwrap().into(), idle_client).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"].as_str().unwrap().contains("idle"),
+        "{body}"
+    );
+    let listed = s.get("/tokens", &cli).await;
+    assert!(!listed.text.contains("name=Claude"), "{}", listed.text);
+    // RFC 7009: a revocation must name a token.
+    let r = s
+        .http
+        .post(s.url("/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token_type_hint=access_token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request", "{v}");
 }

@@ -1080,14 +1080,24 @@ async fn exchange_code(
     Ok(json_reply(StatusCode::OK, body))
 }
 
+/// The refresh grant, with rotation and reuse detection (RFC 9700 §4.14.2):
+/// - a refresh token works once, for the client it was issued to; one sent
+///   by another client is refused without being used up;
+/// - a used one presented again means it leaked: the grant's current access
+///   token and refresh token end, and the client must connect again;
+/// - the grant lives as long as its access token: one revoked (GET /tokens,
+///   DELETE /tokens/{id}) or idle longer than the idle TTL cannot be
+///   refreshed, so a connection the user can no longer see in GET /tokens
+///   cannot come back.
 async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppResult<Response> {
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
+    let hash = secrets::hash(refresh_token);
     let row = tx
         .query_one_raw(stmt(
             backend,
-            "UPDATE oauth_refresh SET used = ? WHERE token_hash = ? AND used = ? AND expires_at > ? RETURNING client_id, user_id, workspace_id, access_token_id",
-            vec![true.into(), secrets::hash(refresh_token).into(), false.into(), Ts::now().into()],
+            "SELECT client_id, user_id, workspace_id, access_token_id, used, expires_at FROM oauth_refresh WHERE token_hash = ?",
+            vec![hash.clone().into()],
         ))
         .await?;
     let Some(row) = row else {
@@ -1095,41 +1105,85 @@ async fn refresh(state: &AppState, refresh_token: &str, client_id: &str) -> AppR
             "the refresh token is invalid, expired or already used",
         ));
     };
-    let r_client: String = row.try_get("", "client_id")?;
     let access: String = row.try_get("", "access_token_id")?;
-    // Revoking the access token (GET /tokens, DELETE /tokens/{id}) kills its refresh token too.
-    let alive = tx
-        .query_one_raw(stmt(
-            backend,
-            "SELECT 1 AS one FROM tokens WHERE id = ?",
-            vec![access.clone().into()],
-        ))
-        .await?;
-    if r_client != client_id || alive.is_none() {
+    if row.try_get::<bool>("", "used")? {
+        end_token(&tx, "id", access, "oauth refresh token replayed").await?;
         tx.commit().await?;
         state.tokens.forget_all();
         return Ok(grant_error(
-            "the refresh token does not belong to this client or was revoked",
+            "the refresh token was already used, so it may have leaked: this connection is revoked; connect again",
+        ));
+    }
+    if row.try_get::<String>("", "client_id")? != client_id {
+        // Nothing is written: the rightful client's token stays usable.
+        tx.rollback().await?;
+        return Ok(grant_error(
+            "the refresh token was issued to another client_id",
+        ));
+    }
+    let now = Ts::now();
+    let alive = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT 1 AS one FROM tokens WHERE id = ? AND expires_at > ?",
+            vec![access.clone().into(), now.into()],
+        ))
+        .await?;
+    if row.try_get::<Ts>("", "expires_at")? <= now || alive.is_none() {
+        end_token(&tx, "id", access, "oauth refresh after expiry").await?;
+        tx.commit().await?;
+        state.tokens.forget_all();
+        return Ok(grant_error(
+            "the connection expired or was revoked (its access token was idle longer than the idle TTL, or revoked in GET /tokens): connect again",
+        ));
+    }
+    let used = tx
+        .query_one_raw(stmt(
+            backend,
+            "UPDATE oauth_refresh SET used = ? WHERE token_hash = ? AND used = ? RETURNING user_id",
+            vec![true.into(), hash.into(), false.into()],
+        ))
+        .await?;
+    if used.is_none() {
+        tx.rollback().await?;
+        return Ok(grant_error(
+            "the refresh token is invalid, expired or already used",
         ));
     }
     let user_id: String = row.try_get("", "user_id")?;
     let ws: String = row.try_get("", "workspace_id")?;
-    // Rotation replaces the session: the previous access token goes.
-    end_token(&tx, "id", access, "oauth refresh").await?;
-    let Some((_, body)) = issue(state, &tx, client_id, &user_id, &ws).await? else {
+    let Some((new_id, body)) = issue(state, &tx, client_id, &user_id, &ws).await? else {
+        end_token(&tx, "id", access, "oauth refresh").await?;
         tx.commit().await?;
         state.tokens.forget_all();
         return Ok(grant_error(
             "the user is no longer a member of that workspace",
         ));
     };
+    // The grant's used refresh tokens and its authorization code now point
+    // at the new access token, so that presenting any of them again ends it.
+    tx.execute_raw(stmt(
+        backend,
+        "UPDATE oauth_refresh SET access_token_id = ? WHERE access_token_id = ? AND used = ?",
+        vec![new_id.clone().into(), access.clone().into(), true.into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(
+        backend,
+        "UPDATE oauth_codes SET token_id = ? WHERE token_id = ?",
+        vec![new_id.into(), access.clone().into()],
+    ))
+    .await?;
+    // Rotation replaces the session: the previous access token goes.
+    end_token(&tx, "id", access, "oauth refresh").await?;
     tx.commit().await?;
     state.tokens.forget_all();
     Ok(json_reply(StatusCode::OK, body))
 }
 
-/// RFC 7009: always 200; an access token takes its refresh tokens with it and
-/// a refresh token takes its access token.
+/// RFC 7009: 200 for any token, known or not (400 only when none is sent);
+/// an access token takes its refresh tokens with it and a refresh token
+/// takes its access token.
 async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1142,11 +1196,18 @@ async fn revoke(
             "send token=… as a form body",
         );
     };
-    let t = form
+    let Some(t) = form
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+        .filter(|t| !t.is_empty())
+    else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send token=… (the access or refresh token to revoke) as a form body",
+        );
+    };
     let hash = secrets::hash(&t);
     let res: AppResult<()> = async {
         let tx = write_tx(&state.db).await?;
