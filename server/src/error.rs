@@ -108,6 +108,17 @@ impl AppError {
         e
     }
 
+    /// A chat client's connection (an OAuth token) reaching past the one
+    /// workspace the user granted it at consent.
+    pub fn not_granted(message: impl Into<String>) -> Self {
+        AppError::new(
+            "not_granted",
+            StatusCode::FORBIDDEN,
+            message,
+            "this connection works only in the workspace the user chose when connecting it (GET /whoami); to work in another, the user connects the client again and chooses it, or uses the crmkit CLI",
+        )
+    }
+
     pub fn admin_required() -> Self {
         AppError::new(
             "admin_required",

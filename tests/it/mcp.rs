@@ -1244,3 +1244,115 @@ async fn refresh_tokens_rotate_and_a_replay_ends_the_grant() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "invalid_request", "{v}");
 }
+
+/// A chat client's connection acts only in the workspace the user chose at
+/// consent (the personal one is offered first): it cannot mint tokens,
+/// create workspaces or reach another workspace (403 not_granted), and it
+/// sees only that workspace and its tokens. The user's own tokens are not
+/// limited.
+#[tokio::test]
+async fn a_connection_stays_in_the_workspace_it_was_granted() {
+    let s = Server::start().await;
+    let own = s.login("scope@example.com").await;
+    let personal = s.ws_of(&own).await;
+    let r = s
+        .post("/workspaces?format=json", Some(&own), r#"{"name":"Other"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let other = r.json()["data"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .post(
+            &format!("/workspaces/{other}/tokens?format=json"),
+            Some(&own),
+            r#"{"token_name":"cli-other"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let in_other = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let in_other_id = s.get("/whoami?format=json", &in_other).await.json()["data"]["token"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("token/")
+        .to_string();
+    let (_, tok) = connect(&s, "scope@example.com").await;
+    let conn = tok["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.ws_of(&conn).await,
+        personal,
+        "the personal workspace comes first"
+    );
+    // Its own workspace: as any token.
+    assert_eq!(
+        s.get(&format!("/workspaces/{personal}"), &conn)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.get(&format!("/workspaces/{personal}/members"), &conn)
+            .await
+            .status,
+        200
+    );
+    // No tokens, no new workspaces, nothing of the other workspace.
+    for ws in [&personal, &other] {
+        s.post(&format!("/workspaces/{ws}/tokens"), Some(&conn), "{}")
+            .await
+            .assert_error(403, "not_granted");
+    }
+    s.post("/workspaces", Some(&conn), r#"{"name":"More"}"#)
+        .await
+        .assert_error(403, "not_granted");
+    s.get(&format!("/workspaces/{other}"), &conn)
+        .await
+        .assert_error(403, "not_granted");
+    s.get(&format!("/workspaces/{other}/members"), &conn)
+        .await
+        .assert_error(403, "not_granted");
+    s.patch(
+        &format!("/workspaces/{other}"),
+        &conn,
+        r#"{"name":"Mine now"}"#,
+    )
+    .await
+    .assert_error(403, "not_granted");
+    s.post(
+        &format!("/workspaces/{other}/invites"),
+        Some(&conn),
+        r#"{"email":"friend@example.com"}"#,
+    )
+    .await
+    .assert_error(403, "not_granted");
+    s.delete(&format!("/workspaces/{other}"), &conn)
+        .await
+        .assert_error(403, "not_granted");
+    // It sees its one workspace, and the tokens acting there.
+    let list = s.get("/workspaces", &conn).await;
+    assert!(list.text.contains(&personal), "{}", list.text);
+    assert!(!list.text.contains(&other), "{}", list.text);
+    let tokens = s.get("/tokens", &conn).await;
+    assert!(!tokens.text.contains(&in_other_id), "{}", tokens.text);
+    s.delete(&format!("/tokens/{in_other_id}"), &conn)
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(s.get("/whoami", &in_other).await.status, 200);
+    // Through the connector's tool, the same.
+    let (_, v, _) = mcp(
+        &s,
+        Some(&conn),
+        call(
+            &format!("/workspaces/{other}/tokens"),
+            "POST",
+            Some(json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(tool_text(&v).contains("not_granted"), "{v}");
+    // The user's own token is not limited, and the other workspace is unchanged.
+    let list = s.get("/workspaces", &own).await;
+    assert!(list.text.contains(&other), "{}", list.text);
+    assert!(list.text.contains("name=Other"), "{}", list.text);
+    let tokens = s.get("/tokens", &own).await;
+    assert!(tokens.text.contains(&in_other_id), "{}", tokens.text);
+}

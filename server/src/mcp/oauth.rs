@@ -459,7 +459,8 @@ fn consent_form(
         StatusCode::OK,
         "Allow access?",
         &format!(
-            "<p><b>{}</b> will be able to read and change the CRM data of the workspace you choose, as you. \
+            "<p><b>{}</b> will be able to read and change the CRM data of the workspace you choose, as you, \
+             and nothing of your other workspaces. \
              It will be sent back to <b>{}</b>.</p><form method=\"post\" action=\"/oauth/authorize\">{}\
              <label for=\"workspace\">Workspace</label><select id=\"workspace\" name=\"workspace\">{options}</select>\
              <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
@@ -797,8 +798,9 @@ async fn user_workspaces(state: &AppState, user_id: &str) -> AppResult<Vec<(Stri
         .db
         .query_all_raw(stmt(
             state.db.get_database_backend(),
-            "SELECT w.id, w.name, w.personal_of FROM memberships m JOIN workspaces w ON w.id = m.workspace_id WHERE m.user_id = ? ORDER BY w.created_at, w.id",
-            vec![user_id.into()],
+            "SELECT w.id, w.name, w.personal_of FROM memberships m JOIN workspaces w ON w.id = m.workspace_id WHERE m.user_id = ? \
+             ORDER BY CASE WHEN w.personal_of = ? THEN 0 ELSE 1 END, w.created_at, w.id",
+            vec![user_id.into(), user_id.into()],
         ))
         .await?;
     let mut out = Vec::new();
@@ -893,6 +895,21 @@ async fn token(
         Ok(r) => r,
         Err(e) => with_cors(e.into_response()),
     }
+}
+
+/// Whether a token came from this flow: a chat client's connection, which
+/// the user granted one workspace at consent (every access token issued
+/// here has its refresh token until both end).
+pub async fn is_connection(state: &AppState, token_id: &str) -> AppResult<bool> {
+    let row = state
+        .db
+        .query_one_raw(stmt(
+            state.db.get_database_backend(),
+            "SELECT 1 AS one FROM oauth_refresh WHERE access_token_id = ? LIMIT 1",
+            vec![token_id.into()],
+        ))
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Mints the access token (a crmkit token named after the client) and a refresh token.

@@ -13,6 +13,7 @@ use crate::auth::Caller;
 use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
 use crate::extract::PathIds;
+use crate::mcp::oauth::is_connection;
 use crate::negotiate::{Fmt, text_response};
 use crate::routes::audit;
 use crate::wire::handle::{Kind, handle, parse_ref};
@@ -172,8 +173,13 @@ async fn list_tokens(
             vec![caller.user_id.clone().into(), Ts::now().into()],
         ))
         .await?;
+    // A chat client's connection sees the tokens of its one workspace.
+    let granted_only = is_connection(&state, &caller.token_id).await?;
     let mut tokens = Vec::with_capacity(rows.len());
     for r in rows {
+        if granted_only && r.try_get::<String>("", "workspace_id")? != caller.workspace_id {
+            continue;
+        }
         let id: String = r.try_get("", "id")?;
         tokens.push(json!({
             "handle": handle(Kind::Token, &id),
@@ -232,13 +238,19 @@ async fn revoke_token(
         AppError::invalid(e.to_string(), "send a token id like t_… from GET /tokens")
     })?;
     let db = &state.db;
+    // A chat client's connection revokes only tokens of its one workspace.
+    let only_in = if is_connection(&state, &caller.token_id).await? {
+        caller.workspace_id.clone()
+    } else {
+        String::new()
+    };
     let tx = write_tx(db).await?;
     let backend = tx.get_database_backend();
     let row = tx
         .query_one_raw(stmt(
             backend,
-            "DELETE FROM tokens WHERE id = ? AND user_id = ? RETURNING workspace_id, name",
-            vec![id.clone().into(), caller.user_id.clone().into()],
+            "DELETE FROM tokens WHERE id = ? AND user_id = ? AND (? = '' OR workspace_id = ?) RETURNING workspace_id, name",
+            vec![id.clone().into(), caller.user_id.clone().into(), only_in.clone().into(), only_in.into()],
         ))
         .await?
         .ok_or_else(not_found)?;

@@ -19,6 +19,7 @@ use crate::db::{Ts, stmt, write_tx};
 use crate::error::{AppError, AppResult};
 use crate::extract::{BodyFields, JsonBody, PathIds, RawBody};
 use crate::mail::{Mail, html_escape};
+use crate::mcp::oauth::is_connection;
 use crate::negotiate::Fmt;
 use crate::records::store::plan_limit;
 use crate::routes::audit;
@@ -59,6 +60,12 @@ fn ws_not_found(raw: &str) -> AppError {
 /// caller is not a member, whatever the workspace's existence).
 async fn membership(state: &AppState, caller: &Caller, raw: &str) -> AppResult<(String, String)> {
     let id = path_ref(Kind::Workspace, raw, || ws_not_found(raw))?;
+    if id != caller.workspace_id && is_connection(state, &caller.token_id).await? {
+        return Err(AppError::not_granted(format!(
+            "this connection may not act in {}",
+            handle(Kind::Workspace, &id)
+        )));
+    }
     let row = state
         .db
         .query_one_raw(stmt(
@@ -98,6 +105,8 @@ fn role_of(raw: Option<String>) -> AppResult<String> {
 }
 
 async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppResult<Response> {
+    // A chat client's connection sees the one workspace it was granted.
+    let granted_only = is_connection(&state, &caller.token_id).await?;
     let rows = state
         .db
         .query_all_raw(stmt(
@@ -110,6 +119,9 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
     let mut items = Vec::new();
     for r in rows {
         let id: String = r.try_get("", "id")?;
+        if granted_only && id != caller.workspace_id {
+            continue;
+        }
         let personal: Option<String> = r.try_get("", "personal_of")?;
         items.push(json!({
             "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
@@ -128,7 +140,7 @@ async fn list(State(state): State<AppState>, caller: Caller, fmt: Fmt) -> AppRes
             vec![caller.email.clone().into()],
         ))
         .await?;
-    for r in invites {
+    for r in invites.into_iter().filter(|_| !granted_only) {
         let id: String = r.try_get("", "id")?;
         items.push(json!({
             "handle": handle(Kind::Workspace, &id), "id": id, "name": r.try_get::<String>("", "name")?,
@@ -235,6 +247,11 @@ async fn create(
     JsonBody(body): JsonBody<NameBody>,
 ) -> AppResult<Response> {
     let name = body.checked_name()?;
+    if is_connection(&state, &caller.token_id).await? {
+        return Err(AppError::not_granted(
+            "a chat client's connection cannot create workspaces",
+        ));
+    }
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     let plan_row = tx
@@ -348,6 +365,13 @@ async fn switch(
     PathIds(ids): PathIds,
     RawBody(body): RawBody,
 ) -> AppResult<Response> {
+    // A token minted here would outlive the connection's revocation and
+    // reach past the workspace it was granted.
+    if is_connection(&state, &caller.token_id).await? {
+        return Err(AppError::not_granted(
+            "a chat client's connection cannot mint tokens",
+        ));
+    }
     // A workspace with a pending invite to the caller's address is joined
     // here, as a sign-in would (the token proves the address).
     let (ws, invited) = match membership(&state, &caller, &ids[0]).await {
