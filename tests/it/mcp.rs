@@ -502,6 +502,9 @@ async fn registration_refuses_unsafe_redirects_r34() {
         json!(["http://127.0.0.1@evil.example/cb"]),
         json!(["http://localhost.evil.example/cb"]),
         json!(["https://app.example/cb#frag"]),
+        json!(["vbscript:/msgbox"]),
+        json!(["JavaScript://%0aalert(1)"]),
+        json!(["chrome-extension://abc/cb"]),
         json!([]),
     ] {
         let r = s
@@ -570,6 +573,23 @@ async fn authorize_never_redirects_to_unregistered_places_r35() {
         assert!(r.headers().get("location").is_none());
         assert!(r.text().await.unwrap().contains("Cannot continue"));
     }
+    // A loopback redirect on another port is the same app (RFC 8252 §7.3):
+    // the whole flow goes through on the port the app listens on now.
+    let moved = "http://127.0.0.1:40000/cb";
+    let loc = sign_in(&s, &client, moved, "r35@example.com").await;
+    assert!(loc.starts_with(&format!("{moved}?")), "{loc}");
+    let code = query_param(&loc, "code").unwrap();
+    let (status, body, _) = token_request(
+        &s,
+        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&client), enc(moved)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A native app's own scheme (RFC 8252 §7.1), as desktop clients register.
+    let native = "cursor://anysphere.cursor-retrieval/oauth/user-crmkit/callback";
+    let app = register(&s, native, "Cursor").await;
+    let loc = sign_in(&s, &app, native, "r35@example.com").await;
+    assert!(loc.starts_with(&format!("{native}?code=")), "{loc}");
     // PKCE and response_type problems go back to the registered URI as errors.
     let good = base(&client, redirect);
     for url in [
@@ -1355,4 +1375,44 @@ async fn a_connection_stays_in_the_workspace_it_was_granted() {
     assert!(list.text.contains("name=Other"), "{}", list.text);
     let tokens = s.get("/tokens", &own).await;
     assert!(tokens.text.contains(&in_other_id), "{}", tokens.text);
+}
+
+/// The tool refuses arguments it does not have (a `headers` argument was
+/// dropped silently, and the step-up code with it), and encodes a path as
+/// the agent means it: spaces, `#` and non-ASCII reach the API as text.
+#[tokio::test]
+async fn the_tool_refuses_unknown_arguments_and_encodes_paths() {
+    let s = Server::start().await;
+    let (_, tok) = connect(&s, "paths@example.com").await;
+    let t = tok["access_token"].as_str().unwrap().to_string();
+    let mut bad = call("/whoami", "GET", None);
+    bad["params"]["arguments"]["headers"] = json!({"X-Escalation-Code": "123456"});
+    let (_, v, _) = mcp(&s, Some(&t), bad).await;
+    let said = v.to_string();
+    assert!(
+        v["error"].is_object() || v["result"]["isError"] == true,
+        "{said}"
+    );
+    assert!(
+        said.contains("unknown field") && said.contains("headers"),
+        "{said}"
+    );
+    let (_, v, _) = mcp(
+        &s,
+        Some(&t),
+        call("/contacts", "POST", Some(json!({"name": "Bulk 01 #1 Zoë"}))),
+    )
+    .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    for path in [
+        "/contacts?search=bulk 01",
+        "/contacts?search=#1",
+        "/contacts?search=zoë",
+        "/contacts?name=Bulk 01 #1 Zoë",
+    ] {
+        let (_, v, _) = mcp(&s, Some(&t), call(path, "GET", None)).await;
+        let text = tool_text(&v);
+        assert_ne!(v["result"]["isError"], true, "{path}: {v}");
+        assert!(text.contains("name=\"Bulk 01 #1 Zoë\""), "{path}: {text}");
+    }
 }

@@ -219,7 +219,7 @@ pub fn check(client_id: &str, body: &[u8]) -> Result<Document, Refused> {
     };
     if let Some(bad) = uris.iter().find(|u| !super::oauth::redirect_uri_ok(u)) {
         return Err(refused(format!(
-            "The app's redirect URI {bad:?} is not allowed: https, or http on loopback only."
+            "The app's redirect URI {bad:?} is not allowed: https, http on loopback, or the app's own scheme."
         )));
     }
     let method = v.get("token_endpoint_auth_method").and_then(Value::as_str);
@@ -338,7 +338,7 @@ mod tests {
                 "not allowed",
             ),
             (
-                serde_json::json!({"client_id": id, "redirect_uris": ["myapp://cb"]}),
+                serde_json::json!({"client_id": id, "redirect_uris": ["javascript://cb"]}),
                 "not allowed",
             ),
             (

@@ -33,11 +33,15 @@ use crate::error::AppError;
 /// Paths the tool may not reach: sign-in, OAuth, the connector itself.
 const FORBIDDEN: &[&str] = &["/auth", "/oauth", "/mcp", "/.well-known"];
 
+/// The tool's arguments. Unknown ones are refused (there is no `headers`:
+/// a step-up code goes in the path as `?code=`).
 #[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RequestArgs {
     /// GET, POST, PATCH or DELETE
     pub method: String,
-    /// Path with query string, e.g. `/contacts?stage=lead&limit=20` or `/contacts/c_7k2m9q4x1d3f`
+    /// Path with query string, e.g. `/contacts?stage=lead&limit=20` or `/contacts/c_7k2m9q4x1d3f`;
+    /// characters a URL cannot hold (spaces, quotes, `#`, non-ASCII) are percent-encoded for you
     pub path: String,
     /// JSON body for POST and PATCH
     pub body: Option<serde_json::Map<String, serde_json::Value>>,
@@ -88,7 +92,8 @@ impl Connector {
                 ));
             }
         };
-        let path = args.path.trim();
+        let path = encode_path(args.path.trim());
+        let path = path.as_str();
         let path_only = path.split(['?', '#']).next().unwrap_or("");
         let reachable = path.starts_with('/')
             && !path.starts_with("//")
@@ -101,6 +106,12 @@ impl Connector {
             return refuse(format!(
                 "error: invalid_request\nmessage: path {:?} is not an API path this tool can call\nhint: send a path of the CRM API starting with /, e.g. /contacts?search=acme (not /auth, /oauth, /mcp or a full URL); GET /help lists them\n",
                 path.chars().take(100).collect::<String>()
+            ));
+        }
+        if path.len() > 16 * 1024 {
+            return refuse(format!(
+                "error: invalid_request\nmessage: the path is {} bytes long; at most 16384 are allowed\nhint: shorten the query: page with limit= and cursor= rather than listing ids\n",
+                path.len()
             ));
         }
         let mut builder = axum::http::Request::builder()
@@ -135,6 +146,28 @@ impl Connector {
             CallToolResult::success(vec![ContentBlock::text(text)])
         })
     }
+}
+
+/// Percent-encodes what a URL cannot hold, so that an agent may write a
+/// path as it reads (`/contacts?search=bulk 01`, `search=#1`): whitespace,
+/// quotes, `#` (an API call has no fragment), the characters < > \\ ^ { | }
+/// and the backtick, controls and non-ASCII. A `%` followed by two hex
+/// digits is taken as already encoded.
+fn encode_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let encoded_already = b == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        let keep = encoded_already || (b.is_ascii_graphic() && !b"\"#<>\\^`{|}%".contains(&b));
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[tool_handler]
@@ -321,4 +354,42 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     };
     cors(&mut res);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_path;
+
+    #[test]
+    fn paths_are_encoded_as_an_agent_means_them() {
+        assert_eq!(
+            encode_path("/contacts?search=bulk 01"),
+            "/contacts?search=bulk%2001"
+        );
+        assert_eq!(encode_path("/contacts?search=#1"), "/contacts?search=%231");
+        assert_eq!(
+            encode_path("/contacts?name=\"Zoë\""),
+            "/contacts?name=%22Zo%C3%AB%22"
+        );
+        assert_eq!(
+            encode_path("/contacts?search=a%20b"),
+            "/contacts?search=a%20b"
+        );
+        assert_eq!(
+            encode_path("/contacts?search=100%"),
+            "/contacts?search=100%25"
+        );
+        assert_eq!(
+            encode_path("/contacts?search=%zz"),
+            "/contacts?search=%25zz"
+        );
+        assert_eq!(
+            encode_path("/a?x={|}^`<>\\\t"),
+            "/a?x=%7B%7C%7D%5E%60%3C%3E%5C%09"
+        );
+        assert_eq!(
+            encode_path("/contacts?stage=lead&limit=20"),
+            "/contacts?stage=lead&limit=20"
+        );
+    }
 }

@@ -126,9 +126,56 @@ async fn authorization_server(State(state): State<AppState>) -> Response {
     )
 }
 
-/// Redirect URI policy: `https://host/…`, or loopback `http://127.0.0.1|localhost|[::1]`
-/// on any port; no user info, no fragment; nothing else (no custom schemes).
+/// Schemes a redirect may never use: they run or read something in the
+/// browser, or name no app.
+const NEVER_SCHEMES: &[&str] = &[
+    "javascript",
+    "data",
+    "file",
+    "vbscript",
+    "about",
+    "blob",
+    "filesystem",
+    "view-source",
+    "ftp",
+    "ws",
+    "wss",
+    "mailto",
+    "tel",
+    "sms",
+    "chrome",
+    "chrome-extension",
+    "intent",
+];
+
+/// Redirect URI policy: `https://host/…`; loopback `http://127.0.0.1|localhost|[::1]`
+/// on any port; or a native app's own scheme (RFC 8252 §7.1: `cursor://…`,
+/// `com.example.app:/cb`), never one of [`NEVER_SCHEMES`]; no user info, no
+/// fragment.
 pub fn redirect_uri_ok(uri: &str) -> bool {
+    if let Some((scheme, rest)) = uri.split_once(':')
+        && !matches!(scheme, "http" | "https")
+    {
+        let named = scheme.len() <= 64
+            && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
+        return named
+            && !NEVER_SCHEMES.contains(&scheme)
+            && rest.starts_with('/')
+            && rest.len() > 1
+            && uri.len() <= 2000
+            && !uri.contains('#')
+            && !uri.contains('@')
+            && !uri.chars().any(|c| c.is_whitespace() || c.is_control());
+    }
+    if uri.len() > 2000
+        || uri.contains('#')
+        || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
     if uri.len() > 2000
         || uri.contains('#')
         || uri.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -171,6 +218,30 @@ pub fn redirect_uri_ok(uri: &str) -> bool {
         "http" => matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]"),
         _ => false,
     }
+}
+
+/// A loopback redirect without its port: (host, path and query).
+fn loopback_without_port(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("http://")?;
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(cut);
+    let host = if authority.starts_with('[') {
+        &authority[..authority.find(']')? + 1]
+    } else {
+        authority.split(':').next()?
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]").then_some((host, tail))
+}
+
+/// Whether a redirect URI sent to /oauth/authorize is one the client
+/// registered: exactly, or for a loopback one on any port (RFC 8252 §7.3:
+/// a native app listens on whatever port it gets).
+fn redirect_registered(registered: &str, sent: &str) -> bool {
+    registered == sent
+        || matches!(
+            (loopback_without_port(registered), loopback_without_port(sent)),
+            (Some(a), Some(b)) if a == b
+        )
 }
 
 async fn register(
@@ -527,7 +598,11 @@ async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
         ));
     };
     let redirect = get("redirect_uri").unwrap_or("");
-    if !client.redirect_uris.iter().any(|u| u == redirect) {
+    if !client
+        .redirect_uris
+        .iter()
+        .any(|u| redirect_registered(u, redirect))
+    {
         return Ok(error_page(
             "The redirect address does not match one the app registered.",
         ));
@@ -1278,11 +1353,52 @@ mod tests {
             "http://localhost.evil.example/cb",
             "https://app.example/cb#frag",
             "https://user:pw@app.example/cb",
-            "cursor://anysphere.cursor-retrieval/oauth",
+            "JavaScript://x/%0aalert(1)",
+            "vbscript:/x",
+            "ws://127.0.0.1/cb",
+            "chrome-extension://abc/cb",
+            "cursor:",
+            "cursor:nothing",
+            "cursor://x/cb#frag",
+            "cursor://user@host/cb",
             "",
         ] {
             assert!(!redirect_uri_ok(bad), "{bad}");
         }
+        // A native app's own scheme (RFC 8252 §7.1).
+        for ok in [
+            "cursor://anysphere.cursor-retrieval/oauth/user-crmkit/callback",
+            "com.example.app:/oauth2redirect",
+        ] {
+            assert!(redirect_uri_ok(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn loopback_redirects_match_on_any_port() {
+        let reg = "http://127.0.0.1:33418/callback";
+        assert!(redirect_registered(reg, "http://127.0.0.1:40000/callback"));
+        assert!(redirect_registered(reg, "http://127.0.0.1/callback"));
+        assert!(redirect_registered(
+            "http://[::1]:1/cb?x=1",
+            "http://[::1]:2/cb?x=1"
+        ));
+        for bad in [
+            "http://127.0.0.1:40000/callback/x",
+            "http://127.0.0.1:40000/callbacK",
+            "http://localhost:33418/callback",
+            "http://127.0.0.1:40000/callback?x=1",
+            "https://127.0.0.1:33418/callback",
+            "http://127.0.0.1.evil.example:33418/callback",
+        ] {
+            assert!(!redirect_registered(reg, bad), "{bad}");
+        }
+        let https = "https://claude.ai/api/mcp/auth_callback";
+        assert!(redirect_registered(https, https));
+        assert!(!redirect_registered(
+            https,
+            "https://claude.ai:444/api/mcp/auth_callback"
+        ));
     }
 
     #[test]
