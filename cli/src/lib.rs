@@ -1908,14 +1908,10 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
         RecordCmd::Activities { id, filter, page } => {
             let mut pairs = filter.pairs()?;
             pairs.extend(page.limit.map(|l| ("limit".to_string(), l.to_string())));
-            // A contact's log has a path of its own; a deal's is the
-            // activities that name it; a company has none.
+            // A contact's log, or a deal's (the activities that name it);
+            // a company has none.
             let path = match kind {
-                "contacts" => format!("/contacts/{}/activities", id_path(&id)),
-                "deals" => {
-                    pairs.insert(0, ("deal".to_string(), id.clone()));
-                    "/activities".to_string()
-                }
+                "contacts" | "deals" => format!("/{kind}/{}/activities", id_path(&id)),
                 _ => {
                     return Err(CliError::usage(
                         "companies have no activity log: activities belong to a contact (`crmkit contacts activities CONTACT`) and may name a deal (`crmkit deals activities DEAL`)",

@@ -192,6 +192,9 @@ async fn login_records_and_pipes() {
     let on_deal = cli.ok(&["deals", "activities", &did]);
     assert!(on_deal.contains("body=\"on the deal\""), "{on_deal}");
     assert!(!on_deal.contains("body=hello"), "{on_deal}");
+    // A deal that does not exist is not found, as a contact's log is.
+    let out = cli.run(&["deals", "activities", "d_000000000000"]);
+    assert_eq!(code_of(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
     let out = cli.run(&["companies", "activities", &co_id]);
     assert_eq!(code_of(&out), 2);
     assert!(

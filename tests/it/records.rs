@@ -881,6 +881,8 @@ async fn an_activity_is_audited_with_its_body_and_time() {
         "{entry}"
     );
     assert_eq!(changes["contact_id"], json!([null, c]), "{entry}");
+    // No deal: no `deal_id: [null, null]` that would read as a change.
+    assert!(changes.get("deal_id").is_none(), "{entry}");
 }
 
 /// Walks every page of `path` three items at a time, following `# next:`
@@ -1780,4 +1782,84 @@ async fn summaries_count_and_sum_per_group() {
         r.assert_error(400, code);
         assert!(r.text.contains(needle), "{query}: {}", r.text);
     }
+}
+
+/// An activity handle opens (`GET /activities/{id}`), and a deal has a log
+/// of its own (`GET /deals/{id}/activities`), 404 for a deal that is not in
+/// the workspace, as a contact's; neither reaches another workspace.
+#[tokio::test]
+async fn an_activity_opens_and_a_deal_has_its_log() {
+    let s = Server::start().await;
+    let t = s.login("opens@example.com").await;
+    let c = create(&s, &t, "contacts", json!({"name": "Opens"})).await;
+    let d = create(
+        &s,
+        &t,
+        "deals",
+        json!({"title": "Big one", "contact_id": c}),
+    )
+    .await;
+    log_activity(&s, &t, &c, json!({"kind": "call", "body": "no deal"})).await;
+    log_activity(
+        &s,
+        &t,
+        &c,
+        json!({"kind": "meeting", "body": "on the deal", "deal_id": d}),
+    )
+    .await;
+    log_activity(
+        &s,
+        &t,
+        &c,
+        json!({"kind": "note", "body": "deal note", "deal_id": d}),
+    )
+    .await;
+    let bodies = |path: String| activity_fields(&s, &t, path, "body");
+    assert_eq!(
+        bodies(format!("/deals/{d}/activities?format=json")).await,
+        ["deal note", "on the deal"]
+    );
+    assert_eq!(
+        bodies(format!("/deals/{d}/activities?kind=meeting&format=json")).await,
+        ["on the deal"]
+    );
+    s.get("/deals/d_000000000000/activities", &t)
+        .await
+        .assert_error(404, "not_found");
+    s.get(&format!("/deals/{d}/activities?contact={c}"), &t)
+        .await
+        .assert_error(400, "unknown_field");
+    // One activity, by id or handle, as text and JSON.
+    let v = s.get("/activities?format=json", &t).await.json();
+    let id = v["data"][0]["id"].as_str().unwrap().to_string();
+    let one = s.get(&format!("/activities/{id}"), &t).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert!(
+        one.text.starts_with(&format!("activity/{id} kind=note ")),
+        "{}",
+        one.text
+    );
+    assert!(one.text.contains(&format!("deal=deal/{d}")), "{}", one.text);
+    let j = s
+        .get(&format!("/activities/activity%2F{id}?format=json"), &t)
+        .await;
+    assert_eq!(j.status, 200, "{}", j.text);
+    assert_eq!(j.json()["data"]["body"], "deal note", "{}", j.text);
+    s.get(&format!("/activities/{id}?kind=call"), &t)
+        .await
+        .assert_error(400, "unknown_field");
+    s.get(&format!("/activities/{d}"), &t)
+        .await
+        .assert_error(400, "invalid_request");
+    s.get("/activities/a_000000000000", &t)
+        .await
+        .assert_error(404, "not_found");
+    // Another workspace sees neither.
+    let other = s.login("elsewhere@example.com").await;
+    s.get(&format!("/activities/{id}"), &other)
+        .await
+        .assert_error(404, "not_found");
+    s.get(&format!("/deals/{d}/activities"), &other)
+        .await
+        .assert_error(404, "not_found");
 }

@@ -57,7 +57,7 @@ const TOOL_DESCRIPTION: &str = "Call the crmkit CRM HTTP API as the signed-in us
 Records are one line each: `contact/c_… name=\"Jane Doe\" email=… stage=lead`; lists end with `# N contacts` and `# next: CURSOR`. \
 Endpoints: GET/POST /contacts, /companies, /deals (POST upserts contacts by email, companies by domain); GET/PATCH/DELETE /{kind}/{id}; \
 GET /{kind}/summary?by=stage (counts, and deal amounts per currency, over the filtered records); \
-GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body}; GET /activities?occurred_at=gte:TIME, /reminders?days=N, \
+GET/POST /contacts/{id}/activities {kind: call|email|meeting|note|task, body, deal_id?}; GET /deals/{id}/activities, /activities/{id}, /activities?occurred_at=gte:TIME, /reminders?days=N, \
 /audit?target=deal/d_…&action=deal.update, /whoami, /tokens, /workspaces. \
 Filters: field=[op:]value with ops eq ne gt gte lt lte like in is:null not:null, plus custom.KEY, tags=vip, search=TEXT, sort=-field, limit<=200, cursor=. \
 Delete is two-step: the first DELETE answers confirmation_required with a confirm token; repeat with ?confirm=TOKEN only if the user agrees. \

@@ -51,7 +51,12 @@ static DEAL_FIELD: FieldDef = FieldDef {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/contacts/{id}/activities", get(list_for_contact).post(log))
+        .route("/deals/{id}/activities", get(list_for_deal))
         .route("/activities", get(list_all))
+        .route(
+            "/activities/{id}",
+            get(show_one).layer(axum::middleware::from_fn(crate::extract::no_params)),
+        )
         .route("/reminders", get(reminders))
 }
 
@@ -119,6 +124,23 @@ impl Activity {
 
 const COLS: &str =
     "id, kind, body, occurred_at, contact_id, deal_id, author_id, author_token, created_at";
+
+/// An activity.create audit entry's changes: every field it was logged
+/// with, as `[null, value]`; one it has no value for (no deal, no body) is
+/// left out, as a record's create leaves out empty fields.
+fn created_changes(a: &Activity) -> Value {
+    let mut c = json!({"kind": [null, a.kind], "occurred_at": [null, a.occurred_at.render()]});
+    for (k, v) in [
+        ("body", &a.body),
+        ("contact_id", &a.contact_id),
+        ("deal_id", &a.deal_id),
+    ] {
+        if let Some(v) = v {
+            c[k] = json!([null, v]);
+        }
+    }
+    c
+}
 
 async fn log(
     State(state): State<AppState>,
@@ -200,8 +222,16 @@ async fn log(
         ],
     ))
     .await?;
-    audit::record(&tx, ws, &caller.user_id, &caller.token_name, "activity.create", &handle(Kind::Activity, &a.id),
-        Some(json!({"kind": [null, a.kind], "body": [null, a.body], "occurred_at": [null, a.occurred_at.render()], "contact_id": [null, a.contact_id], "deal_id": [null, a.deal_id]}))).await?;
+    audit::record(
+        &tx,
+        ws,
+        &caller.user_id,
+        &caller.token_name,
+        "activity.create",
+        &handle(Kind::Activity, &a.id),
+        Some(created_changes(&a)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(fmt.reply(
         StatusCode::CREATED,
@@ -223,6 +253,53 @@ async fn list_for_contact(
     }
     q.only(&["kind", "occurred_at", "author", "sort", "limit", "cursor"])?;
     list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
+}
+
+/// A deal's log: the activities that name it (404 for a deal that is not
+/// in the workspace, where `GET /activities?deal=` lists none).
+async fn list_for_deal(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+    q: QueryPairs,
+) -> AppResult<Response> {
+    let deal_id = path_id(Kind::Deal, &ids)?;
+    if !store::exists(&state.db, Kind::Deal, &caller.workspace_id, &deal_id).await? {
+        return Err(not_found(Kind::Deal, &deal_id));
+    }
+    q.only(&["kind", "occurred_at", "author", "sort", "limit", "cursor"])?;
+    list_activities(&state, &caller, fmt, None, Some(deal_id), &q).await
+}
+
+/// One activity by its id or handle (activities cannot be changed or
+/// deleted: the log is append-only).
+async fn show_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    fmt: Fmt,
+    PathIds(ids): PathIds,
+) -> AppResult<Response> {
+    let id = path_id(Kind::Activity, &ids)?;
+    let row = state
+        .db
+        .query_one_raw(stmt(
+            state.db.get_database_backend(),
+            &format!("SELECT {COLS} FROM activities WHERE workspace_id = ? AND id = ?"),
+            vec![caller.workspace_id.clone().into(), id.clone().into()],
+        ))
+        .await?
+        .ok_or_else(|| not_found(Kind::Activity, &id))?;
+    let a = Activity::from_row(&row)?;
+    Ok(fmt.reply(
+        StatusCode::OK,
+        || {
+            let mut out = a.line();
+            out.push('\n');
+            out
+        },
+        || json!({"data": a.to_json()}),
+    ))
 }
 
 async fn list_all(

@@ -91,8 +91,14 @@ pub fn not_found(kind: Kind, raw: &str) -> AppError {
                 "a path takes an id, not an email: GET /contacts?email={shown} finds a contact by email"
             )
         } else {
+            let finds = match kind {
+                Kind::Deal => " (search= finds by title)",
+                Kind::Contact | Kind::Company => " (search= finds by name)",
+                Kind::Activity => " (contact=, deal= and kind= narrow it)",
+                _ => "",
+            };
             format!(
-                "check the id; GET /{} lists what exists (search= finds by name)",
+                "check the id; GET /{} lists what exists{finds}",
                 plural(kind)
             )
         },
