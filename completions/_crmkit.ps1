@@ -227,7 +227,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;workspaces;invite' {
-            [CompletionResult]::new('--role', '--role', [CompletionResultType]::ParameterName, 'role')
+            [CompletionResult]::new('--role', '--role', [CompletionResultType]::ParameterName, 'admin or member [default: member; a resent invite keeps its role]')
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'code')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')

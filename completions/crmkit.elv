@@ -202,7 +202,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;workspaces;invite'= {
-            cand --role 'role'
+            cand --role 'admin or member [default: member; a resent invite keeps its role]'
             cand --code 'code'
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'

@@ -178,7 +178,7 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from members" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l role -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l role -d 'admin or member [default: member; a resent invite keeps its role]' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l code -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand workspaces; and __fish_seen_subcommand_from invite" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r

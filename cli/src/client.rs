@@ -169,8 +169,12 @@ fn for_the_cli(hint: &str, login: &str) -> String {
             "crmkit companies list shows what exists (--search finds by name)",
         ),
         (
-            "GET /deals lists what exists (search= finds by name)",
-            "crmkit deals list shows what exists (--search finds by name)",
+            "GET /deals lists what exists (search= finds by title)",
+            "crmkit deals list shows what exists (--search finds by title)",
+        ),
+        (
+            "GET /activities lists what exists (contact=, deal= and kind= narrow it)",
+            "crmkit activities lists what exists (--kind narrows it; crmkit contacts activities CONTACT, crmkit deals activities DEAL)",
         ),
     ];
     let mut out = hint.replace(
@@ -336,10 +340,10 @@ mod tests {
         );
         assert_eq!(
             for_the_cli(
-                "check the id; GET /deals lists what exists (search= finds by name)",
+                "check the id; GET /deals lists what exists (search= finds by title)",
                 "crmkit login"
             ),
-            "check the id; crmkit deals list shows what exists (--search finds by name)"
+            "check the id; crmkit deals list shows what exists (--search finds by title)"
         );
     }
 }

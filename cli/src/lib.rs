@@ -222,8 +222,9 @@ pub enum WorkspacesCmd {
         #[arg(value_name = "WORKSPACE")]
         id: String,
         email: String,
-        #[arg(long, default_value = "member")]
-        role: String,
+        /// admin or member [default: member; a resent invite keeps its role]
+        #[arg(long)]
+        role: Option<String>,
         #[arg(long)]
         code: Option<String>,
     },
@@ -1538,11 +1539,15 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             code,
         } => {
             let id = workspace_id(&c, &id).await?;
+            let mut body = json!({"email": email});
+            if let Some(role) = role {
+                body["role"] = json!(role);
+            }
             let a = with_step_up(
                 &c,
                 Method::POST,
                 &format!("/workspaces/{}/invites", id_path(&id)),
-                Some(&json!({"email": email, "role": role})),
+                Some(&body),
                 json_fmt,
                 code,
             )

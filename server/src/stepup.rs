@@ -102,6 +102,16 @@ pub async fn require(
         };
     }
 
+    // Each fresh code is a mail and five more tries: as many as sign-in
+    // codes per address and window.
+    crate::ratelimit::hit(
+        db,
+        &format!("stepup:{}", caller.user_id),
+        state.settings.auth_per_email,
+        state.settings.rate_window,
+        "confirmation codes requested",
+    )
+    .await?;
     let code = secrets::new_code();
     let hash = secrets::code_hash(&bind, &code);
     db.execute_raw(stmt(

@@ -1602,3 +1602,90 @@ async fn one_workspace_with_its_usage() {
         .await
         .assert_error(404, "not_found");
 }
+
+/// Mail that a signed-in account can cause is limited like sign-in codes:
+/// fresh step-up codes (each one a mail and five more tries) and invites to
+/// one address, 5 per window; the rest are 429 rate_limited and mail
+/// nothing. A resent invite without a role keeps the one it has.
+#[tokio::test]
+async fn step_up_codes_and_invites_are_rate_limited() {
+    let s = Server::start().await;
+    let (a, m, _, ws) = team(&s).await;
+    let m_id = user_of(&s, &m).await;
+    let before = s.smtp().mails_to("admin@example.com").len();
+    let promote = format!("/workspaces/{ws}/members/{m_id}/role");
+    for _ in 0..5 {
+        s.post(&promote, Some(&a), r#"{"role":"admin"}"#)
+            .await
+            .assert_error(403, "escalation_required");
+    }
+    let r = s.post(&promote, Some(&a), r#"{"role":"admin"}"#).await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.headers.get("retry-after").is_some(), "{}", r.text);
+    assert_eq!(s.smtp().mails_to("admin@example.com").len(), before + 5);
+    // The code last mailed still works.
+    let code = s.nth_code("admin@example.com", before + 5).await;
+    let r = s
+        .post(
+            &format!("{promote}?code={code}"),
+            Some(&a),
+            r#"{"role":"admin"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Invites to one address: 5 mails, then 429.
+    let invite = format!("/workspaces/{ws}/invites");
+    for _ in 0..5 {
+        let r = s
+            .post(&invite, Some(&a), r#"{"email":"target@example.org"}"#)
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+    }
+    s.post(&invite, Some(&a), r#"{"email":"target@example.org"}"#)
+        .await
+        .assert_error(429, "rate_limited");
+    assert_eq!(s.smtp().mails_to("target@example.org").len(), 5);
+}
+
+/// A pending admin invite resent without a role stays an admin's (it asks
+/// for the step-up code again); only an explicit role changes it.
+#[tokio::test]
+async fn a_resent_invite_keeps_its_role() {
+    let s = Server::start().await;
+    let (a, _, _, ws) = team(&s).await;
+    let invite = format!("/workspaces/{ws}/invites");
+    let as_admin = r#"{"email":"boss2@example.com","role":"admin"}"#;
+    let before = s.smtp().mails_to("admin@example.com").len();
+    s.post(&invite, Some(&a), as_admin)
+        .await
+        .assert_error(403, "escalation_required");
+    let code = step_up_code(&s, "admin@example.com", before).await;
+    let r = s
+        .post(&format!("{invite}?code={code}"), Some(&a), as_admin)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let role_of_invite = || async {
+        let members = s.get(&format!("/workspaces/{ws}/members"), &a).await;
+        let line = members
+            .text
+            .lines()
+            .find(|l| l.contains("boss2@example.com"))
+            .unwrap_or_default()
+            .to_string();
+        field(&line, "role").unwrap_or_default()
+    };
+    assert_eq!(role_of_invite().await, "admin");
+    s.post(&invite, Some(&a), r#"{"email":"boss2@example.com"}"#)
+        .await
+        .assert_error(403, "escalation_required");
+    assert_eq!(role_of_invite().await, "admin");
+    let r = s
+        .post(
+            &invite,
+            Some(&a),
+            r#"{"email":"boss2@example.com","role":"member"}"#,
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    assert_eq!(role_of_invite().await, "member");
+}

@@ -258,7 +258,21 @@ async fn register(
     )
     .await
     {
-        return with_cors(e.into_response());
+        // The OAuth way, as every other refusal here, with Retry-After.
+        let retry = e
+            .into_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .cloned();
+        let mut res = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many client registrations from this address; wait Retry-After seconds",
+        );
+        if let Some(v) = retry {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
     }
     let meta: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,

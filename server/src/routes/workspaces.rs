@@ -28,9 +28,12 @@ use crate::routes::records::{list_reply, path_ref};
 use crate::stepup::{self, OfferedCode};
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
-use crate::{secrets, validate};
+use crate::{ratelimit, secrets, validate};
 
 pub const ROLES: &[&str] = &["admin", "member"];
+
+/// Invites one user may send per rate window (each one is a mail).
+const INVITES_PER_WINDOW: i64 = 50;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -582,7 +585,41 @@ async fn invite(
             )
         })?,
     )?;
-    let role = role_of(Some(body.role.unwrap_or_else(|| "member".into())))?;
+    // Without a role, a pending invite keeps its own (a resend must not
+    // quietly make an admin's invite a member's); a new one is a member's.
+    let role = match body.role {
+        Some(r) => role_of(Some(r))?,
+        None => state
+            .db
+            .query_one_raw(stmt(
+                state.db.get_database_backend(),
+                "SELECT role FROM invites WHERE workspace_id = ? AND email = ?",
+                vec![ws.clone().into(), email.clone().into()],
+            ))
+            .await?
+            .map(|r| r.try_get::<String>("", "role"))
+            .transpose()?
+            .unwrap_or_else(|| "member".into()),
+    };
+    // Every invite mails its address: an account must not become a way to
+    // mail anyone any number of times.
+    let s = &state.settings;
+    ratelimit::hit(
+        &state.db,
+        &format!("invite-to:{email}"),
+        s.auth_per_email,
+        s.rate_window,
+        "invites mailed to this address",
+    )
+    .await?;
+    ratelimit::hit(
+        &state.db,
+        &format!("invite-by:{}", caller.user_id),
+        INVITES_PER_WINDOW,
+        s.rate_window,
+        "invites you sent",
+    )
+    .await?;
     if role == "admin" {
         // Inviting as admin makes an admin, as a promotion does: the same
         // step-up, bound to this workspace and this address. A member is
