@@ -144,16 +144,80 @@ async fn connect_with_retry(settings: &Settings) -> Result<db::Db, ServeError> {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves (test seam).
+/// How long a connection may take to send a request's headers, and may sit
+/// idle between requests, before it is closed. Without it a client that
+/// opened connections and never finished a request held them forever, until
+/// the process ran out of file descriptors (a slowloris).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `state` on `listener` until `shutdown` resolves (test seam): HTTP/1.1
+/// with keep-alive and a [`HEADER_READ_TIMEOUT`]; on shutdown the listener
+/// closes, requests in flight finish, and idle connections close.
 pub async fn serve_on(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, app(state), shutdown, HEADER_READ_TIMEOUT).await
+}
+
+/// The accept loop behind [`serve_on`], for any router.
+async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait for some
+                    // to close rather than spin.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tracing::error!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service =
+            router
+                .clone()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo::<SocketAddr>(addr));
+                    req
+                });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -247,4 +311,71 @@ pub async fn set_plan(args: ServeArgs, target: String, plan: String) -> Result<S
         return Err(ServeError::NotFound(format!("no {label} in this database")));
     }
     Ok(format!("{label} plan={plan}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the server closes the connection; how long that took.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> (Duration, String) {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("the connection stayed open for 10 s"),
+            }
+        }
+        (start.elapsed(), String::from_utf8_lossy(&got).into_owned())
+    }
+
+    /// A connection that never finishes its headers, or sits idle after a
+    /// request, is closed after the header read timeout; requests sent in
+    /// time are answered, on the same connection too.
+    #[tokio::test]
+    async fn slow_and_idle_connections_are_closed() {
+        let router = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve_router(
+            listener,
+            router,
+            async {
+                stopped.await.ok();
+            },
+            Duration::from_millis(400),
+        ));
+        // Headers that never end.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // Two requests in time on one connection, then silence.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = idle.read(&mut buf).await.unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(
+                answer.starts_with("HTTP/1.1 200") && answer.ends_with("pong"),
+                "{answer}"
+            );
+        }
+        let (took, said) = until_closed(&mut slow).await;
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(!said.contains("pong"), "{said}");
+        let (took, _) = until_closed(&mut idle).await;
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }
