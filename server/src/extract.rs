@@ -389,6 +389,34 @@ mod tests {
         assert_eq!(q[2].1, "a b");
         assert!(decode_query("name=%ff").is_err());
     }
+
+    /// A body that stops arriving is answered 408 request_timeout once the
+    /// header read timeout has passed (on a paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_times_out() {
+        use futures_util::StreamExt;
+        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            axum::body::Bytes::from_static(b"{\"email\":"),
+        )])
+        .chain(futures_util::stream::pending());
+        let req = Request::builder()
+            .method("POST")
+            .uri("/contacts")
+            .body(axum::body::Body::from_stream(chunks))
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let err = body_bytes(req, 1 << 20).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(err.code, "request_timeout");
+        assert!(start.elapsed() >= crate::serve::HEADER_READ_TIMEOUT);
+        // A whole body is read at once.
+        let req = Request::builder()
+            .method("POST")
+            .uri("/contacts")
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        assert_eq!(&body_bytes(req, 1 << 20).await.unwrap()[..], b"{}");
+    }
 }
 
 /// A JSON object whose top-level duplicate keys are refused (records, whose
@@ -488,20 +516,37 @@ pub async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes,
         }
         return Err(too_large(limit));
     }
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            AppError::invalid("the request body could not be read", "send the body again")
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                drain(body).await;
-                return Err(too_large(limit));
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                AppError::invalid("the request body could not be read", "send the body again")
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    drain(body).await;
+                    return Err(too_large(limit));
+                }
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
         }
-    }
-    Ok(buf.into())
+        Ok(buf.into())
+    };
+    // A body that trickles in (or stops) holds its connection and task;
+    // it gets as long as headers do.
+    tokio::time::timeout(crate::serve::HEADER_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(AppError::new(
+                "request_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    crate::serve::HEADER_READ_TIMEOUT.as_secs()
+                ),
+                "send the whole body at once; nothing was changed",
+            ))
+        })
 }
 
 /// Reads and drops the rest of a body, within [`DRAIN_MAX`] and [`DRAIN_TIME`].
