@@ -567,6 +567,12 @@ async fn authorize_never_redirects_to_unregistered_places_r35() {
         base(&client, "http://127.0.0.1:9/cb?x=1"),
         base(&client, "https://evil.example/cb"),
         base("mcp_unknown", redirect),
+        format!(
+            "{}&redirect_uri={}",
+            base(&client, redirect),
+            enc("https://evil.example/cb")
+        ),
+        format!("{}&client_id={}", base(&client, redirect), enc(&client)),
     ] {
         let r = http.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 400, "{url}");
@@ -1251,6 +1257,20 @@ async fn refresh_tokens_rotate_and_a_replay_ends_the_grant() {
     );
     let listed = s.get("/tokens", &cli).await;
     assert!(!listed.text.contains("name=Claude"), "{}", listed.text);
+    // RFC 6749 §3.1: a parameter given twice is refused, not guessed.
+    let (status, body, _) = token_request(
+        &s,
+        &format!(
+            "grant_type=refresh_token&refresh_token=x&refresh_token=y&client_id={}",
+            enc(&client)
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
     // RFC 7009: a revocation must name a token.
     let r = s
         .http

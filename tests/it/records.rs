@@ -304,6 +304,14 @@ async fn delete_takes_two_steps_and_clears_links_r22() {
         let r = s.delete(&path, &t).await;
         r.assert_error(409, "confirmation_required");
     }
+    // Not given twice (which one would count?), and the record stays.
+    s.delete(
+        &format!("/contacts/{c}?confirm={token}&confirm={token}"),
+        &t,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    assert_eq!(s.get(&format!("/contacts/{c}"), &t).await.status, 200);
     // Not by M, who sees X in the same workspace but did not ask for the token.
     assert_eq!(s.get(&format!("/contacts/{c}"), &m).await.status, 200);
     let r = s

@@ -594,8 +594,23 @@ async fn authorize(State(state): State<AppState>, uri: axum::http::Uri) -> Respo
     }
 }
 
+/// The first parameter name that occurs more than once, if any.
+fn repeated(pairs: &[(String, String)]) -> Option<String> {
+    pairs
+        .iter()
+        .enumerate()
+        .find(|(i, (k, _))| pairs[..*i].iter().any(|(p, _)| p == k))
+        .map(|(_, (k, _))| k.chars().take(40).collect())
+}
+
 async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
     let q = decode_query(query)?;
+    // RFC 6749 §3.1: no parameter more than once (which value would count?).
+    if let Some(k) = repeated(&q) {
+        return Ok(error_page(&format!(
+            "The request names {k} more than once; the app must send each parameter once."
+        )));
+    }
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let client_id = get("client_id").unwrap_or("");
     let client = if super::cimd::is_document_url(client_id) {
@@ -954,6 +969,13 @@ async fn token(
             "send an application/x-www-form-urlencoded body",
         );
     };
+    if let Some(k) = repeated(&form) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{k} is given more than once; send each parameter once"),
+        );
+    }
     let get = |k: &str| {
         form.iter()
             .find(|(key, _)| key == k)

@@ -793,6 +793,12 @@ async fn remove(
             .allowed(&["confirm"]))
         }
     })?;
+    if q.iter().filter(|(k, _)| k == "confirm").count() > 1 {
+        return Err(AppError::invalid(
+            "confirm is given more than once",
+            "send ?confirm=TOKEN once, with the token of the last confirmation_required answer",
+        ));
+    }
     let target = handle(def.kind, &id);
     let ws = caller.workspace_id.as_str();
     let db = &state.db;
