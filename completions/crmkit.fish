@@ -481,7 +481,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l company -d 'Company id or handle' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l stage -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
@@ -506,7 +506,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l company -d 'Company id or handle' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l stage -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
@@ -595,7 +595,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l domain -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l industry -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from create" -l email -r
@@ -620,7 +620,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l domain -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l industry -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l clear -d 'Clear a field (repeatable): its body name, e.g. follow_up_at, company_id, tags' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from update" -l email -r
@@ -757,7 +757,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l amount-cents -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l currency -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from create" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r
@@ -782,7 +782,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l amount-cents -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l currency -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l tag -d 'Tag (repeatable; replaces the tags)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable; JSON values allowed)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l custom -d 'key=value (repeatable): true, null, [..], {..} and numbers as JSON (a number only if kept exactly: 1.10 stays text), else text' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l follow-up -d 'Follow-up time, RFC3339' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l note -d 'Follow-up note' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from update" -l data -d 'The whole body as JSON, @file.json or - for stdin (flags override it)' -r

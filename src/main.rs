@@ -127,7 +127,14 @@ fn main() -> ExitCode {
             let run = async {
                 tokio::select! {
                     r = crmkit_cli::run(cli.global, cmd) => r,
-                    _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(130, "interrupted; a change already sent may have been made: check (e.g. list or get) before running it again")),
+                    _ = tokio::signal::ctrl_c() => Err(crmkit_cli::CliError::new(
+                        130,
+                        if crmkit_cli::client::write_in_flight() {
+                            "interrupted while a change was on its way: it may have been made; check (e.g. list or get) before running it again"
+                        } else {
+                            "interrupted"
+                        },
+                    )),
                 }
             };
             let result = rt.block_on(run);

@@ -255,6 +255,8 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
+        // Until the answer is in, an interruption may leave the change made.
+        let _sent = writes.then(WriteInFlight::start);
         let res = rb.send().await.map_err(|e| {
             let why = if e.is_connect() {
                 "cannot connect"
@@ -275,6 +277,7 @@ impl Client {
             .text()
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
+        drop(_sent);
         if status >= 400 && !raw {
             return Err(api_error(&self.base, &self.login, status, &text));
         }
@@ -284,6 +287,31 @@ impl Client {
     pub async fn get(&self, path: &str, json: bool) -> Result<Answer, CliError> {
         self.send(Method::GET, path, None, json, &[], false).await
     }
+}
+
+/// Writes sent whose answer has not come back yet.
+static WRITES_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a write from its sending until its answer is read (or given up).
+struct WriteInFlight;
+
+impl WriteInFlight {
+    fn start() -> WriteInFlight {
+        WRITES_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        WriteInFlight
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        WRITES_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Whether a write was on its way when the CLI was interrupted: then the
+/// change may have been made, and the user is told to check.
+pub fn write_in_flight() -> bool {
+    WRITES_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0
 }
 
 #[cfg(test)]

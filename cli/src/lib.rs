@@ -399,14 +399,15 @@ pub struct WriteArgs {
     pub stage: Option<String>,
     #[arg(long)]
     pub status: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub amount_cents: Option<i64>,
     #[arg(long)]
     pub currency: Option<String>,
     /// Tag (repeatable; replaces the tags)
     #[arg(long)]
     pub tag: Vec<String>,
-    /// key=value (repeatable; JSON values allowed)
+    /// key=value (repeatable): true, null, [..], {..} and numbers as JSON
+    /// (a number only if kept exactly: 1.10 stays text), else text
     #[arg(long)]
     pub custom: Vec<String>,
     /// Follow-up time, RFC3339
@@ -596,9 +597,7 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| CliError::usage(format!("--custom {kv:?}: expected key=value")))?;
-            let val =
-                serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_string()));
-            c.insert(k.to_string(), val);
+            c.insert(k.to_string(), custom_value(v));
         }
         m.insert("custom".into(), Value::Object(c));
     }
@@ -608,6 +607,19 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
         )));
     }
     Ok(Value::Object(m))
+}
+
+/// A `--custom key=VALUE` value: JSON where it reads as JSON (true, null,
+/// [1,2], {"a":1}, 42, 1.5), but a number only when JSON keeps it exactly
+/// as typed: `1.10`, `007` and `12345678901234567890123` (an account number
+/// past a double's precision) stay text instead of becoming 1.1, an error
+/// and 1.2345678901234568e22.
+fn custom_value(v: &str) -> Value {
+    match serde_json::from_str::<Value>(v) {
+        Ok(Value::Number(n)) if n.to_string() == v.trim() => Value::Number(n),
+        Ok(Value::Number(_)) | Err(_) => Value::String(v.to_string()),
+        Ok(other) => other,
+    }
 }
 
 /// Every create/update flag that sets a field, with that field.
@@ -2003,7 +2015,18 @@ async fn api(
             .ok_or_else(|| CliError::usage(format!("--header {h:?}: expected Key: value")))?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let c = ctx.client()?;
+    // Signed out, the request goes without a token: GET /help, /healthz
+    // and the sign-in endpoints need none, and the rest answer
+    // auth_required (exit 4) themselves.
+    let c = match ctx.client() {
+        Ok(c) => c,
+        Err(e) if e.code == 4 => {
+            let mut c = Client::new(&ctx.global.server, None)?;
+            c.login = ctx.global.signin().login_hint();
+            c
+        }
+        Err(e) => return Err(e),
+    };
     let a = c
         .send(method, &path, body.as_ref(), ctx.json(), &headers, true)
         .await?;
@@ -2025,4 +2048,24 @@ async fn api(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::custom_value;
+    use serde_json::json;
+
+    #[test]
+    fn custom_values_keep_what_was_typed() {
+        assert_eq!(custom_value("42"), json!(42));
+        assert_eq!(custom_value("-1.5"), json!(-1.5));
+        assert_eq!(custom_value("true"), json!(true));
+        assert_eq!(custom_value("null"), json!(null));
+        assert_eq!(custom_value("[1,2]"), json!([1, 2]));
+        assert_eq!(custom_value("{\"a\":1}"), json!({"a": 1}));
+        assert_eq!(custom_value(" 5"), json!(5));
+        for text in ["1.10", "007", "12345678901234567890123", "1e3", "gold", ""] {
+            assert_eq!(custom_value(text), json!(text), "{text}");
+        }
+    }
 }

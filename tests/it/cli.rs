@@ -162,6 +162,22 @@ async fn login_records_and_pipes() {
     assert!(c.contains("# created"), "{c}");
     let cid = c.split_whitespace().next().unwrap().to_string();
     cli.ok(&["contacts", "update", &cid, "--title", "CTO"]);
+    // Numbers JSON would change stay as typed; a plain number is a number.
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "--json",
+        "contacts",
+        "update",
+        &cid,
+        "--custom",
+        "acct=12345678901234567890123",
+        "--custom",
+        "version=1.10",
+    ]))
+    .unwrap();
+    let custom = &v["data"]["custom"];
+    assert_eq!(custom["acct"], "12345678901234567890123", "{v}");
+    assert_eq!(custom["version"], "1.10", "{v}");
+    assert_eq!(custom["seats"], 12, "{v}");
     cli.ok(&["contacts", "log", &cid, "--kind", "call", "--body", "hello"]);
     cli.ok(&[
         "deals",
@@ -1029,7 +1045,15 @@ os.write(fd, b"\x03")
 for _ in range(100):
     done, status = os.waitpid(pid, os.WNOHANG)
     if done:
-        print("EXIT", os.waitstatus_to_exitcode(status))
+        while select.select([fd], [], [], 0.2)[0]:
+            try:
+                more = os.read(fd, 1024)
+            except OSError:
+                break
+            if not more:
+                break
+            seen += more
+        print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
         sys.exit(0)
     time.sleep(0.1)
 print("HUNG")
@@ -1043,6 +1067,9 @@ os.kill(pid, 9)
     let out = cli.on_a_terminal(DRIVE, &[], &["login"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("EXIT 130"), "{said}");
+    // Nothing was on its way: no warning about a change that may be made.
+    assert!(said.contains("interrupted"), "{said}");
+    assert!(!said.contains("may have been made"), "{said}");
 }
 
 /// Token precedence (SPEC §8): `CRMKIT_TOKEN` beats the stored sign-in,
@@ -1491,4 +1518,23 @@ print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").r
         .find(|l| l.contains("mate@example.com"))
         .unwrap_or_default();
     assert!(mate.contains("role=admin"), "{members}");
+}
+
+/// Signed out, `crmkit api` still reaches what needs no sign-in (the
+/// manual the CLI's help points to); the rest is exit 4 with the way in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_command_works_signed_out_where_the_server_allows() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let manual = cli.ok(&["api", "GET", "/help"]);
+    assert!(manual.contains("## Workspaces, members, plans"), "{manual}");
+    assert_eq!(cli.ok(&["api", "GET", "/healthz"]).trim(), "ok");
+    let out = cli.run(&["api", "GET", "/contacts"]);
+    assert_eq!(code_of(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("auth_required"), "{said}");
 }
