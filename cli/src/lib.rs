@@ -774,10 +774,17 @@ fn list_query(kind: &str, a: &ListArgs) -> Result<Vec<(String, String)>, CliErro
         } else {
             format!("\nallowed: {}", e.allowed.join(", "))
         };
-        CliError::usage(format!(
+        let mut err = CliError::usage(format!(
             "{}: {}\nhint: {}{allowed}",
             e.code, e.message, e.hint
-        ))
+        ));
+        // Under --json, the same object the server would have sent.
+        let mut body = json!({"error": e.code, "message": e.message, "hint": e.hint});
+        if !e.allowed.is_empty() {
+            body["allowed"] = json!(e.allowed);
+        }
+        err.body = Some(body);
+        err
     })?;
     Ok(pairs)
 }

@@ -455,6 +455,18 @@ async fn scripts_get_errors_they_can_act_on() {
     assert_eq!(code_of(&out), 2);
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON on stderr");
     assert_eq!(err["error"], "usage", "{err}");
+    // A filter refused before it is sent reads as the server's refusal.
+    let out = cli.run(&["--json", "contacts", "list", "--where", "colour=red"]);
+    assert_eq!(code_of(&out), 2);
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON on stderr");
+    assert_eq!(err["error"], "unknown_field", "{err}");
+    assert!(err["hint"].as_str().is_some(), "{err}");
+    assert!(
+        err["allowed"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f == "email")),
+        "{err}"
+    );
     // Without --json the hint names the CLI's command.
     let out = cli.run(&["deals", "get", "d_000000000000"]);
     let text = String::from_utf8_lossy(&out.stderr).to_string();
