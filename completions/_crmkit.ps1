@@ -55,6 +55,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--email', '--email', [CompletionResultType]::ParameterName, 'Your email')
             [CompletionResult]::new('--code', '--code', [CompletionResultType]::ParameterName, 'The emailed code (asked for on a terminal otherwise)')
             [CompletionResult]::new('--token-name', '--token-name', [CompletionResultType]::ParameterName, 'Label of this session in `crmkit tokens list`')
+            [CompletionResult]::new('--workspace', '--workspace', [CompletionResultType]::ParameterName, 'Work in this workspace (name, id or handle) rather than the one sign-in picks (your personal one, as a rule)')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')

@@ -3675,7 +3675,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__login)
-            opts="-h --email --code --request-only --token-name --with-token --server --profile --json --format --help"
+            opts="-h --email --code --request-only --token-name --with-token --workspace --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3690,6 +3690,10 @@ _crmkit() {
                     return 0
                     ;;
                 --token-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --workspace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

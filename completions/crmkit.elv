@@ -51,6 +51,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --email 'Your email'
             cand --code 'The emailed code (asked for on a terminal otherwise)'
             cand --token-name 'Label of this session in `crmkit tokens list`'
+            cand --workspace 'Work in this workspace (name, id or handle) rather than the one sign-in picks (your personal one, as a rule)'
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'

@@ -55,6 +55,7 @@ complete -c crmkit -n "__fish_crmkit_needs_command" -f -a "help" -d 'Print this 
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l email -d 'Your email' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l code -d 'The emailed code (asked for on a terminal otherwise)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l token-name -d 'Label of this session in `crmkit tokens list`' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l workspace -d 'Work in this workspace (name, id or handle) rather than the one sign-in picks (your personal one, as a rule)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand login" -l format -d 'Force the output format' -r -f -a "text\t''

@@ -178,6 +178,10 @@ pub struct LoginArgs {
     /// Read a token from stdin instead
     #[arg(long)]
     pub with_token: bool,
+    /// Work in this workspace (name, id or handle) rather than the one
+    /// sign-in picks (your personal one, as a rule)
+    #[arg(long, value_name = "WORKSPACE", conflicts_with_all = ["request_only", "with_token"])]
+    pub workspace: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1194,9 +1198,35 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
             Err(e) => return Err(e),
         }
     };
-    let token = v["data"]["token"]
+    let mut token = v["data"]["token"]
         .as_str()
-        .ok_or_else(|| CliError::new(1, "the server sent no token"))?;
+        .ok_or_else(|| CliError::new(1, "the server sent no token"))?
+        .to_string();
+    let mut workspace = v["data"]["workspace"].clone();
+    if let Some(want) = &a.workspace {
+        // A token for the workspace asked for replaces the one sign-in gave;
+        // should that fail, the fresh token is not left alive.
+        let switched = async {
+            let c = Client::new(server, Some(token.clone()))?;
+            let id = workspace_id(&c, want).await?;
+            mint_in(&c, &id, &a.token_name).await
+        }
+        .await;
+        let minted = match switched {
+            Ok(m) => m,
+            Err(e) => {
+                retire(server, Some(token), None).await;
+                return Err(e);
+            }
+        };
+        let there = minted["data"]["token"]
+            .as_str()
+            .ok_or_else(|| CliError::new(1, "the server sent no token"))?
+            .to_string();
+        retire(server, Some(std::mem::replace(&mut token, there)), None).await;
+        workspace = minted["data"]["workspace"].clone();
+    }
+    let token = token.as_str();
     let store = credentials::store()?;
     let old = store.get(&signin.key()).ok().flatten();
     store.set(&signin.key(), token).map_err(|e| {
@@ -1207,7 +1237,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
     })?;
     eprintln!(
         "# signed in to {signin} as {email} in {} (token kept in {})",
-        v["data"]["workspace"].as_str().unwrap_or("?"),
+        workspace.as_str().unwrap_or("?"),
         store.name()
     );
     if let Some(joined) = v["joined"].as_array().filter(|j| !j.is_empty()) {
@@ -1230,7 +1260,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         emit(&format!(
             "{}\n",
             json!({"result": "signed_in", "server": server, "profile": signin.profile,
-                   "email": email, "workspace": v["data"]["workspace"], "joined": v["joined"],
+                   "email": email, "workspace": workspace, "joined": v["joined"],
                    "kept_in": store.name()})
         ));
     }

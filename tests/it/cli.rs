@@ -1550,3 +1550,72 @@ async fn the_api_command_works_signed_out_where_the_server_allows() {
     );
     assert!(said.contains("auth_required"), "{said}");
 }
+
+/// `login --workspace NAME` signs in straight into that workspace (sign-in
+/// alone picks the personal one), leaving only that token alive; a name
+/// that is none of the user's is exit 3 and keeps no sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_can_go_straight_to_a_workspace() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "back@example.com").await;
+    let ws = created_workspace(&cli.ok(&["workspaces", "create", "Team Blue"]));
+    cli.ok(&["logout"]);
+    let code = |n| {
+        let s = &s;
+        async move { s.nth_code("back@example.com", n).await }
+    };
+    let before = s.smtp().mails_to("back@example.com").len();
+    cli.ok(&["login", "--email", "back@example.com", "--request-only"]);
+    let c = code(before + 1).await;
+    let out = cli.run(&[
+        "login",
+        "--email",
+        "back@example.com",
+        "--code",
+        &c,
+        "--workspace",
+        "team blue",
+    ]);
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("in workspace/{ws}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cli.ok(&["whoami"])
+            .contains(&format!("workspace=workspace/{ws}"))
+    );
+    // One live CLI token: the one sign-in gave first was revoked.
+    let tokens = cli.ok(&["tokens", "list"]);
+    assert_eq!(
+        tokens.lines().filter(|l| l.starts_with("token/")).count(),
+        1,
+        "{tokens}"
+    );
+    // A workspace that is not the user's: exit 3, not signed in.
+    cli.ok(&["logout"]);
+    let before = s.smtp().mails_to("back@example.com").len();
+    cli.ok(&["login", "--email", "back@example.com", "--request-only"]);
+    let c = code(before + 1).await;
+    let out = cli.run(&[
+        "login",
+        "--email",
+        "back@example.com",
+        "--code",
+        &c,
+        "--workspace",
+        "Team Red",
+    ]);
+    assert_eq!(code_of(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code_of(&cli.run(&["whoami"])), 4);
+    // Nor did that attempt leave a token alive on the server.
+    cli.login(&s, "back@example.com").await;
+    let tokens = cli.ok(&["tokens", "list"]);
+    assert_eq!(
+        tokens.lines().filter(|l| l.starts_with("token/")).count(),
+        1,
+        "{tokens}"
+    );
+}
