@@ -607,7 +607,8 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
     }
     if m.is_empty() {
         return Err(CliError::usage(format!(
-            "nothing to send: give fields such as --name, or --data (see `crmkit {kind} {verb} --help`)"
+            "nothing to send: give fields such as {}, or --data (see `crmkit {kind} {verb} --help`)",
+            if kind == "deals" { "--title" } else { "--name" }
         )));
     }
     Ok(Value::Object(m))
@@ -717,9 +718,15 @@ pub fn per_kind(cmd: clap::Command) -> clap::Command {
                 ))
             })
         };
+        // What a create does when the record's unique key is taken.
+        let create_about = match kind {
+            "contacts" => "Create (an email already there updates that contact instead)",
+            "companies" => "Create (a domain already there updates that company instead)",
+            _ => "Create",
+        };
         cmd = cmd.mut_subcommand(kind, |k| {
             let k = k
-                .mut_subcommand("create", hide_writes)
+                .mut_subcommand("create", |c| hide_writes(c.about(create_about)))
                 .mut_subcommand("update", hide_writes)
                 .mut_subcommand("list", list);
             match kind {
@@ -1705,6 +1712,18 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
         }
         WorkspacesCmd::Leave { id, yes } => {
             let id = workspace_id(&c, &id).await?;
+            // Nobody leaves their personal workspace: said before asking.
+            let bare = id.strip_prefix("workspace/").unwrap_or(&id);
+            let list = c.get("/workspaces?format=json", true).await?.json()?;
+            let personal = list["data"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|w| w["id"].as_str() == Some(bare) && w["personal"] == true)
+            });
+            if personal {
+                return Err(CliError::usage(format!(
+                    "{id} is your personal workspace: it cannot be left (`crmkit workspaces delete {id}` deletes it with its data)"
+                )));
+            }
             if !yes
                 && !agreed(
                     &format!("leaving {id} ends your access to it until an admin invites you again; add --yes to confirm"),

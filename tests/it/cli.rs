@@ -781,6 +781,20 @@ async fn leaving_a_workspace_moves_the_cli_elsewhere() {
         .await
         .text;
     assert!(!members.contains("hand@example.com"), "{members}");
+    // The personal workspace cannot be left: said at once, before --yes.
+    let personal = cli.ok(&["whoami"]);
+    let personal = personal
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("workspace=workspace/"))
+        .unwrap()
+        .to_string();
+    let out = cli.run(&["workspaces", "leave", &personal]);
+    assert_eq!(code_of(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("personal workspace"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
