@@ -41,8 +41,9 @@ impl ServeError {
 }
 
 fn init_logging(filter: &str) {
-    // sqlx logs every statement at INFO; keep SQL at DEBUG unless asked.
-    let filter = format!("sqlx=warn,sea_orm=warn,{filter}");
+    // sqlx logs every statement at INFO, and rmcp each MCP call (with what
+    // the client says of itself); keep them at DEBUG unless asked.
+    let filter = format!("sqlx=warn,sea_orm=warn,rmcp=warn,{filter}");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -608,6 +608,7 @@ async fn authorize_never_redirects_to_unregistered_places_r35() {
         assert_eq!(r.status(), 303, "{url}");
         let loc = r.headers()["location"].to_str().unwrap().to_string();
         assert!(loc.starts_with(redirect) && loc.contains("error="), "{loc}");
+        assert!(loc.contains("error_description="), "{loc}");
     }
 }
 

@@ -638,15 +638,35 @@ async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
     }
     let st = get("state").unwrap_or("");
     let iss = state.settings.base_url.clone();
-    let fail =
-        |error: &str| redirect_to(redirect, &[("error", error), ("state", st), ("iss", &iss)]);
+    let fail = |error: &str, why: &str| {
+        redirect_to(
+            redirect,
+            &[
+                ("error", error),
+                ("error_description", why),
+                ("state", st),
+                ("iss", &iss),
+            ],
+        )
+    };
     if get("response_type") != Some("code") {
-        return Ok(fail("unsupported_response_type"));
+        return Ok(fail(
+            "unsupported_response_type",
+            "response_type must be code",
+        ));
     }
     let challenge = get("code_challenge").unwrap_or("");
-    if get("code_challenge_method") != Some("S256") || challenge.len() < 43 || challenge.len() > 128
-    {
-        return Ok(fail("invalid_request"));
+    if get("code_challenge_method") != Some("S256") {
+        return Ok(fail(
+            "invalid_request",
+            "PKCE is required: send code_challenge_method=S256 with code_challenge",
+        ));
+    }
+    if challenge.len() < 43 || challenge.len() > 128 {
+        return Ok(fail(
+            "invalid_request",
+            "code_challenge must be the base64url SHA-256 of the code_verifier (43 characters)",
+        ));
     }
     let resource = get("resource").map(|r| r.trim_end_matches('/').to_string());
     let base = &state.settings.base_url;
@@ -654,7 +674,10 @@ async fn authorize_start(state: &AppState, query: &str) -> AppResult<Response> {
         && r != &format!("{base}/mcp")
         && r != base
     {
-        return Ok(fail("invalid_target"));
+        return Ok(fail(
+            "invalid_target",
+            "resource must be this server's MCP URL ({base_url}/mcp)",
+        ));
     }
     let flow = secrets::new_secret("fl_");
     let csrf = secrets::new_secret("");

@@ -218,6 +218,35 @@ async fn list(
 
 /// The record kinds and other things audit entries name, as the first part
 /// of their actions (`deal.update`) and targets (`deal/d_…`).
+/// Every action the log records (the manual lists them too).
+pub const ACTIONS: &[&str] = &[
+    "contact.create",
+    "contact.upsert",
+    "contact.update",
+    "contact.delete",
+    "company.create",
+    "company.upsert",
+    "company.update",
+    "company.delete",
+    "deal.create",
+    "deal.update",
+    "deal.delete",
+    "activity.create",
+    "token.create",
+    "token.revoke",
+    "member.join",
+    "member.role",
+    "member.remove",
+    "member.leave",
+    "invite.create",
+    "invite.update",
+    "invite.withdraw",
+    "invite.decline",
+    "workspace.create",
+    "workspace.update",
+    "workspace.delete",
+];
+
 const ACTION_SUBJECTS: &[&str] = &[
     "contact",
     "company",
@@ -256,17 +285,23 @@ fn actions_of(v: &str) -> AppResult<(String, Vec<String>)> {
     let mut exact = Vec::new();
     let mut kinds = Vec::new();
     for a in v.split(',').map(str::trim) {
-        let subject = a.split('.').next().unwrap_or("");
-        let verb_ok = match a.split_once('.') {
-            None => true,
-            Some((_, verb)) => !verb.is_empty() && verb.bytes().all(|b| b.is_ascii_lowercase()),
+        let known = if a.contains('.') {
+            ACTIONS.contains(&a)
+        } else {
+            ACTION_SUBJECTS.contains(&a)
         };
-        if !ACTION_SUBJECTS.contains(&subject) || !verb_ok {
+        if !known {
+            let near = crate::wire::suggest::did_you_mean(a, ACTIONS)
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
             return Err(AppError::invalid(
-                format!("action {:?} is not an audit action", a.chars().take(60).collect::<String>()),
-                "send action= actions as the log prints them (deal.update) or kinds (deal), comma-separated; the manual lists the actions",
+                format!(
+                    "action {:?} is not an audit action{near}",
+                    a.chars().take(60).collect::<String>()
+                ),
+                "send action= actions as the log prints them (deal.update) or kinds (deal), comma-separated",
             )
-            .allowed(ACTION_SUBJECTS));
+            .allowed(ACTIONS));
         }
         if a.contains('.') {
             exact.push(a.to_owned());
