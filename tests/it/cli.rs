@@ -85,6 +85,27 @@ fn python_here() -> bool {
     crate::require("python3 (for a pseudo-terminal)", python)
 }
 
+/// The start of a pseudo-terminal script: runs the CLI (argv[2:]) on a
+/// pty, with argv[1] a file the test writes the emailed code to, and
+/// `wait_for(text)` reading its output into `seen`.
+const PTY_PRELUDE: &str = r#"import os, pty, select, sys, time
+code_file = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+seen = b""
+def wait_for(text, secs=20):
+    global seen
+    deadline = time.time() + secs
+    while text not in seen and time.time() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 1024)
+            except OSError:
+                break
+    return text in seen
+"#;
+
 fn code_of(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
@@ -1367,22 +1388,6 @@ async fn fields_clear_and_an_empty_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mistyped_code_is_asked_again_on_a_terminal() {
     const DRIVE: &str = r#"
-import os, pty, select, sys, time
-code_file = sys.argv[1]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-seen = b""
-def wait_for(text, secs=20):
-    global seen
-    deadline = time.time() + secs
-    while text not in seen and time.time() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                seen += os.read(fd, 1024)
-            except OSError:
-                break
-    return text in seen
 if not wait_for(b"Code emailed"):
     print("NO PROMPT", seen); sys.exit(3)
 # Not 6 digits: asked again without a try spent.
@@ -1414,7 +1419,7 @@ print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").r
     let code_arg = code_file.to_string_lossy().to_string();
     let child = cli
         .on_a_terminal(
-            DRIVE,
+            &format!("{PTY_PRELUDE}{DRIVE}"),
             &[&code_arg],
             &["login", "--email", "typo@example.com"],
         )
@@ -1477,22 +1482,6 @@ async fn login_speaks_json_when_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mistyped_step_up_code_is_asked_again_on_a_terminal() {
     const DRIVE: &str = r#"
-import os, pty, select, sys, time
-code_file = sys.argv[1]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-seen = b""
-def wait_for(text, secs=20):
-    global seen
-    deadline = time.time() + secs
-    while text not in seen and time.time() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                seen += os.read(fd, 1024)
-            except OSError:
-                break
-    return text in seen
 if not wait_for(b"emailed to you. Code: "):
     print("NO PROMPT", seen); sys.exit(3)
 os.write(fd, b"12\r")
@@ -1522,7 +1511,7 @@ print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").r
     let code_arg = code_file.to_string_lossy().to_string();
     let child = cli
         .on_a_terminal(
-            DRIVE,
+            &format!("{PTY_PRELUDE}{DRIVE}"),
             &[&code_arg],
             &["workspaces", "role", &ws, "mate@example.com", "admin"],
         )

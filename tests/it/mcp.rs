@@ -162,6 +162,16 @@ pub async fn token_request(s: &Server, form: &str) -> (u16, Value, reqwest::head
     (status, r.json().await.unwrap_or(Value::Null), headers)
 }
 
+/// The token endpoint's form that redeems `code` (PKCE with [`VERIFIER`]).
+pub fn code_form(code: &str, client: &str, redirect: &str) -> String {
+    format!(
+        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(code),
+        enc(client),
+        enc(redirect)
+    )
+}
+
 /// POST /oauth/revoke for a token (always 200, RFC 7009).
 pub async fn revoke(s: &Server, token: &str) {
     let r = s
@@ -187,11 +197,7 @@ pub async fn connect(s: &Server, email: &str) -> (String, Value) {
         Some(s.base.as_str())
     );
     let code = query_param(&location, "code").unwrap();
-    let (status, body, headers) = token_request(
-        s,
-        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&client), enc(redirect)),
-    )
-    .await;
+    let (status, body, headers) = token_request(s, &code_form(&code, &client, redirect)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     (client, body)
@@ -585,11 +591,7 @@ async fn authorize_never_redirects_to_unregistered_places_r35() {
     let loc = sign_in(&s, &client, moved, "r35@example.com").await;
     assert!(loc.starts_with(&format!("{moved}?")), "{loc}");
     let code = query_param(&loc, "code").unwrap();
-    let (status, body, _) = token_request(
-        &s,
-        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&client), enc(moved)),
-    )
-    .await;
+    let (status, body, _) = token_request(&s, &code_form(&code, &client, moved)).await;
     assert_eq!(status, 200, "{body}");
     // A native app's own scheme (RFC 8252 §7.1), as desktop clients register.
     let native = "cursor://anysphere.cursor-retrieval/oauth/user-crmkit/callback";
@@ -649,12 +651,7 @@ async fn the_token_endpoint_binds_codes_r36() {
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let (http, url) = (s.http.clone(), s.url("/oauth/token"));
-        let body = format!(
-            "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
-            enc(&code),
-            enc(&client),
-            enc(redirect)
-        );
+        let body = code_form(&code, &client, redirect);
         tasks.push(tokio::spawn(async move {
             let r = http
                 .post(url)
@@ -957,11 +954,7 @@ async fn a_client_known_by_its_metadata_document_connects() {
     assert!(location.starts_with(redirect), "{location}");
     assert_eq!(doc.hits(), 1);
     let code = query_param(&location, "code").unwrap();
-    let (status, body, _) = token_request(
-        &s,
-        &format!("grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}", enc(&code), enc(&client), enc(redirect)),
-    )
-    .await;
+    let (status, body, _) = token_request(&s, &code_form(&code, &client, redirect)).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();
     let tokens = s.get("/tokens", token).await;
@@ -1054,12 +1047,7 @@ async fn tokens_that_oauth_ends_are_audited() {
     let redirect = "https://claude.ai/api/mcp/auth_callback";
     let location = sign_in(&s, &client, redirect, email).await;
     let code = query_param(&location, "code").unwrap();
-    let form = format!(
-        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
-        enc(&code),
-        enc(&client),
-        enc(redirect)
-    );
+    let form = code_form(&code, &client, redirect);
     let (status, body, _) = token_request(&s, &form).await;
     assert_eq!(status, 200, "{body}");
     let (status, _, _) = token_request(&s, &form).await;
@@ -1159,12 +1147,7 @@ async fn refresh_tokens_rotate_and_a_replay_ends_the_grant() {
     };
     let loc = sign_in(&s, &client, redirect, "grant@example.com").await;
     let code = query_param(&loc, "code").unwrap();
-    let redeem = format!(
-        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
-        enc(&code),
-        enc(&client),
-        enc(redirect)
-    );
+    let redeem = code_form(&code, &client, redirect);
     let (status, first, _) = token_request(&s, &redeem).await;
     assert_eq!(status, 200, "{first}");
     let rt1 = first["refresh_token"].as_str().unwrap().to_string();
@@ -1214,12 +1197,7 @@ async fn refresh_tokens_rotate_and_a_replay_ends_the_grant() {
     // The authorization code replayed after rotations ends the grant too.
     let loc = sign_in(&s, &client, redirect, "grant@example.com").await;
     let code = query_param(&loc, "code").unwrap();
-    let redeem = format!(
-        "grant_type=authorization_code&code={}&client_id={}&redirect_uri={}&code_verifier={VERIFIER}",
-        enc(&code),
-        enc(&client),
-        enc(redirect)
-    );
+    let redeem = code_form(&code, &client, redirect);
     let (status, got, _) = token_request(&s, &redeem).await;
     assert_eq!(status, 200, "{got}");
     let (status, rotated) = refresh(

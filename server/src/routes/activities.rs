@@ -50,8 +50,15 @@ static DEAL_FIELD: FieldDef = FieldDef {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/contacts/{id}/activities", get(list_for_contact).post(log))
-        .route("/deals/{id}/activities", get(list_for_deal))
+        .route(
+            "/contacts/{id}/activities",
+            get(|State(s), c, f, PathIds(ids), q| list_for(Kind::Contact, s, c, f, ids, q))
+                .post(log),
+        )
+        .route(
+            "/deals/{id}/activities",
+            get(|State(s), c, f, PathIds(ids), q| list_for(Kind::Deal, s, c, f, ids, q)),
+        )
         .route("/activities", get(list_all))
         .route(
             "/activities/{id}",
@@ -240,36 +247,28 @@ async fn log(
     ))
 }
 
-async fn list_for_contact(
-    State(state): State<AppState>,
+/// A contact's log, or a deal's (the activities that name it): 404 for a
+/// record that is not in the workspace, where `GET /activities?deal=` lists
+/// none.
+async fn list_for(
+    kind: Kind,
+    state: AppState,
     caller: Caller,
     fmt: Fmt,
-    PathIds(ids): PathIds,
+    ids: Vec<String>,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    let contact_id = path_id(Kind::Contact, &ids)?;
-    if !store::exists(&state.db, Kind::Contact, &caller.workspace_id, &contact_id).await? {
-        return Err(not_found(Kind::Contact, &contact_id));
+    let id = path_id(kind, &ids)?;
+    if !store::exists(&state.db, kind, &caller.workspace_id, &id).await? {
+        return Err(not_found(kind, &id));
     }
     q.only(&["kind", "occurred_at", "author", "sort", "limit", "cursor"])?;
-    list_activities(&state, &caller, fmt, Some(contact_id), None, &q).await
-}
-
-/// A deal's log: the activities that name it (404 for a deal that is not
-/// in the workspace, where `GET /activities?deal=` lists none).
-async fn list_for_deal(
-    State(state): State<AppState>,
-    caller: Caller,
-    fmt: Fmt,
-    PathIds(ids): PathIds,
-    q: QueryPairs,
-) -> AppResult<Response> {
-    let deal_id = path_id(Kind::Deal, &ids)?;
-    if !store::exists(&state.db, Kind::Deal, &caller.workspace_id, &deal_id).await? {
-        return Err(not_found(Kind::Deal, &deal_id));
-    }
-    q.only(&["kind", "occurred_at", "author", "sort", "limit", "cursor"])?;
-    list_activities(&state, &caller, fmt, None, Some(deal_id), &q).await
+    let (contact, deal) = if kind == Kind::Deal {
+        (None, Some(id))
+    } else {
+        (Some(id), None)
+    };
+    list_activities(&state, &caller, fmt, contact, deal, &q).await
 }
 
 /// One activity by its id or handle (activities cannot be changed or
