@@ -321,7 +321,7 @@ impl ActivityFilter {
     fn pairs(self) -> Result<Vec<(String, String)>, CliError> {
         let mut out = Vec::new();
         if !self.kind.is_empty() {
-            out.push(("kind".to_string(), self.kind.join(",")));
+            out.push(("kind".to_string(), self.kind.join(",").to_ascii_lowercase()));
         }
         out.extend(time_range("occurred_at", self.since, self.until)?);
         if let Some(a) = self.author {
@@ -505,8 +505,9 @@ fn enc(s: &str) -> String {
 }
 
 /// An id or handle as one path segment (a handle's `/` is percent-encoded).
+/// An id or handle as a path segment (spaces around it, as pasted, dropped).
 fn id_path(id: &str) -> String {
-    enc(id)
+    enc(id.trim())
 }
 
 fn read_data(spec: &str) -> Result<Value, CliError> {
@@ -571,8 +572,12 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
     set("company_id", &w.company);
     set("contact_id", &w.contact);
     set("stage", &w.stage);
-    set("status", &w.status);
-    set("currency", &w.currency);
+    // Typed by people: closed sets go in the case the API spells them.
+    set("status", &w.status.as_deref().map(str::to_ascii_lowercase));
+    set(
+        "currency",
+        &w.currency.as_deref().map(str::to_ascii_uppercase),
+    );
     set("follow_up_at", &w.follow_up);
     set("follow_up_note", &w.note);
     if let Some(a) = w.amount_cents {
@@ -758,7 +763,7 @@ fn list_query(kind: &str, a: &ListArgs) -> Result<Vec<(String, String)>, CliErro
         pairs.push(("tags".into(), t.clone()));
     }
     if let Some(v) = &a.status {
-        pairs.push(("status".into(), v.clone()));
+        pairs.push(("status".into(), v.to_ascii_lowercase()));
     }
     if let Some(v) = &a.email {
         pairs.push(("email".into(), v.clone()));
@@ -1133,7 +1138,7 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let email = match a.email {
-        Some(e) => e,
+        Some(e) => e.trim().to_string(),
         None if tty() => {
             let mut email = prompt("Email: ").await?;
             while email.trim().is_empty() {
@@ -1597,7 +1602,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             let id = workspace_id(&c, &id).await?;
             let mut body = json!({"email": email});
             if let Some(role) = role {
-                body["role"] = json!(role);
+                body["role"] = json!(role.to_ascii_lowercase());
             }
             let a = with_step_up(
                 &c,
@@ -1627,7 +1632,7 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 &c,
                 Method::POST,
                 &path,
-                Some(&json!({"role": role})),
+                Some(&json!({"role": role.to_ascii_lowercase()})),
                 json_fmt,
                 code,
             )
@@ -2012,7 +2017,7 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 )));
             }
             let mut m = Map::new();
-            m.insert("kind".into(), json!(activity));
+            m.insert("kind".into(), json!(activity.to_ascii_lowercase()));
             if let Some(b) = body {
                 m.insert("body".into(), json!(b));
             }

@@ -1622,3 +1622,41 @@ async fn login_can_go_straight_to_a_workspace() {
         "{tokens}"
     );
 }
+
+/// What people type loosely the CLI sends as the API spells it: a
+/// currency in capitals, a status and an activity kind in lower case, and
+/// an id without the spaces pasted around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_are_sent_as_the_api_spells_them() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "loose@example.com").await;
+    let c = cli.ok(&["contacts", "create", "--name", "Loose"]);
+    let cid = c.split_whitespace().next().unwrap().to_string();
+    let d = cli.ok(&[
+        "deals",
+        "create",
+        "--title",
+        "Euro",
+        "--amount-cents",
+        "500",
+        "--currency",
+        "eur",
+        "--status",
+        "Won",
+    ]);
+    assert!(d.contains("amount=\"5.00 EUR\""), "{d}");
+    assert!(d.contains("status=won"), "{d}");
+    assert!(
+        cli.ok(&["deals", "list", "--status", "WON"])
+            .contains("title=Euro")
+    );
+    let logged = cli.ok(&["contacts", "log", &cid, "--kind", "Call"]);
+    assert!(logged.contains("kind=call"), "{logged}");
+    assert!(
+        cli.ok(&["activities", "--kind", "CALL"])
+            .contains("kind=call")
+    );
+    let padded = format!(" {cid} ");
+    assert!(cli.ok(&["contacts", "get", &padded]).contains("name=Loose"));
+}
