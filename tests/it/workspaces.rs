@@ -53,6 +53,9 @@ async fn invite_login_member_journey() {
     let (a, m, _, ws) = team(&s).await;
     let invite_mail = &s.smtp().mails_to("member@example.com")[0].data;
     assert!(invite_mail.contains("/auth/request"), "{invite_mail}");
+    // People are told the CLI and chat-assistant ways in too.
+    assert!(invite_mail.contains("crmkit login"), "{invite_mail}");
+    assert!(invite_mail.contains("/mcp"), "{invite_mail}");
     let members = s.get(&format!("/workspaces/{ws}/members"), &a).await;
     assert_eq!(
         members

@@ -711,13 +711,16 @@ async fn invite(
         to: email.clone(),
         subject: format!("You are invited to the crmkit workspace \"{ws_name}\""),
         text: format!(
-            "{} invited you to the crmkit workspace \"{ws_name}\" as {role}.\n\nTo join, sign in with this address:\n  1. POST {base}/auth/request {{\"email\":\"{email}\"}}\n  2. POST {base}/auth/verify {{\"email\":\"{email}\",\"code\":\"<the code we email you>\"}}\nThen POST {base}/workspaces/{ws}/tokens to work in it (signed in already? that call alone joins). The manual: {base}/help\n",
+            "{} invited you to the crmkit workspace \"{ws_name}\" as {role}.\n\nTo join, sign in with this address, in one of these ways:\n- the crmkit CLI: crmkit login --server {base} --email {email} --workspace {ws}\n- a chat assistant (Claude, ChatGPT, Cursor): connect {base}/mcp and choose the workspace when asked\n- the HTTP API: POST {base}/auth/request {{\"email\":\"{email}\"}}, then POST {base}/auth/verify {{\"email\":\"{email}\",\"code\":\"<the code we email you>\"}}, then POST {base}/workspaces/{ws}/tokens to work in it (signed in already? that call alone joins)\nThe manual: {base}/help\n",
             caller.email
         ),
         html: format!(
-            "<p>{} invited you to the crmkit workspace <b>{}</b> as {role}.</p><p>To join, sign in with this address: <code>POST {}/auth/request</code>, then <code>POST {}/auth/verify</code> with the emailed code. The manual: {}/help</p>",
+            "<p>{} invited you to the crmkit workspace <b>{}</b> as {role}.</p><p>To join, sign in with this address: with the crmkit CLI, <code>crmkit login --server {} --email {} --workspace {ws}</code>; with a chat assistant, connect <code>{}/mcp</code> and choose the workspace; or with the HTTP API, <code>POST {}/auth/request</code>, then <code>POST {}/auth/verify</code> with the emailed code. The manual: {}/help</p>",
             html_escape(&caller.email),
             html_escape(&ws_name),
+            html_escape(base),
+            html_escape(&email),
+            html_escape(base),
             html_escape(base),
             html_escape(base),
             html_escape(base)
