@@ -89,6 +89,15 @@ fn api_error(base: &str, login: &str, status: u16, text: &str) -> CliError {
     if !hint.is_empty() {
         out.push_str(&format!("\nhint: {}", for_the_cli(&hint, login)));
     }
+    // A token from the environment is not the CLI's to replace: signing in
+    // again does not help while the variable still holds the dead one.
+    if matches!(code.as_str(), "invalid_token" | "token_expired")
+        && std::env::var_os("CRMKIT_TOKEN").is_some()
+    {
+        out.push_str(
+            "\nnote: the token came from CRMKIT_TOKEN, which beats a sign-in: set it to a valid token, or unset it to use the one `crmkit login` keeps",
+        );
+    }
     if !allowed.is_empty() {
         out.push_str(&format!("\nallowed: {allowed}"));
     }

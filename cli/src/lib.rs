@@ -1801,7 +1801,15 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                     return Err(e);
                 }
             };
-            show(plain, &a.text);
+            // The server's advice on going on (a token call) is the CLI's
+            // job here: keep_spare says where it works now.
+            let text: String = a
+                .text
+                .lines()
+                .filter(|l| json_fmt || !l.starts_with("# its tokens are revoked"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            show(plain, &text);
             keep_spare(ctx, spare)?;
         }
     }

@@ -883,6 +883,15 @@ async fn workspaces_switch_and_logout() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{err}");
     assert!(err.contains("# now working in workspace/"), "{err}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains(&format!("# deleted workspace/{ws}")),
+        "{said}"
+    );
+    assert!(
+        !said.contains("POST /workspaces"),
+        "API advice in CLI output: {said}"
+    );
     let who = cli.ok(&["whoami"]);
     assert!(!who.contains(&ws), "{who}");
     assert!(who.contains("email=ws@example.com"), "{who}");
@@ -1144,6 +1153,21 @@ async fn the_token_env_var_beats_the_stored_token() {
     assert!(!who.contains("stored@example.com"), "{who}");
     // The variable does not overwrite what is stored.
     assert_eq!(crate::cli_token(&cli.dir), stored);
+    // A dead token in the variable: exit 4, and the error says where it came from.
+    let out = cli
+        .cmd(&["whoami"])
+        .env(
+            "CRMKIT_TOKEN",
+            "ck_notatokenatallnotatokenatallnotatokenatall",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("came from CRMKIT_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let who = cli.ok(&["whoami"]);
     assert!(who.contains("email=stored@example.com"), "{who}");
     assert!(!who.contains("other@example.com"), "{who}");
