@@ -552,6 +552,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
@@ -574,6 +575,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;contacts;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;contacts;import' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
@@ -698,6 +708,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;contacts;help' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
@@ -711,6 +722,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;contacts;help;get' {
+            break
+        }
+        'crmkit;contacts;help;import' {
             break
         }
         'crmkit;contacts;help;delete' {
@@ -743,6 +757,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (a domain already there updates that company instead)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
@@ -765,6 +780,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;companies;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;companies;import' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
@@ -889,6 +913,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;companies;help' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (a domain already there updates that company instead)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
@@ -902,6 +927,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;companies;help;get' {
+            break
+        }
+        'crmkit;companies;help;import' {
             break
         }
         'crmkit;companies;help;delete' {
@@ -934,6 +962,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create')
@@ -956,6 +985,15 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;deals;get' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'crmkit;deals;import' {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
@@ -1080,6 +1118,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;deals;help' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create')
@@ -1093,6 +1132,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;deals;help;get' {
+            break
+        }
+        'crmkit;deals;help;import' {
             break
         }
         'crmkit;deals;help;delete' {
@@ -1254,6 +1296,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;help;contacts' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('log', 'log', [CompletionResultType]::ParameterValue, 'Log an activity (on contacts only; --deal adds a deal)')
@@ -1266,6 +1309,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;contacts;get' {
+            break
+        }
+        'crmkit;help;contacts;import' {
             break
         }
         'crmkit;help;contacts;delete' {
@@ -1289,6 +1335,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;help;companies' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create (a domain already there updates that company instead)')
             [CompletionResult]::new('update', 'update', [CompletionResultType]::ParameterValue, 'Change some fields')
@@ -1301,6 +1348,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;companies;get' {
+            break
+        }
+        'crmkit;help;companies;import' {
             break
         }
         'crmkit;help;companies;delete' {
@@ -1324,6 +1374,7 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         'crmkit;help;deals' {
             [CompletionResult]::new('summary', 'summary', [CompletionResultType]::ParameterValue, 'Counts per group (deals: and amounts per currency), over the filtered records')
             [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'One record')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain')
             [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete (asks first; --yes in scripts)')
             [CompletionResult]::new('activities', 'activities', [CompletionResultType]::ParameterValue, 'Activities: a contact''s log, or those naming a deal (companies have none)')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create')
@@ -1336,6 +1387,9 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
             break
         }
         'crmkit;help;deals;get' {
+            break
+        }
+        'crmkit;help;deals;import' {
             break
         }
         'crmkit;help;deals;delete' {

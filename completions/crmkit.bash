@@ -115,6 +115,9 @@ _crmkit() {
             crmkit__subcmd__companies,help)
                 cmd="crmkit__subcmd__companies__subcmd__help"
                 ;;
+            crmkit__subcmd__companies,import)
+                cmd="crmkit__subcmd__companies__subcmd__import"
+                ;;
             crmkit__subcmd__companies,list)
                 cmd="crmkit__subcmd__companies__subcmd__list"
                 ;;
@@ -141,6 +144,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__companies__subcmd__help,help)
                 cmd="crmkit__subcmd__companies__subcmd__help__subcmd__help"
+                ;;
+            crmkit__subcmd__companies__subcmd__help,import)
+                cmd="crmkit__subcmd__companies__subcmd__help__subcmd__import"
                 ;;
             crmkit__subcmd__companies__subcmd__help,list)
                 cmd="crmkit__subcmd__companies__subcmd__help__subcmd__list"
@@ -169,6 +175,9 @@ _crmkit() {
             crmkit__subcmd__contacts,help)
                 cmd="crmkit__subcmd__contacts__subcmd__help"
                 ;;
+            crmkit__subcmd__contacts,import)
+                cmd="crmkit__subcmd__contacts__subcmd__import"
+                ;;
             crmkit__subcmd__contacts,list)
                 cmd="crmkit__subcmd__contacts__subcmd__list"
                 ;;
@@ -195,6 +204,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__contacts__subcmd__help,help)
                 cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__help"
+                ;;
+            crmkit__subcmd__contacts__subcmd__help,import)
+                cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__import"
                 ;;
             crmkit__subcmd__contacts__subcmd__help,list)
                 cmd="crmkit__subcmd__contacts__subcmd__help__subcmd__list"
@@ -223,6 +235,9 @@ _crmkit() {
             crmkit__subcmd__deals,help)
                 cmd="crmkit__subcmd__deals__subcmd__help"
                 ;;
+            crmkit__subcmd__deals,import)
+                cmd="crmkit__subcmd__deals__subcmd__import"
+                ;;
             crmkit__subcmd__deals,list)
                 cmd="crmkit__subcmd__deals__subcmd__list"
                 ;;
@@ -249,6 +264,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__deals__subcmd__help,help)
                 cmd="crmkit__subcmd__deals__subcmd__help__subcmd__help"
+                ;;
+            crmkit__subcmd__deals__subcmd__help,import)
+                cmd="crmkit__subcmd__deals__subcmd__help__subcmd__import"
                 ;;
             crmkit__subcmd__deals__subcmd__help,list)
                 cmd="crmkit__subcmd__deals__subcmd__help__subcmd__list"
@@ -340,6 +358,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__companies,get)
                 cmd="crmkit__subcmd__help__subcmd__companies__subcmd__get"
                 ;;
+            crmkit__subcmd__help__subcmd__companies,import)
+                cmd="crmkit__subcmd__help__subcmd__companies__subcmd__import"
+                ;;
             crmkit__subcmd__help__subcmd__companies,list)
                 cmd="crmkit__subcmd__help__subcmd__companies__subcmd__list"
                 ;;
@@ -364,6 +385,9 @@ _crmkit() {
             crmkit__subcmd__help__subcmd__contacts,get)
                 cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__get"
                 ;;
+            crmkit__subcmd__help__subcmd__contacts,import)
+                cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__import"
+                ;;
             crmkit__subcmd__help__subcmd__contacts,list)
                 cmd="crmkit__subcmd__help__subcmd__contacts__subcmd__list"
                 ;;
@@ -387,6 +411,9 @@ _crmkit() {
                 ;;
             crmkit__subcmd__help__subcmd__deals,get)
                 cmd="crmkit__subcmd__help__subcmd__deals__subcmd__get"
+                ;;
+            crmkit__subcmd__help__subcmd__deals,import)
+                cmd="crmkit__subcmd__help__subcmd__deals__subcmd__import"
                 ;;
             crmkit__subcmd__help__subcmd__deals,list)
                 cmd="crmkit__subcmd__help__subcmd__deals__subcmd__list"
@@ -977,7 +1004,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies)
-            opts="-h --server --profile --json --format --help summary get delete create update list activities log help"
+            opts="-h --server --profile --json --format --help summary get import delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1203,7 +1230,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__companies__subcmd__help)
-            opts="summary get delete create update list activities log help"
+            opts="summary get import delete create update list activities log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1286,6 +1313,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__companies__subcmd__help__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__companies__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1335,6 +1376,32 @@ _crmkit() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__companies__subcmd__import)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1609,7 +1676,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts)
-            opts="-h --server --profile --json --format --help summary get delete activities log create update list help"
+            opts="-h --server --profile --json --format --help summary get import delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1835,7 +1902,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__contacts__subcmd__help)
-            opts="summary get delete activities log create update list help"
+            opts="summary get import delete activities log create update list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1918,6 +1985,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__contacts__subcmd__help__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__contacts__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1967,6 +2048,32 @@ _crmkit() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__contacts__subcmd__import)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -2215,7 +2322,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals)
-            opts="-h --server --profile --json --format --help summary get delete activities create update list log help"
+            opts="-h --server --profile --json --format --help summary get import delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2441,7 +2548,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__deals__subcmd__help)
-            opts="summary get delete activities create update list log help"
+            opts="summary get import delete activities create update list log help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2524,6 +2631,20 @@ _crmkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        crmkit__subcmd__deals__subcmd__help__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         crmkit__subcmd__deals__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -2573,6 +2694,32 @@ _crmkit() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__deals__subcmd__import)
+            opts="-h --server --profile --json --format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text table json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -2933,7 +3080,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__companies)
-            opts="summary get delete create update list activities log"
+            opts="summary get import delete create update list activities log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2989,6 +3136,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__companies__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__companies__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -3073,7 +3234,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__contacts)
-            opts="summary get delete activities log create update list"
+            opts="summary get import delete activities log create update list"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3129,6 +3290,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__contacts__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__contacts__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -3199,7 +3374,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__deals)
-            opts="summary get delete activities create update list log"
+            opts="summary get import delete activities create update list log"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3255,6 +3430,20 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__help__subcmd__deals__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        crmkit__subcmd__help__subcmd__deals__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -492,6 +492,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
@@ -512,6 +513,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;contacts;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;contacts;import'= {
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
@@ -629,6 +638,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;contacts;help'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
@@ -640,6 +650,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;contacts;help;summary'= {
         }
         &'crmkit;contacts;help;get'= {
+        }
+        &'crmkit;contacts;help;import'= {
         }
         &'crmkit;contacts;help;delete'= {
         }
@@ -664,6 +676,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (a domain already there updates that company instead)'
             cand update 'Change some fields'
@@ -684,6 +697,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;companies;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;companies;import'= {
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
@@ -801,6 +822,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;companies;help'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (a domain already there updates that company instead)'
             cand update 'Change some fields'
@@ -812,6 +834,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;companies;help;summary'= {
         }
         &'crmkit;companies;help;get'= {
+        }
+        &'crmkit;companies;help;import'= {
         }
         &'crmkit;companies;help;delete'= {
         }
@@ -836,6 +860,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand create 'Create'
@@ -856,6 +881,14 @@ set edit:completion:arg-completer[crmkit] = {|@words|
             cand --help 'Print help'
         }
         &'crmkit;deals;get'= {
+            cand --server 'Server URL'
+            cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
+            cand --format 'Force the output format'
+            cand --json 'Print JSON'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'crmkit;deals;import'= {
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
@@ -973,6 +1006,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;deals;help'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand create 'Create'
@@ -984,6 +1018,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;deals;help;summary'= {
         }
         &'crmkit;deals;help;get'= {
+        }
+        &'crmkit;deals;help;import'= {
         }
         &'crmkit;deals;help;delete'= {
         }
@@ -1104,6 +1140,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;contacts'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand log 'Log an activity (on contacts only; --deal adds a deal)'
@@ -1114,6 +1151,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;contacts;summary'= {
         }
         &'crmkit;help;contacts;get'= {
+        }
+        &'crmkit;help;contacts;import'= {
         }
         &'crmkit;help;contacts;delete'= {
         }
@@ -1130,6 +1169,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;companies'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand create 'Create (a domain already there updates that company instead)'
             cand update 'Change some fields'
@@ -1140,6 +1180,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;companies;summary'= {
         }
         &'crmkit;help;companies;get'= {
+        }
+        &'crmkit;help;companies;import'= {
         }
         &'crmkit;help;companies;delete'= {
         }
@@ -1156,6 +1198,7 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;deals'= {
             cand summary 'Counts per group (deals: and amounts per currency), over the filtered records'
             cand get 'One record'
+            cand import 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
             cand delete 'Delete (asks first; --yes in scripts)'
             cand activities 'Activities: a contact''s log, or those naming a deal (companies have none)'
             cand create 'Create'
@@ -1166,6 +1209,8 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         &'crmkit;help;deals;summary'= {
         }
         &'crmkit;help;deals;get'= {
+        }
+        &'crmkit;help;deals;import'= {
         }
         &'crmkit;help;deals;delete'= {
         }

@@ -408,22 +408,23 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from set-plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
 complete -c crmkit -n "__fish_crmkit_using_subcommand admin; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -l format -d 'Force the output format' -r -f -a "text\t''
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "create" -d 'Create (an email already there updates that contact instead)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get delete activities log create update list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "create" -d 'Create (an email already there updates that contact instead)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and not __fish_seen_subcommand_from summary get import delete activities log create update list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from summary" -l by -d 'Group by these fields, comma-separated (deals: status,stage by default)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from summary" -l search -d 'Substring search over the key fields' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from summary" -l where -d 'Any filter of the query language (repeatable)' -r
@@ -441,6 +442,13 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from import" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from import" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from import" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from import" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -544,6 +552,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
@@ -551,22 +560,23 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand contacts; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "create" -d 'Create (a domain already there updates that company instead)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get delete create update list activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "create" -d 'Create (a domain already there updates that company instead)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and not __fish_seen_subcommand_from summary get import delete create update list activities log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from summary" -l by -d 'Group by these fields, comma-separated (deals: status,stage by default)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from summary" -l search -d 'Substring search over the key fields' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from summary" -l where -d 'Any filter of the query language (repeatable)' -r
@@ -584,6 +594,13 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from import" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from import" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from import" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from import" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -687,6 +704,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create (a domain already there updates that company instead)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change some fields'
@@ -694,22 +712,23 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand companies; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -l server -d 'Server URL' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -l format -d 'Force the output format' -r -f -a "text\t''
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -l json -d 'Print JSON'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -s h -l help -d 'Print help'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "get" -d 'One record'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "create" -d 'Create'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "update" -d 'Change some fields'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "list" -d 'List and filter'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
-complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get delete activities create update list log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "create" -d 'Create'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "update" -d 'Change some fields'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "list" -d 'List and filter'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and not __fish_seen_subcommand_from summary get import delete activities create update list log help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from summary" -l by -d 'Group by these fields, comma-separated (deals: status,stage by default)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from summary" -l search -d 'Substring search over the key fields' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from summary" -l where -d 'Any filter of the query language (repeatable)' -r
@@ -727,6 +746,13 @@ table\t''
 json\t''"
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from import" -l server -d 'Server URL' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from import" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from import" -l format -d 'Force the output format' -r -f -a "text\t''
+table\t''
+json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from import" -l json -d 'Print JSON'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from delete" -l format -d 'Force the output format' -r -f -a "text\t''
@@ -830,6 +856,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_sub
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from log" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand deals; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create'
@@ -875,6 +902,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from admin" -f -a "set-plan" -d 'Put a workspace (w_…) or a user (email; for the workspaces cap) on a configured plan'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
@@ -883,6 +911,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from contacts" -f -a "list" -d 'List and filter'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "create" -d 'Create (a domain already there updates that company instead)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "update" -d 'Change some fields'
@@ -891,6 +920,7 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subc
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from companies" -f -a "log" -d 'Log an activity (on contacts only; --deal adds a deal)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "summary" -d 'Counts per group (deals: and amounts per currency), over the filtered records'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "get" -d 'One record'
+complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "import" -d 'Create many from a JSON array or JSON lines (FILE, or - for stdin); each is a create, so contacts and companies upsert by email/domain'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "delete" -d 'Delete (asks first; --yes in scripts)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "activities" -d 'Activities: a contact\'s log, or those naming a deal (companies have none)'
 complete -c crmkit -n "__fish_crmkit_using_subcommand help; and __fish_seen_subcommand_from deals" -f -a "create" -d 'Create'

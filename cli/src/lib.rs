@@ -451,6 +451,12 @@ pub enum RecordCmd {
     },
     /// Create (contacts and companies merge into an existing email/domain)
     Create(WriteArgs),
+    /// Create many from a JSON array or JSON lines (FILE, or - for stdin);
+    /// each is a create, so contacts and companies upsert by email/domain
+    Import {
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
     /// Change some fields
     Update {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -528,6 +534,125 @@ fn read_data(spec: &str) -> Result<Value, CliError> {
         return Err(CliError::usage("--data must be a JSON object"));
     }
     Ok(v)
+}
+
+/// The records of an import file: a JSON array of objects, or one object
+/// per line (JSON lines; blank lines skipped). Each with its place in the
+/// file (array index or line number, from 1) for messages.
+fn import_records(text: &str) -> Result<Vec<(usize, Map<String, Value>)>, CliError> {
+    let object = |v: Value, at: usize| match v {
+        Value::Object(m) => Ok((at, m)),
+        _ => Err(CliError::usage(format!(
+            "record {at} is not a JSON object; the file holds objects such as {{\"name\": \"Jane\"}}"
+        ))),
+    };
+    if text.trim_start().starts_with('[') {
+        let all: Vec<Value> = serde_json::from_str(text)
+            .map_err(|e| CliError::usage(format!("the file is not a JSON array: {e}")))?;
+        return all
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| object(v, i + 1))
+            .collect();
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l)
+                .map_err(|e| CliError::usage(format!("line {} is not JSON: {e}", i + 1)))?;
+            object(v, i + 1)
+        })
+        .collect()
+}
+
+/// `crmkit KIND import FILE`: one create per record, in order. A record
+/// the server refuses is reported (with its place in the file) and the
+/// rest go on; the exit code is that of the first refusal, so a script
+/// knows not all went in. Stops at once when signed out or the server is
+/// gone.
+async fn import(
+    c: &Client,
+    kind: &str,
+    file: &str,
+    json_fmt: bool,
+    plain: Format,
+) -> Result<(), CliError> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CliError::usage(format!("stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CliError::usage(format!("{file}: {e}")))?
+    };
+    let records = import_records(&text)?;
+    let (mut created, mut updated, mut failed) = (0usize, 0usize, 0usize);
+    let mut first_failure: Option<CliError> = None;
+    let mut out = String::new();
+    for (at, record) in records {
+        let body = Value::Object(record);
+        match c
+            .send(
+                Method::POST,
+                &format!("/{kind}"),
+                Some(&body),
+                json_fmt,
+                &[],
+                false,
+            )
+            .await
+        {
+            Ok(a) => {
+                if a.status == 201 {
+                    created += 1;
+                } else {
+                    updated += 1;
+                }
+                if json_fmt {
+                    out.push_str(a.text.trim_end());
+                    out.push('\n');
+                } else {
+                    // The record's line; the per-record `# created` is summed below.
+                    out.extend(
+                        a.text
+                            .lines()
+                            .filter(|l| !l.starts_with('#'))
+                            .map(|l| format!("{l}\n")),
+                    );
+                }
+            }
+            Err(e) if matches!(e.code, 1 | 4) => return Err(e),
+            Err(e) => {
+                failed += 1;
+                let why = e.message.strip_prefix("error: ").unwrap_or(&e.message);
+                eprintln!("# record {at}: {}", why.replace('\n', "\n#   "));
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    if !json_fmt {
+        out.push_str(&format!(
+            "# imported {}: {created} created, {updated} updated, {failed} refused\n",
+            created + updated
+        ));
+    }
+    // JSON: one object per line (JSON lines), as sent; else lines or a table.
+    if json_fmt {
+        emit(&out);
+    } else {
+        show(plain, &out);
+    }
+    match first_failure {
+        Some(e) => Err(CliError::new(
+            e.code,
+            format!(
+                "{failed} record{} refused (see the # record lines above); the others went in",
+                if failed == 1 { " was" } else { "s were" }
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
@@ -1926,6 +2051,10 @@ async fn records(ctx: &Ctx, kind: &'static str, r: RecordCmd) -> Result<(), CliE
                 .await?
                 .text,
             );
+        }
+        RecordCmd::Import { file } => {
+            let c = ctx.client()?;
+            import(&c, kind, &file, json_fmt, plain).await?;
         }
         RecordCmd::Update { id, fields } => {
             let body = body_of(&fields, kind, "update")?;

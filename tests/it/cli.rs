@@ -1684,3 +1684,92 @@ async fn typed_values_are_sent_as_the_api_spells_them() {
     let padded = format!(" {cid} ");
     assert!(cli.ok(&["contacts", "get", &padded]).contains("name=Loose"));
 }
+
+/// `crmkit KIND import FILE` creates from a JSON array or JSON lines (or
+/// stdin); an email already there updates; a refused record is reported
+/// with its place, the rest go in, and the exit code says not all did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_takes_json_arrays_and_lines() {
+    use std::io::Write;
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "importer@example.com").await;
+    let dir = cli.dir.path().to_path_buf();
+    let people = dir.join("people.json");
+    std::fs::write(
+        &people,
+        r#"[{"name":"Ann","email":"ann@x.example"},{"name":"Bob","email":"bob@x.example","stage":"lead"}]"#,
+    )
+    .unwrap();
+    let out = cli.ok(&["contacts", "import", people.to_str().unwrap()]);
+    assert!(
+        out.contains("name=Ann") && out.contains("name=Bob"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# imported 2: 2 created, 0 updated, 0 refused"),
+        "{out}"
+    );
+    let more = dir.join("more.jsonl");
+    std::fs::write(
+        &more,
+        "{\"email\":\"ANN@x.example\",\"title\":\"CEO\"}\n\n{\"name\":\"Cy\",\"colour\":\"red\"}\n{\"name\":\"Di\"}\n",
+    )
+    .unwrap();
+    let out = cli.run(&["contacts", "import", more.to_str().unwrap()]);
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert_eq!(code_of(&out), 2, "{err}");
+    assert!(err.contains("# record 3: unknown_field"), "{err}");
+    assert!(
+        said.contains("# imported 2: 1 created, 1 updated, 1 refused"),
+        "{said}"
+    );
+    let all = cli.ok(&["contacts", "list", "--all"]);
+    assert!(
+        all.contains("name=Di") && all.contains("title=CEO"),
+        "{all}"
+    );
+    assert!(!all.contains("name=Cy"), "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.starts_with("contact/")).count(),
+        3,
+        "{all}"
+    );
+    // From stdin, as JSON lines of the server's objects.
+    let mut child = cli
+        .cmd(&["--json", "companies", "import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            br#"[{"name":"Co","domain":"co.example"},{"name":"Co2","domain":"co2.example"}]"#,
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["data"]["domain"], "co2.example");
+    // Not JSON: nothing sent, exit 2 naming the line.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"name\":\"Ok\"}\nnot json\n").unwrap();
+    let out = cli.run(&["contacts", "import", bad.to_str().unwrap()]);
+    assert_eq!(code_of(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2 is not JSON"));
+    assert!(!cli.ok(&["contacts", "list", "--all"]).contains("name=Ok"));
+}
