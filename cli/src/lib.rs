@@ -536,10 +536,13 @@ fn read_data(spec: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
+/// A record of an import file and its place there (from 1).
+type Numbered = (usize, Map<String, Value>);
+
 /// The records of an import file: a JSON array of objects, or one object
 /// per line (JSON lines; blank lines skipped). Each with its place in the
 /// file (array index or line number, from 1) for messages.
-fn import_records(text: &str) -> Result<Vec<(usize, Map<String, Value>)>, CliError> {
+fn import_records(text: &str) -> Result<Vec<Numbered>, CliError> {
     let object = |v: Value, at: usize| match v {
         Value::Object(m) => Ok((at, m)),
         _ => Err(CliError::usage(format!(
