@@ -373,10 +373,12 @@ Register-ArgumentCompleter -Native -CommandName 'crmkit' -ScriptBlock {
         }
         'crmkit;reminders' {
             [CompletionResult]::new('--days', '--days', [CompletionResultType]::ParameterName, 'Also what is due within N days')
-            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N (1..200)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most N per page (1..200)')
+            [CompletionResult]::new('--cursor', '--cursor', [CompletionResultType]::ParameterName, 'Continue from a `# next:` cursor')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server URL')
             [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Force the output format')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Follow cursors to the end')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')

@@ -4090,7 +4090,7 @@ _crmkit() {
             return 0
             ;;
         crmkit__subcmd__reminders)
-            opts="-h --days --limit --server --profile --json --format --help"
+            opts="-h --days --limit --cursor --all --server --profile --json --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4101,6 +4101,10 @@ _crmkit() {
                     return 0
                     ;;
                 --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cursor)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

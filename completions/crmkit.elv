@@ -326,10 +326,12 @@ set edit:completion:arg-completer[crmkit] = {|@words|
         }
         &'crmkit;reminders'= {
             cand --days 'Also what is due within N days'
-            cand --limit 'At most N (1..200)'
+            cand --limit 'At most N per page (1..200)'
+            cand --cursor 'Continue from a `# next:` cursor'
             cand --server 'Server URL'
             cand --profile 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)'
             cand --format 'Force the output format'
+            cand --all 'Follow cursors to the end'
             cand --json 'Print JSON'
             cand -h 'Print help'
             cand --help 'Print help'

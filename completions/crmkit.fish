@@ -266,12 +266,14 @@ complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l all -d 'Fol
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand activities" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l days -d 'Also what is due within N days' -r
-complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l limit -d 'At most N (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l limit -d 'At most N per page (1..200)' -r
+complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l cursor -d 'Continue from a `# next:` cursor' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l server -d 'Server URL' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l profile -d 'Keep this sign-in apart from others to the same server (e.g. `work`, `personal`)' -r
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l format -d 'Force the output format' -r -f -a "text\t''
 table\t''
 json\t''"
+complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l all -d 'Follow cursors to the end'
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -l json -d 'Print JSON'
 complete -c crmkit -n "__fish_crmkit_using_subcommand reminders" -s h -l help -d 'Print help'
 complete -c crmkit -n "__fish_crmkit_using_subcommand audit" -l target -d 'Only this record\'s history: a handle or id (deal/d_…, c_…)' -r

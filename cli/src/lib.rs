@@ -122,9 +122,8 @@ pub enum Command {
         /// Also what is due within N days
         #[arg(long)]
         days: Option<u32>,
-        /// At most N (1..200)
-        #[arg(long)]
-        limit: Option<u32>,
+        #[command(flatten)]
+        page: Page,
     },
     /// The workspace audit log, newest first
     Audit {
@@ -1170,22 +1169,16 @@ pub async fn run(global: Global, cmd: Command) -> Result<(), CliError> {
             ctx.list(&c, &with_query("/activities", &pairs), &page)
                 .await
         }
-        Command::Reminders { days, limit } => {
+        Command::Reminders { days, page } => {
             let c = ctx.client()?;
             let mut pairs = Vec::new();
             if let Some(d) = days {
                 pairs.push(("days".to_string(), d.to_string()));
             }
-            if let Some(l) = limit {
+            if let Some(l) = page.limit {
                 pairs.push(("limit".to_string(), l.to_string()));
             }
-            show(
-                format,
-                &c.get(&with_query("/reminders", &pairs), ctx.json())
-                    .await?
-                    .text,
-            );
-            Ok(())
+            ctx.list(&c, &with_query("/reminders", &pairs), &page).await
         }
         Command::Audit {
             target,

@@ -1773,3 +1773,27 @@ async fn import_takes_json_arrays_and_lines() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2 is not JSON"));
     assert!(!cli.ok(&["contacts", "list", "--all"]).contains("name=Ok"));
 }
+
+/// `crmkit reminders --all` follows the cursors: every due follow-up,
+/// contacts and deals together, soonest first, whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_page_with_cursors() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "due@example.com").await;
+    for (i, kind) in ["contacts", "deals", "contacts"].iter().enumerate() {
+        let at = format!("2020-01-0{}T09:00:00Z", i + 1);
+        let (field, value) = if *kind == "deals" {
+            ("--title", "D")
+        } else {
+            ("--name", "C")
+        };
+        cli.ok(&[kind, "create", field, value, "--follow-up", &at]);
+    }
+    let all = cli.ok(&["reminders", "--limit", "1", "--all"]);
+    let lines: Vec<&str> = all.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    assert!(lines[1].starts_with("deal/"), "{all}");
+    let one = cli.ok(&["reminders", "--limit", "1"]);
+    assert!(one.contains("# next: "), "{one}");
+}

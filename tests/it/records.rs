@@ -419,25 +419,37 @@ async fn reminders_show_due_follow_ups_soonest_first() {
     );
     assert!(!week.text.contains(&far));
     assert!(!week.text.contains("more are due"), "{}", week.text);
-    // A limit that leaves some out says so (there is no cursor here).
+    // A limit that leaves some out gives a cursor: the next page has the
+    // rest, in the same order, contacts and deals together.
     let cut = s.get("/reminders?days=7&limit=1", &t).await;
     let lines: Vec<&str> = cut.text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 1, "{}", cut.text);
     assert!(
-        cut.text.contains("# more are due than shown"),
+        lines[0].starts_with(&format!("contact/{late} ")),
         "{}",
         cut.text
     );
+    let cursor = cut.next_cursor().expect("a next page");
+    let rest = s
+        .get(&format!("/reminders?days=7&limit=1&cursor={cursor}"), &t)
+        .await;
+    let lines: Vec<&str> = rest.text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 1, "{}", rest.text);
+    assert!(
+        lines[0].starts_with(&format!("deal/{soon} due=upcoming")),
+        "{}",
+        rest.text
+    );
+    assert!(rest.next_cursor().is_none(), "{}", rest.text);
+    // The cursor is bound to days=.
+    s.get(&format!("/reminders?days=8&limit=1&cursor={cursor}"), &t)
+        .await
+        .assert_error(400, "invalid_request");
     let cut = s
         .get("/reminders?days=7&limit=1&format=json", &t)
         .await
         .json();
-    assert!(
-        cut["note"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("more are due")),
-        "{cut}"
-    );
+    assert!(cut["next_cursor"].as_str().is_some(), "{cut}");
     let all = s.get("/reminders?days=7&format=json", &t).await.json();
     assert!(all.get("note").is_none(), "{all}");
     s.patch(&format!("/contacts/{late}"), &t, r#"{"follow_up_at":null}"#)
@@ -1399,10 +1411,8 @@ async fn empty_and_repeated_parameters_are_refused_not_guessed() {
         r.assert_error(400, "invalid_request");
         assert!(r.text.contains("more than once"), "{query}: {}", r.text);
     }
-    // /reminders has no cursor, and its limit's hint does not offer one.
     let r = s.get("/reminders?limit=201", &t).await;
     r.assert_error(400, "invalid_request");
-    assert!(!r.text.contains("cursor="), "{}", r.text);
     // An endpoint without parameters says so, rather than pointing to a
     // list of them.
     let r = s.get("/whoami?x=1", &t).await;

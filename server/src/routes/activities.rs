@@ -20,7 +20,7 @@ use crate::records::kinds::{FType, FieldDef};
 use crate::records::model::{self, Val};
 use crate::records::{CONTACT, DEAL, KindDef, store};
 use crate::routes::audit;
-use crate::routes::records::{list_reply, not_found, noted_list_reply, path_id};
+use crate::routes::records::{list_reply, not_found, path_id};
 use crate::secrets;
 use crate::wire::handle::{Kind, handle, parse_ref};
 use crate::wire::line::{LineBuilder, comment};
@@ -517,7 +517,7 @@ async fn reminders(
     fmt: Fmt,
     q: QueryPairs,
 ) -> AppResult<Response> {
-    q.only(&["days", "limit"])?;
+    q.only(&["days", "limit", "cursor"])?;
     let days: i64 = match q.get("days") {
         None => 0,
         Some(v) => v
@@ -534,28 +534,34 @@ async fn reminders(
                 )
             })?,
     };
-    // No cursor here: the limit's own hint must not point to one.
-    let limit = limit_of(&q).map_err(|mut e| {
-        e.hint = "send limit=200 or less; /reminders has no cursor: narrow days=, or handle the soonest first".to_owned();
-        e
-    })?;
+    let limit = limit_of(&q)?;
     let now = Ts::now();
     let until = now.plus(std::time::Duration::from_secs(days as u64 * 86_400));
+    // Contacts and deals in one order, (follow_up_at, id): ids of the two
+    // kinds never tie. A cursor is bound to days=.
+    let ws = caller.workspace_id.as_str();
+    let scope = format!("reminders|days={days}");
+    let after = q
+        .get("cursor")
+        .map(|c| read_time_cursor(&state.cursor_key, ws, &scope, c))
+        .transpose()?;
     let mut due = Vec::new();
     for def in [&CONTACT, &DEAL] {
+        let mut vals: Vec<sea_orm::Value> = vec![ws.into(), until.into()];
+        let mut from = String::new();
+        if let Some((at, id)) = &after {
+            from = " AND (follow_up_at > ? OR (follow_up_at = ? AND id > ?))".to_owned();
+            vals.extend([(*at).into(), (*at).into(), id.clone().into()]);
+        }
         let sql = format!(
-            "SELECT {} FROM {} WHERE workspace_id = ? AND follow_up_at IS NOT NULL AND follow_up_at <= ? ORDER BY follow_up_at ASC, id ASC LIMIT {}",
+            "SELECT {} FROM {} WHERE workspace_id = ? AND follow_up_at IS NOT NULL AND follow_up_at <= ?{from} ORDER BY follow_up_at ASC, id ASC LIMIT {}",
             store::columns(def),
             def.plural,
             limit + 1
         );
         let rows = state
             .db
-            .query_all_raw(stmt(
-                state.db.get_database_backend(),
-                &sql,
-                vec![caller.workspace_id.clone().into(), until.into()],
-            ))
+            .query_all_raw(stmt(state.db.get_database_backend(), &sql, vals))
             .await?;
         for r in &rows {
             let record = store::from_row(def, r)?;
@@ -582,17 +588,11 @@ async fn reminders(
         v["due"] = json!(if d.at <= now { "overdue" } else { "upcoming" });
         v
     };
-    // No cursor here: the soonest come first, and what the limit left out
-    // is said, never silently dropped.
-    let note =
-        more.then_some("more are due than shown: raise limit= (at most 200) or narrow days=");
-    Ok(noted_list_reply(
-        fmt,
-        "reminders",
-        &due,
-        None,
-        note,
-        line,
-        to_json,
-    ))
+    let next = if more {
+        due.last()
+            .map(|d| make_time_cursor(&state.cursor_key, ws, &scope, d.at, &d.record.id))
+    } else {
+        None
+    };
+    Ok(list_reply(fmt, "reminders", &due, next, line, to_json))
 }

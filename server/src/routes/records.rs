@@ -386,14 +386,11 @@ async fn summary(
     ))
 }
 
-/// A page as JSON: `{"data": [...], "next_cursor": ...}`, and a `note` when
-/// the list has something to say about what it left out.
+/// A page as JSON: `{"data": [...], "next_cursor": ...}`.
 #[derive(serde::Serialize)]
 struct Page<'n, J> {
     data: Vec<J>,
     next_cursor: Option<&'n str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<&'n str>,
 }
 
 /// Lines, then `# N things` and `# next: CURSOR`; JSON `{"data","next_cursor"}`.
@@ -402,19 +399,6 @@ pub fn list_reply<'a, T, J: serde::Serialize>(
     noun: &str,
     items: &'a [T],
     next: Option<String>,
-    line: impl Fn(&T) -> String,
-    to_json: impl Fn(&'a T) -> J,
-) -> Response {
-    noted_list_reply(fmt, noun, items, next, None, line, to_json)
-}
-
-/// [`list_reply`] with a `# note` line (JSON `note`) after the count.
-pub fn noted_list_reply<'a, T, J: serde::Serialize>(
-    fmt: Fmt,
-    noun: &str,
-    items: &'a [T],
-    next: Option<String>,
-    note: Option<&str>,
     line: impl Fn(&T) -> String,
     to_json: impl Fn(&'a T) -> J,
 ) -> Response {
@@ -432,10 +416,6 @@ pub fn noted_list_reply<'a, T, J: serde::Serialize>(
                 out.push_str(&comment(&format!("{} {noun}", items.len())));
             }
             out.push('\n');
-            if let Some(n) = note {
-                out.push_str(&comment(n));
-                out.push('\n');
-            }
             if let Some(n) = &next {
                 out.push_str(&comment(&format!("next: {n}")));
                 out.push('\n');
@@ -445,7 +425,6 @@ pub fn noted_list_reply<'a, T, J: serde::Serialize>(
         || Page {
             data: items.iter().map(&to_json).collect(),
             next_cursor: next.as_deref(),
-            note,
         },
     )
 }
