@@ -589,8 +589,16 @@ async fn import(
         std::fs::read_to_string(file).map_err(|e| CliError::usage(format!("{file}: {e}")))?
     };
     let records = import_records(&text)?;
+    if records.is_empty() {
+        return Err(CliError::usage(format!(
+            "{} holds no records: give a JSON array of objects or one object per line",
+            if file == "-" { "stdin" } else { file }
+        )));
+    }
+    let total = records.len();
     let (mut created, mut updated, mut failed) = (0usize, 0usize, 0usize);
     let mut first_failure: Option<CliError> = None;
+    let mut stopped: Option<usize> = None;
     let mut out = String::new();
     for (at, record) in records {
         let body = Value::Object(record);
@@ -627,16 +635,40 @@ async fn import(
             Err(e) if matches!(e.code, 1 | 4) => return Err(e),
             Err(e) => {
                 failed += 1;
-                let why = e.message.strip_prefix("error: ").unwrap_or(&e.message);
-                eprintln!("# record {at}: {}", why.replace('\n', "\n#   "));
+                if json_fmt {
+                    out.push_str(&format!(
+                        "{}\n",
+                        json!({"record": at, "error": e.to_json()})
+                    ));
+                } else {
+                    let why = e.message.strip_prefix("error: ").unwrap_or(&e.message);
+                    eprintln!("# record {at}: {}", why.replace('\n', "\n#   "));
+                }
+                // A full plan or missing rights refuse every record alike.
+                let hopeless = e.code == 5;
                 first_failure.get_or_insert(e);
+                if hopeless {
+                    stopped = Some(at);
+                    break;
+                }
             }
         }
     }
-    if !json_fmt {
+    let unsent = total - created - updated - failed;
+    if json_fmt {
         out.push_str(&format!(
-            "# imported {}: {created} created, {updated} updated, {failed} refused\n",
-            created + updated
+            "{}\n",
+            json!({"result": "imported", "created": created, "updated": updated, "refused": failed, "not_sent": unsent})
+        ));
+    } else {
+        out.push_str(&format!(
+            "# imported {}: {created} created, {updated} updated, {failed} refused{}\n",
+            created + updated,
+            if unsent > 0 {
+                format!(", {unsent} not sent")
+            } else {
+                String::new()
+            }
         ));
     }
     // JSON: one object per line (JSON lines), as sent; else lines or a table.
@@ -646,13 +678,28 @@ async fn import(
         show(plain, &out);
     }
     match first_failure {
-        Some(e) => Err(CliError::new(
-            e.code,
-            format!(
+        Some(e) => {
+            let mut message = format!(
                 "{failed} record{} refused (see the # record lines above); the others went in",
                 if failed == 1 { " was" } else { "s were" }
-            ),
-        )),
+            );
+            if let Some(at) = stopped {
+                message = format!(
+                    "record {at} was refused for a reason every record shares ({}), so the {unsent} after it were not sent; {created} created, {updated} updated before it",
+                    e.body
+                        .as_ref()
+                        .and_then(|b| b["error"].as_str())
+                        .unwrap_or("forbidden")
+                );
+            }
+            let mut err = CliError::new(e.code, message.clone());
+            err.body = Some(json!({
+                "error": "import_incomplete", "message": message, "created": created,
+                "updated": updated, "refused": failed, "not_sent": unsent,
+                "first_refusal": e.to_json(),
+            }));
+            Err(err)
+        }
         None => Ok(()),
     }
 }
@@ -1336,28 +1383,32 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::new(1, "the server sent no token"))?
         .to_string();
     let mut workspace = v["data"]["workspace"].clone();
+    // A workspace that could not be found: the sign-in stands (its code is
+    // spent), and the error says where it is instead.
+    let mut not_there: Option<CliError> = None;
     if let Some(want) = &a.workspace {
-        // A token for the workspace asked for replaces the one sign-in gave;
-        // should that fail, the fresh token is not left alive.
+        // A token for the workspace asked for replaces the one sign-in gave.
         let switched = async {
             let c = Client::new(server, Some(token.clone()))?;
             let id = workspace_id(&c, want).await?;
             mint_in(&c, &id, &a.token_name).await
         }
         .await;
-        let minted = match switched {
-            Ok(m) => m,
+        match switched {
+            Ok(minted) => {
+                let there = minted["data"]["token"]
+                    .as_str()
+                    .ok_or_else(|| CliError::new(1, "the server sent no token"))?
+                    .to_string();
+                retire(server, Some(std::mem::replace(&mut token, there)), None).await;
+                workspace = minted["data"]["workspace"].clone();
+            }
+            Err(e) if matches!(e.code, 2 | 3 | 5) => not_there = Some(e),
             Err(e) => {
                 retire(server, Some(token), None).await;
                 return Err(e);
             }
-        };
-        let there = minted["data"]["token"]
-            .as_str()
-            .ok_or_else(|| CliError::new(1, "the server sent no token"))?
-            .to_string();
-        retire(server, Some(std::mem::replace(&mut token, there)), None).await;
-        workspace = minted["data"]["workspace"].clone();
+        }
     }
     let token = token.as_str();
     let store = credentials::store()?;
@@ -1398,7 +1449,17 @@ async fn login(ctx: &Ctx, a: LoginArgs) -> Result<(), CliError> {
         ));
     }
     retire(server, old, Some(&email)).await;
-    Ok(())
+    match not_there {
+        Some(e) => Err(CliError::new(
+            e.code,
+            format!(
+                "{}\nyou are signed in, in {} instead: `crmkit workspaces list` shows yours, `crmkit workspaces use WORKSPACE` switches",
+                e.message,
+                workspace.as_str().unwrap_or("your default workspace")
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Revokes a token this CLI kept and has just replaced, so that switching

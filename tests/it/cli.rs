@@ -1580,7 +1580,7 @@ async fn the_api_command_works_signed_out_where_the_server_allows() {
 
 /// `login --workspace NAME` signs in straight into that workspace (sign-in
 /// alone picks the personal one), leaving only that token alive; a name
-/// that is none of the user's is exit 3 and keeps no sign-in.
+/// that is none of the user's is exit 3, signed in where sign-in put them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_can_go_straight_to_a_workspace() {
     let s = Server::start().await;
@@ -1621,7 +1621,8 @@ async fn login_can_go_straight_to_a_workspace() {
         1,
         "{tokens}"
     );
-    // A workspace that is not the user's: exit 3, not signed in.
+    // A workspace that is not the user's: exit 3, and the sign-in (whose
+    // code is spent) stands in the default workspace, as the error says.
     cli.ok(&["logout"]);
     let before = s.smtp().mails_to("back@example.com").len();
     cli.ok(&["login", "--email", "back@example.com", "--request-only"]);
@@ -1635,10 +1636,12 @@ async fn login_can_go_straight_to_a_workspace() {
         "--workspace",
         "Team Red",
     ]);
-    assert_eq!(code_of(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(code_of(&cli.run(&["whoami"])), 4);
-    // Nor did that attempt leave a token alive on the server.
-    cli.login(&s, "back@example.com").await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(code_of(&out), 3, "{err}");
+    assert!(err.contains("you are signed in, in workspace/"), "{err}");
+    let who = cli.ok(&["whoami"]);
+    assert!(who.contains("email=back@example.com"), "{who}");
+    assert!(!who.contains(&ws), "{who}");
     let tokens = cli.ok(&["tokens", "list"]);
     assert_eq!(
         tokens.lines().filter(|l| l.starts_with("token/")).count(),
@@ -1763,8 +1766,9 @@ async fn import_takes_json_arrays_and_lines() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["data"]["domain"], "co2.example");
+    assert_eq!(lines[2]["created"], 2, "{:?}", lines[2]);
     // Not JSON: nothing sent, exit 2 naming the line.
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"name\":\"Ok\"}\nnot json\n").unwrap();
@@ -1772,6 +1776,52 @@ async fn import_takes_json_arrays_and_lines() {
     assert_eq!(code_of(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2 is not JSON"));
     assert!(!cli.ok(&["contacts", "list", "--all"]).contains("name=Ok"));
+    // Nothing in the file: said, exit 2.
+    let empty = dir.join("empty.json");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = cli.run(&["contacts", "import", empty.to_str().unwrap()]);
+    assert_eq!(code_of(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no records"));
+}
+
+/// An import stops at the first refusal every record would share (a full
+/// plan), says how many were not sent, and under --json reports refusals
+/// and the counts as JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_stops_at_a_full_plan() {
+    let s = Server::builder()
+        .env("CRMKIT_LIMIT_CONTACTS", "2")
+        .start()
+        .await;
+    let cli = Cli::new(&s);
+    cli.login(&s, "full@example.com").await;
+    let file = cli.dir.path().join("five.jsonl");
+    let lines: String = (1..=5)
+        .map(|i| format!("{{\"name\":\"P{i}\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = cli.run(&["--json", "contacts", "import", file.to_str().unwrap()]);
+    assert_eq!(code_of(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+    let said: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_eq!(said.len(), 4, "{said:?}");
+    assert_eq!(said[2]["record"], 3, "{said:?}");
+    assert_eq!(said[2]["error"]["error"], "plan_limit_reached", "{said:?}");
+    let last = &said[3];
+    assert_eq!(
+        (&last["created"], &last["refused"], &last["not_sent"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(2)
+        ),
+        "{last}"
+    );
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON on stderr");
+    assert_eq!(err["error"], "import_incomplete", "{err}");
+    assert_eq!(err["not_sent"], 2, "{err}");
 }
 
 /// `crmkit reminders --all` follows the cursors: every due follow-up,

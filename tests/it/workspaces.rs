@@ -1692,3 +1692,33 @@ async fn a_resent_invite_keeps_its_role() {
     assert!(r.status == 200 || r.status == 201, "{}", r.text);
     assert_eq!(role_of_invite().await, "member");
 }
+
+/// Invites that wait for a step-up code mail nothing to the invited
+/// address, so they do not count against its invite limit.
+#[tokio::test]
+async fn invites_count_only_when_mailed() {
+    let s = Server::start().await;
+    let (a, _, _, ws) = team(&s).await;
+    let invite = format!("/workspaces/{ws}/invites");
+    for _ in 0..4 {
+        s.post(
+            &invite,
+            Some(&a),
+            r#"{"email":"waits@x.example","role":"admin"}"#,
+        )
+        .await
+        .assert_error(403, "escalation_required");
+    }
+    assert_eq!(s.smtp().mails_to("waits@x.example").len(), 0);
+    for _ in 0..5 {
+        let r = s
+            .post(
+                &invite,
+                Some(&a),
+                r#"{"email":" waits@x.example ","role":"member"}"#,
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    }
+    assert_eq!(s.smtp().mails_to("waits@x.example").len(), 5);
+}

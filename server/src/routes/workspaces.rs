@@ -578,7 +578,7 @@ async fn invite(
     let ws = require_admin(&state, &caller, &ids[0]).await?;
     let email = validate::email(
         "email",
-        &body.email.ok_or_else(|| {
+        body.email.as_deref().map(str::trim).ok_or_else(|| {
             AppError::invalid(
                 "email is required",
                 "send {\"email\":\"jane@example.com\",\"role\":\"member\"}",
@@ -601,25 +601,6 @@ async fn invite(
             .transpose()?
             .unwrap_or_else(|| "member".into()),
     };
-    // Every invite mails its address: an account must not become a way to
-    // mail anyone any number of times.
-    let s = &state.settings;
-    ratelimit::hit(
-        &state.db,
-        &format!("invite-to:{email}"),
-        s.auth_per_email,
-        s.rate_window,
-        "invites mailed to this address",
-    )
-    .await?;
-    ratelimit::hit(
-        &state.db,
-        &format!("invite-by:{}", caller.user_id),
-        INVITES_PER_WINDOW,
-        s.rate_window,
-        "invites you sent",
-    )
-    .await?;
     if role == "admin" {
         // Inviting as admin makes an admin, as a promotion does: the same
         // step-up, bound to this workspace and this address. A member is
@@ -639,6 +620,26 @@ async fn invite(
         )
         .await?;
     }
+    // Every invite mails its address: an account must not become a way to
+    // mail anyone any number of times. Counted once it will be mailed (not
+    // for one that waits for a step-up code).
+    let s = &state.settings;
+    ratelimit::hit(
+        &state.db,
+        &format!("invite-to:{email}"),
+        s.auth_per_email,
+        s.rate_window,
+        "invites mailed to this address",
+    )
+    .await?;
+    ratelimit::hit(
+        &state.db,
+        &format!("invite-by:{}", caller.user_id),
+        INVITES_PER_WINDOW,
+        s.rate_window,
+        "invites you sent",
+    )
+    .await?;
     let tx = write_tx(&state.db).await?;
     let backend = tx.get_database_backend();
     already_member(&tx, &ws, &email).await?;
