@@ -795,12 +795,12 @@ fn body_of(w: &WriteArgs, kind: &str, verb: &str) -> Result<Value, CliError> {
 
 /// A `--custom key=VALUE` value: JSON where it reads as JSON (true, null,
 /// [1,2], {"a":1}, 42, 1.5), but a number only when JSON keeps it exactly
-/// as typed: `1.10`, `007` and `12345678901234567890123` (an account number
+/// as typed (spaces included): `1.10`, `007` and `12345678901234567890123` (an account number
 /// past a double's precision) stay text instead of becoming 1.1, an error
 /// and 1.2345678901234568e22.
 fn custom_value(v: &str) -> Value {
     match serde_json::from_str::<Value>(v) {
-        Ok(Value::Number(n)) if n.to_string() == v.trim() => Value::Number(n),
+        Ok(Value::Number(n)) if n.to_string() == v => Value::Number(n),
         Ok(Value::Number(_)) | Err(_) => Value::String(v.to_string()),
         Ok(other) => other,
     }
@@ -2318,8 +2318,15 @@ mod tests {
         assert_eq!(custom_value("null"), json!(null));
         assert_eq!(custom_value("[1,2]"), json!([1, 2]));
         assert_eq!(custom_value("{\"a\":1}"), json!({"a": 1}));
-        assert_eq!(custom_value(" 5"), json!(5));
-        for text in ["1.10", "007", "12345678901234567890123", "1e3", "gold", ""] {
+        for text in [
+            "1.10",
+            "007",
+            "12345678901234567890123",
+            "1e3",
+            "gold",
+            "",
+            " 5",
+        ] {
             assert_eq!(custom_value(text), json!(text), "{text}");
         }
     }

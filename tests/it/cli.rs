@@ -1686,6 +1686,19 @@ async fn typed_values_are_sent_as_the_api_spells_them() {
     );
     let padded = format!(" {cid} ");
     assert!(cli.ok(&["contacts", "get", &padded]).contains("name=Loose"));
+    // A reference in a body, too (the server drops the spaces).
+    let linked = cli.ok(&["deals", "create", "--title", "Linked", "--contact", &padded]);
+    assert!(
+        linked.contains(&format!("contact={cid}"))
+            || linked.contains(&format!("contact=contact/{cid}")),
+        "{linked}"
+    );
+    // --custom text that reads as a number keeps its spaces and its quotes.
+    let v = cli.ok(&[
+        "contacts", "update", &cid, "--custom", "acct=010", "--custom", "pad= 5",
+    ]);
+    assert!(v.contains("custom.acct=\"010\""), "{v}");
+    assert!(v.contains("custom.pad=\" 5\""), "{v}");
 }
 
 /// `crmkit KIND import FILE` creates from a JSON array or JSON lines (or

@@ -1688,7 +1688,7 @@ async fn text_keeps_custom_types_and_json_keeps_every_key() {
         &s,
         &t,
         "contacts",
-        json!({"name": "Types", "custom": {"n": "12", "m": 12, "s": "true", "b": true, "z": "null", "x": "text"}}),
+        json!({"name": "Types", "custom": {"n": "12", "m": 12, "s": "true", "b": true, "z": "null", "x": "text", "o": "010", "p": "+5"}}),
     )
     .await;
     let line = s.get(&format!("/contacts/{c}"), &t).await.text;
@@ -1699,6 +1699,8 @@ async fn text_keeps_custom_types_and_json_keeps_every_key() {
         "custom.b=true",
         "custom.z=\"null\"",
         "custom.x=text",
+        "custom.o=\"010\"",
+        "custom.p=\"+5\"",
     ] {
         assert!(line.contains(field), "{field} in {line}");
     }

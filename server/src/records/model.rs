@@ -266,7 +266,8 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
         }
         FType::Ref(kind) => {
             let s = string(v)?;
-            let id = parse_ref(kind, &s).map_err(|e| {
+            // An id pasted with spaces around it is still that id.
+            let id = parse_ref(kind, s.trim()).map_err(|e| {
                 bad(
                     name,
                     format!("is not a {} reference: {e}", kind.name()),
@@ -564,11 +565,13 @@ pub fn line(def: &KindDef, r: &Record) -> String {
                     match v {
                         // A string that would read as a number, boolean or
                         // null bare is quoted, so the text keeps its type
-                        // (numeric filters match only JSON numbers).
+                        // (numeric filters match only JSON numbers): JSON's
+                        // and any other spelling of a number (010, +5, .5).
                         Value::String(s)
-                            if serde_json::from_str::<Value>(s).is_ok_and(|p| {
-                                !p.is_string() && !p.is_object() && !p.is_array()
-                            }) =>
+                            if s.parse::<f64>().is_ok()
+                                || serde_json::from_str::<Value>(s).is_ok_and(|p| {
+                                    !p.is_string() && !p.is_object() && !p.is_array()
+                                }) =>
                         {
                             l.field_quoted(&key, s);
                         }
