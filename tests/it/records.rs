@@ -1454,6 +1454,21 @@ async fn writes_that_would_distort_data_are_refused() {
         assert!(r.text.contains(needle), "{at}: {}", r.text);
         assert!(!r.text.contains("null to clear"), "{at}: {}", r.text);
     }
+    // A follow-up in year 1 is a typo too; the record keeps its old one.
+    let r = s
+        .patch(
+            &format!("/contacts/{c}"),
+            &t,
+            r#"{"follow_up_at":"0001-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(
+        r.text
+            .contains("follow_up_at 0001-01-01T00:00:00Z is before 1900"),
+        "{}",
+        r.text
+    );
     let body = json!({"kind": "call", "occurred_at": soon}).to_string();
     assert_eq!(s.post(&path, Some(&t), &body).await.status, 201);
     let logged = activity_fields(&s, &t, format!("{path}?format=json"), "kind").await;

@@ -387,6 +387,15 @@ pub fn parse_value(f: &FieldDef, v: &Value) -> Result<Val, AppError> {
                     format!("send {name} as RFC3339, e.g. 2026-06-10T09:00:00Z, or null to clear"),
                 )
             })?;
+            // Year 0001 is a typo, not a plan: every list sorted by the
+            // field would start with it.
+            if t.year() < 1900 {
+                return Err(bad(
+                    name,
+                    format!("{} is before 1900", Ts::new(t).render()),
+                    format!("send {name} as RFC3339, e.g. 2026-06-10T09:00:00Z, or null to clear"),
+                ));
+            }
             Val::Time(Ts::new(t))
         }
     })
