@@ -1929,20 +1929,9 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             // one for another workspace is minted first, as for a delete.
             let spare = spare_token(&c, &id).await?;
             let path = format!("/workspaces/{}/members/{}", id_path(&id), id_path(&me));
-            let a = match c
-                .send(Method::DELETE, &path, None, json_fmt, &[], false)
-                .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    if let Some((token, _)) = spare {
-                        retire(&ctx.global.server, Some(token), None).await;
-                    }
-                    return Err(e);
-                }
-            };
+            let left = c.send(Method::DELETE, &path, None, json_fmt, &[], false);
+            let a = with_spare(ctx, spare, left).await?;
             show(plain, &a.text);
-            keep_spare(ctx, spare)?;
         }
         WorkspacesCmd::Delete { id, code, yes } => {
             let id = workspace_id(&c, &id).await?;
@@ -1965,26 +1954,11 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
             } else {
                 None
             };
-            let done = with_step_up(
-                &c,
-                Method::DELETE,
-                &format!("/workspaces/{}", id_path(&id)),
-                None,
-                json_fmt,
-                code,
-            )
-            .await;
-            let a = match done {
-                Ok(a) => a,
-                Err(e) => {
-                    if let Some((token, _)) = spare {
-                        retire(&ctx.global.server, Some(token), None).await;
-                    }
-                    return Err(e);
-                }
-            };
+            let path = format!("/workspaces/{}", id_path(&id));
+            let deleted = with_step_up(&c, Method::DELETE, &path, None, json_fmt, code);
+            let a = with_spare(ctx, spare, deleted).await?;
             // The server's advice on going on (a token call) is the CLI's
-            // job here: keep_spare says where it works now.
+            // job here: with_spare has said where it works now.
             let text: String = a
                 .text
                 .lines()
@@ -1992,7 +1966,6 @@ async fn workspaces(ctx: &Ctx, w: WorkspacesCmd) -> Result<(), CliError> {
                 .map(|l| format!("{l}\n"))
                 .collect();
             show(plain, &text);
-            keep_spare(ctx, spare)?;
         }
     }
     Ok(())
@@ -2015,6 +1988,28 @@ async fn mint_in(c: &Client, id: &str, name: &str) -> Result<Value, CliError> {
 /// When the sign-in acts in workspace `id`: a fresh token (and its
 /// workspace's handle) for another workspace of the user's, the personal one
 /// first; `None` when it acts elsewhere or there is no other.
+/// Makes `call`, which may revoke this sign-in's token (leaving or deleting
+/// the workspace it acts in), with `spare` (from [`spare_token`]) minted
+/// beforehand: kept if the call went through, revoked if it did not.
+async fn with_spare(
+    ctx: &Ctx,
+    spare: Option<(String, String)>,
+    call: impl std::future::Future<Output = Result<client::Answer, CliError>>,
+) -> Result<client::Answer, CliError> {
+    match call.await {
+        Ok(a) => {
+            keep_spare(ctx, spare)?;
+            Ok(a)
+        }
+        Err(e) => {
+            if let Some((token, _)) = spare {
+                retire(&ctx.global.server, Some(token), None).await;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// After the sign-in's own workspace is gone (deleted, or left), the spare
 /// token minted beforehand becomes the sign-in's (unless CRMKIT_TOKEN rules).
 fn keep_spare(ctx: &Ctx, spare: Option<(String, String)>) -> Result<(), CliError> {

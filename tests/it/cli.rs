@@ -104,6 +104,11 @@ def wait_for(text, secs=20):
             except OSError:
                 break
     return text in seen
+def type_emailed_code():
+    deadline = time.time() + 20
+    while not os.path.exists(code_file) and time.time() < deadline:
+        time.sleep(0.1)
+    os.write(fd, open(code_file).read().strip().encode() + b"\r")
 "#;
 
 fn code_of(out: &Output) -> i32 {
@@ -1426,10 +1431,7 @@ if seen.count(b"Code emailed") < 2:
 os.write(fd, b"000000\r")
 if not wait_for(b"try 2 of 3"):
     print("NOT ASKED AGAIN", seen); sys.exit(4)
-deadline = time.time() + 20
-while not os.path.exists(code_file) and time.time() < deadline:
-    time.sleep(0.1)
-os.write(fd, open(code_file).read().strip().encode() + b"\r")
+type_emailed_code()
 wait_for(b"signed in to")
 _, status = os.waitpid(pid, 0)
 print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
@@ -1514,10 +1516,7 @@ if not wait_for(b"(try 1 of 3): "):
 os.write(fd, b"000000\r")
 if not wait_for(b"(try 2 of 3): "):
     print("WRONG CODE NOT ASKED AGAIN", seen); sys.exit(5)
-deadline = time.time() + 20
-while not os.path.exists(code_file) and time.time() < deadline:
-    time.sleep(0.1)
-os.write(fd, open(code_file).read().strip().encode() + b"\r")
+type_emailed_code()
 wait_for(b"role=admin")
 _, status = os.waitpid(pid, 0)
 print("EXIT", os.waitstatus_to_exitcode(status), seen.decode(errors="replace").replace("\n", " | "))
